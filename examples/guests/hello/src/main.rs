@@ -1,0 +1,18 @@
+//! `hello`: the smallest useful guest. Prints a greeting, the `GREETING`
+//! environment variable, its arguments and its working directory to stdout,
+//! and one line to stderr, then exits 0.
+
+use std::env;
+
+fn main() {
+    println!("Hello from wasmpod!");
+    let greeting = env::var("GREETING").unwrap_or_else(|_| "(unset)".to_string());
+    println!("GREETING={greeting}");
+    let args: Vec<String> = env::args().skip(1).collect();
+    println!("args: {}", args.join(" "));
+    match env::current_dir() {
+        Ok(dir) => println!("cwd: {}", dir.display()),
+        Err(_) => println!("cwd: (none)"),
+    }
+    eprintln!("hello: done");
+}

@@ -1,0 +1,471 @@
+//! The only module that touches wasmtime: one engine per process, the compile cache (memory and
+//! disk), the epoch ticker, and running a guest as an async task that can be killed.
+//!
+//! Every guest runs in its own `Store` on tokio. Compiled code carries epoch checks; the ticker
+//! advances the epoch every [`EPOCH_TICK`] and each store yields to the executor at every tick,
+//! so a spinning guest shares the cores fairly and a kill (dropping the task) lands within a tick.
+
+mod cache;
+mod stdio;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::OnceCell;
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime::{InstancePre, Module, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::error::{Error, Result};
+use crate::exit::{Exit, ExitReason, TRAP_CODE};
+use crate::log::{ContainerLog, Stream};
+use cache::AotCache;
+use stdio::LogOutput;
+
+/// How often the epoch advances: the longest a guest runs before it yields.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Which WASI a program speaks, told from its binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestKind {
+    /// A core module exporting `_start` (WASI preview1).
+    Preview1,
+    /// A component exporting `wasi:cli/run` (WASI preview2).
+    Preview2,
+}
+
+impl GuestKind {
+    /// Tells a core module from a component by the preamble, without parsing the rest.
+    pub fn detect(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            return Err(Error::invalid(if bytes.starts_with(b"\0asm") || bytes.is_empty() {
+                format!("truncated WebAssembly binary ({} bytes)", bytes.len())
+            } else {
+                "not a WebAssembly binary (no \\0asm magic)".to_owned()
+            }));
+        }
+        match &bytes[4..8] {
+            [1, 0, 0, 0] => Ok(GuestKind::Preview1),
+            [0x0d, 0, 1, 0] => Ok(GuestKind::Preview2),
+            v => Err(Error::invalid(format!("unsupported WebAssembly version/layer {v:02x?}"))),
+        }
+    }
+}
+
+/// A compiled, pre-linked guest program, cheap to clone and to instantiate.
+#[derive(Clone)]
+pub struct Program {
+    inner: Arc<ProgramInner>,
+}
+
+struct ProgramInner {
+    digest: String,
+    compiled: Compiled,
+}
+
+enum Compiled {
+    Module(InstancePre<P1Host>),
+    Component(CommandPre<P2Host>),
+}
+
+impl Program {
+    /// `sha256:<hex>` of the Wasm binary.
+    pub fn digest(&self) -> &str {
+        &self.inner.digest
+    }
+    pub fn kind(&self) -> GuestKind {
+        match self.inner.compiled {
+            Compiled::Module(_) => GuestKind::Preview1,
+            Compiled::Component(_) => GuestKind::Preview2,
+        }
+    }
+}
+
+/// A directory the guest sees at `guest` (a volume, or the staging dir of file mounts).
+#[derive(Debug, Clone)]
+pub struct Preopen {
+    pub host: PathBuf,
+    pub guest: String,
+    pub read_only: bool,
+}
+
+/// Everything one run of a guest needs besides its program.
+pub struct GuestSpec {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    pub preopens: Vec<Preopen>,
+    pub log: ContainerLog,
+    pub memory_limit: Option<u64>,
+    pub usage: Arc<GuestUsage>,
+}
+
+/// Live resource figures of a running guest, for stats.
+#[derive(Debug, Default)]
+pub struct GuestUsage {
+    /// Bytes of linear memory the guest's instances hold.
+    pub memory_bytes: AtomicU64,
+    /// Time spent running the guest (polling its task), in nanoseconds.
+    pub cpu_nanos: AtomicU64,
+}
+
+/// The process-wide engine.
+pub struct Engine {
+    wasmtime: wasmtime::Engine,
+    p1_linker: wasmtime::Linker<P1Host>,
+    p2_linker: wasmtime::component::Linker<P2Host>,
+    programs: Mutex<HashMap<String, Arc<OnceCell<Program>>>>,
+    aot: Option<AotCache>,
+}
+
+impl Engine {
+    /// Creates the engine; precompiled code is cached under `cache_dir` when given.
+    pub fn new(cache_dir: Option<&Path>) -> Result<Arc<Self>> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true).wasm_component_model(true);
+        let wasmtime = wasmtime::Engine::new(&config)
+            .map_err(|e| Error::internal(format!("wasmtime engine: {e:#}")))?;
+
+        let mut p1_linker = wasmtime::Linker::new(&wasmtime);
+        wasmtime_wasi::p1::add_to_linker_async(&mut p1_linker, |h: &mut P1Host| &mut h.wasi)
+            .map_err(|e| Error::internal(format!("linking WASI preview1: {e:#}")))?;
+        let mut p2_linker = wasmtime::component::Linker::new(&wasmtime);
+        wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker)
+            .map_err(|e| Error::internal(format!("linking WASI preview2: {e:#}")))?;
+
+        let aot = cache_dir
+            .map(|dir| AotCache::open(dir, compat_key(&wasmtime)))
+            .transpose()?;
+        spawn_epoch_ticker(wasmtime.weak());
+        Ok(Arc::new(Self {
+            wasmtime,
+            p1_linker,
+            p2_linker,
+            programs: Mutex::new(HashMap::new()),
+            aot,
+        }))
+    }
+
+    /// Compiles `bytes` (or fetches it from the memory or disk cache) off the async threads.
+    /// Concurrent loads of the same binary compile it once.
+    pub async fn load(self: &Arc<Self>, bytes: Arc<[u8]>) -> Result<Program> {
+        let digest = sha256_digest(&bytes);
+        let cell = {
+            let mut programs = self.programs.lock().unwrap_or_else(|e| e.into_inner());
+            programs.entry(digest.clone()).or_default().clone()
+        };
+        let program = cell
+            .get_or_try_init(|| {
+                let engine = self.clone();
+                let digest = digest.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || engine.compile(&digest, &bytes))
+                        .await
+                        .map_err(|e| Error::internal(format!("compiler task failed: {e}")))?
+                }
+            })
+            .await?;
+        Ok(program.clone())
+    }
+
+    /// Whether a verified-or-not AOT artifact for this binary is on disk (for image status).
+    pub fn has_artifact(&self, digest: &str) -> bool {
+        self.aot.as_ref().is_some_and(|c| c.contains(digest))
+    }
+
+    fn compile(&self, digest: &str, bytes: &[u8]) -> Result<Program> {
+        let kind = GuestKind::detect(bytes)?;
+        let cached = self.aot.as_ref().and_then(|c| c.load(digest));
+        let compiled = match kind {
+            GuestKind::Preview1 => {
+                let module = match cached.and_then(|aot| {
+                    // SAFETY: the artifact's HMAC proved it is bytes this node's engine wrote.
+                    unsafe { Module::deserialize(&self.wasmtime, aot) }.ok()
+                }) {
+                    Some(m) => m,
+                    None => {
+                        let m = Module::new(&self.wasmtime, bytes).map_err(invalid_wasm)?;
+                        self.store_artifact(digest, m.serialize());
+                        m
+                    }
+                };
+                let pre = self.p1_linker.instantiate_pre(&module).map_err(link_error)?;
+                Compiled::Module(pre)
+            }
+            GuestKind::Preview2 => {
+                let component = match cached.and_then(|aot| {
+                    // SAFETY: as above, the artifact verified under this node's key.
+                    unsafe { Component::deserialize(&self.wasmtime, aot) }.ok()
+                }) {
+                    Some(c) => c,
+                    None => {
+                        let c = Component::new(&self.wasmtime, bytes).map_err(invalid_wasm)?;
+                        self.store_artifact(digest, c.serialize());
+                        c
+                    }
+                };
+                let pre = self.p2_linker.instantiate_pre(&component).map_err(link_error)?;
+                let pre = CommandPre::new(pre).map_err(|e| {
+                    Error::invalid(format!(
+                        "component does not export wasi:cli/run (a WASI command): {e:#}"
+                    ))
+                })?;
+                Compiled::Component(pre)
+            }
+        };
+        Ok(Program { inner: Arc::new(ProgramInner { digest: digest.to_owned(), compiled }) })
+    }
+
+    fn store_artifact(&self, digest: &str, artifact: wasmtime::Result<Vec<u8>>) {
+        let (Some(cache), Ok(artifact)) = (&self.aot, artifact) else { return };
+        if let Err(e) = cache.store(digest, &artifact) {
+            tracing::warn!("could not cache compiled code: {e}");
+        }
+    }
+
+    /// Runs `program` to completion, or until `kill` resolves with the exit to report instead.
+    /// Killing drops the guest's task (and its store) at its next yield point.
+    pub async fn run(
+        &self,
+        program: &Program,
+        spec: GuestSpec,
+        kill: impl Future<Output = Exit>,
+    ) -> Exit {
+        let log = spec.log.clone();
+        let usage = spec.usage.clone();
+        let guest = Metered { inner: self.run_guest(program, spec), usage: &usage };
+        let exit = tokio::select! {
+            exit = guest => exit,
+            exit = kill => exit,
+        };
+        usage.memory_bytes.store(0, Ordering::Relaxed);
+        if !exit.message.is_empty() && exit.reason != ExitReason::Completed {
+            log.runtime_line(Stream::Stderr, &format!("wasmpod: {}", exit.message));
+        }
+        log.finish();
+        exit
+    }
+
+    async fn run_guest(&self, program: &Program, spec: GuestSpec) -> Exit {
+        let limiter = MemoryLimiter {
+            limit: spec.memory_limit.map(|l| l as usize),
+            hit: false,
+            usage: spec.usage.clone(),
+        };
+        let ctx = match wasi_builder(&spec) {
+            Ok(b) => b,
+            Err(e) => return Exit { code: 128, reason: ExitReason::Error, message: e.message },
+        };
+        let outcome = match &program.inner.compiled {
+            Compiled::Module(pre) => {
+                let mut ctx = ctx;
+                let mut store = self.store(P1Host { wasi: ctx.build_p1(), limiter });
+                let result = async {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                    start.call_async(&mut store, ()).await
+                }
+                .await;
+                (result.map(|()| 0), store.data().limiter.hit)
+            }
+            Compiled::Component(pre) => {
+                let mut ctx = ctx;
+                let host = P2Host { ctx: ctx.build(), table: ResourceTable::new(), limiter };
+                let mut store = self.store(host);
+                let result = async {
+                    let command = pre.instantiate_async(&mut store).await?;
+                    command.wasi_cli_run().call_run(&mut store).await
+                }
+                .await;
+                (result.map(|r| if r.is_ok() { 0 } else { 1 }), store.data().limiter.hit)
+            }
+        };
+        match outcome {
+            (Ok(code), _) => Exit::code(code),
+            (Err(e), oom) => match e.downcast_ref::<I32Exit>() {
+                Some(I32Exit(code)) => Exit::code(*code),
+                None if oom => Exit {
+                    code: TRAP_CODE,
+                    reason: ExitReason::OomKilled,
+                    message: format!("memory limit reached: {e:#}"),
+                },
+                None => Exit { code: TRAP_CODE, reason: ExitReason::Error, message: format!("{e:#}") },
+            },
+        }
+    }
+
+    fn store<T: HasLimiter>(&self, host: T) -> Store<T> {
+        let mut store = Store::new(&self.wasmtime, host);
+        store.limiter(|h| h.limiter());
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        store
+    }
+}
+
+fn wasi_builder(spec: &GuestSpec) -> Result<WasiCtxBuilder> {
+    let mut b = WasiCtxBuilder::new();
+    b.args(&spec.argv)
+        .envs(&spec.env)
+        .stdout(LogOutput::new(spec.log.clone(), Stream::Stdout))
+        .stderr(LogOutput::new(spec.log.clone(), Stream::Stderr));
+    if let Some(cwd) = &spec.cwd {
+        b.initial_cwd(cwd);
+        // wasi-libc reads the working directory from PWD.
+        b.env("PWD", cwd);
+    }
+    for p in &spec.preopens {
+        let perms = if p.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+        b.preopened_dir(&p.host, &p.guest, perms).map_err(|e| {
+            Error::invalid(format!("mount {} ({}): {e:#}", p.guest, p.host.display()))
+        })?;
+    }
+    Ok(b)
+}
+
+fn invalid_wasm(e: wasmtime::Error) -> Error {
+    Error::invalid(format!("invalid WebAssembly: {e:#}"))
+}
+
+fn link_error(e: wasmtime::Error) -> Error {
+    Error::invalid(format!("cannot link the program against WASI: {e:#}"))
+}
+
+/// `sha256:<hex>` of `bytes`, the name of content everywhere in wasmpod.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// A short stable name for "code this engine can load": wasmtime version and settings.
+fn compat_key(engine: &wasmtime::Engine) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// Advances the epoch until the engine is gone. One thread per process, whatever the load.
+fn spawn_epoch_ticker(weak: wasmtime::EngineWeak) {
+    std::thread::Builder::new()
+        .name("wasmpod-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
+}
+
+/// Host state of a preview1 guest.
+struct P1Host {
+    wasi: WasiP1Ctx,
+    limiter: MemoryLimiter,
+}
+
+/// Host state of a preview2 guest.
+struct P2Host {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+}
+
+impl WasiView for P2Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
+    }
+}
+
+trait HasLimiter: Send + 'static {
+    fn limiter(&mut self) -> &mut dyn ResourceLimiter;
+}
+impl HasLimiter for P1Host {
+    fn limiter(&mut self) -> &mut dyn ResourceLimiter {
+        &mut self.limiter
+    }
+}
+impl HasLimiter for P2Host {
+    fn limiter(&mut self) -> &mut dyn ResourceLimiter {
+        &mut self.limiter
+    }
+}
+
+/// Caps the total linear memory of a store and remembers whether the cap was hit, so that
+/// the trap that usually follows is reported as `OOMKilled`.
+struct MemoryLimiter {
+    limit: Option<usize>,
+    hit: bool,
+    usage: Arc<GuestUsage>,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.usage.memory_bytes.load(Ordering::Relaxed) as usize;
+        let next = total - current.min(total) + desired;
+        if self.limit.is_some_and(|limit| next > limit) {
+            self.hit = true;
+            return Ok(false);
+        }
+        self.usage.memory_bytes.store(next as u64, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// Wraps the guest's future to add the time spent polling it to the container's CPU time.
+struct Metered<'a, F> {
+    inner: F,
+    usage: &'a GuestUsage,
+}
+
+impl<F: Future> Future for Metered<'_, F> {
+    type Output = F::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // SAFETY: `inner` is never moved out of the pinned wrapper.
+        let this = unsafe { self.get_unchecked_mut() };
+        let started = Instant::now();
+        let inner = unsafe { Pin::new_unchecked(&mut this.inner) };
+        let out = inner.poll(cx);
+        let spent = started.elapsed().as_nanos() as u64;
+        this.usage.cpu_nanos.fetch_add(spent, Ordering::Relaxed);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_kinds_and_rejects_garbage() {
+        assert_eq!(GuestKind::detect(b"\0asm\x01\0\0\0").unwrap(), GuestKind::Preview1);
+        assert_eq!(GuestKind::detect(b"\0asm\x0d\0\x01\0").unwrap(), GuestKind::Preview2);
+        assert!(GuestKind::detect(b"\0asm").unwrap_err().message.contains("truncated"));
+        assert!(GuestKind::detect(b"").unwrap_err().message.contains("truncated"));
+        assert!(GuestKind::detect(b"#!/bin/sh\n").unwrap_err().message.contains("magic"));
+        assert!(GuestKind::detect(b"\0asm\x02\0\0\0").unwrap_err().message.contains("version"));
+    }
+}

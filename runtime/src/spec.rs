@@ -1,0 +1,93 @@
+//! Core descriptions of pods and containers, independent of any wire format. The manifest
+//! parser and (later) the CRI front end both convert into these types.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What a pod sandbox is made of.
+#[derive(Debug, Clone, Default)]
+pub struct PodConfig {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub hostname: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// Pod-level volumes the runtime manages (emptyDir, hostPath).
+    pub volumes: Vec<VolumeSpec>,
+    /// Directory the containers' log files go under (`<dir>/<name>/<attempt>.log` by default).
+    pub log_directory: Option<PathBuf>,
+}
+
+/// A named pod volume.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeSpec {
+    pub name: String,
+    pub source: VolumeSource,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum VolumeSource {
+    /// A scratch directory that lives as long as the pod.
+    EmptyDir { medium: Medium, size_limit: Option<u64> },
+    /// A path on the host.
+    HostPath { path: PathBuf, kind: HostPathKind },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Medium {
+    Disk,
+    Memory,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostPathKind {
+    /// No check: use whatever is there (a directory or a file).
+    Unchecked,
+    Directory,
+    DirectoryOrCreate,
+    File,
+    FileOrCreate,
+}
+
+/// What a container runs and sees.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerConfig {
+    pub name: String,
+    pub attempt: u32,
+    /// The image reference as the user wrote it.
+    pub image: String,
+    /// Overrides the image's entrypoint; the first element is the guest's argv[0].
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub mounts: Vec<MountSpec>,
+    /// Linear-memory limit across the container's instances, in bytes.
+    pub memory_limit: Option<u64>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// Log file, relative to the pod's log directory.
+    pub log_path: Option<PathBuf>,
+}
+
+/// Where a container mount comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MountSource {
+    /// A volume of the pod, optionally narrowed to a path inside it.
+    Volume { name: String, sub_path: Option<String> },
+    /// A host path given directly (the CRI's way: kubelet has resolved volumes already).
+    Host(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MountSpec {
+    pub source: MountSource,
+    /// Absolute path inside the guest.
+    pub container_path: String,
+    pub read_only: bool,
+}
+
+/// How long a stopping container may take before it is killed.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
