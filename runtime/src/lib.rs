@@ -5,3 +5,6 @@ pub mod error;
 pub mod exit;
 pub mod log;
 pub mod spec;
+pub mod manifest;
+pub mod mounts;
+pub mod volume;
