@@ -51,11 +51,23 @@ pub struct Exit {
 impl Exit {
     /// The exit of a guest that ended by itself with `code`.
     pub fn code(code: i32) -> Self {
-        let reason = if code == 0 { ExitReason::Completed } else { ExitReason::Error };
-        Self { code, reason, message: String::new() }
+        let reason = if code == 0 {
+            ExitReason::Completed
+        } else {
+            ExitReason::Error
+        };
+        Self {
+            code,
+            reason,
+            message: String::new(),
+        }
     }
     pub fn killed(reason: ExitReason, message: impl Into<String>) -> Self {
-        Self { code: KILLED_CODE, reason, message: message.into() }
+        Self {
+            code: KILLED_CODE,
+            reason,
+            message: message.into(),
+        }
     }
     pub fn success(&self) -> bool {
         self.code == 0

@@ -1,10 +1,15 @@
 //! wasmpod-runtime: the core of wasmpod. All behaviour lives here; front ends (the CLI, the CRI
 //! server, the containerd shim) only convert between their wire types and these.
+pub mod container;
 pub mod engine;
 pub mod error;
 pub mod exit;
+pub mod image;
 pub mod log;
-pub mod spec;
 pub mod manifest;
 pub mod mounts;
+pub mod pod;
+pub mod runner;
+pub mod runtime;
+pub mod spec;
 pub mod volume;

@@ -182,7 +182,10 @@ mod tests {
             .map(|l| {
                 let mut parts = l.splitn(4, ' ');
                 let ts = parts.next().unwrap();
-                assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "bad timestamp {ts}");
+                assert!(
+                    chrono::DateTime::parse_from_rfc3339(ts).is_ok(),
+                    "bad timestamp {ts}"
+                );
                 let s = parts.next().unwrap().to_owned();
                 let tag = parts.next().unwrap().to_owned();
                 (s, tag, parts.next().unwrap_or("").to_owned())
@@ -213,7 +216,10 @@ mod tests {
         ];
         assert_eq!(recs.len(), want.len());
         for (got, want) in recs.iter().zip(want.iter()) {
-            assert_eq!((got.0.as_str(), got.1.as_str(), &got.2), (want.0, want.1, &want.2));
+            assert_eq!(
+                (got.0.as_str(), got.1.as_str(), &got.2),
+                (want.0, want.1, &want.2)
+            );
         }
         let first = rx.try_recv().unwrap();
         assert_eq!((&*first.container, first.text.as_str()), ("c", "hello"));

@@ -64,7 +64,7 @@ impl PodManifest {
         let raw: RawPod = serde_ignored::deserialize(de, |path| {
             warnings.push(path.to_string().replace(".?", ""))
         })
-            .map_err(|e| Error::invalid(format!("malformed manifest: {e}")))?;
+        .map_err(|e| Error::invalid(format!("malformed manifest: {e}")))?;
         raw.into_manifest(base, warnings)
     }
 }
@@ -217,7 +217,9 @@ impl RawPod {
             .filter(|n| !n.is_empty())
             .ok_or_else(|| Error::invalid("metadata.name is required"))?;
         check_dns_label("metadata.name", &name)?;
-        let spec = self.spec.ok_or_else(|| Error::invalid("spec is required"))?;
+        let spec = self
+            .spec
+            .ok_or_else(|| Error::invalid("spec is required"))?;
         for (set, field) in [
             (spec.host_network, "hostNetwork"),
             (spec.host_pid, "hostPID"),
@@ -230,7 +232,9 @@ impl RawPod {
             }
         }
         if spec.containers.is_empty() {
-            return Err(Error::invalid("spec.containers: a pod needs at least one container"));
+            return Err(Error::invalid(
+                "spec.containers: a pod needs at least one container",
+            ));
         }
         let restart_policy = match spec.restart_policy.as_deref() {
             None | Some("Always") => RestartPolicy::Always,
@@ -255,19 +259,26 @@ impl RawPod {
             .volumes
             .into_iter()
             .enumerate()
-            .map(|(i, v)| v.into_spec().map_err(|e| e.context(format!("spec.volumes[{i}]"))))
+            .map(|(i, v)| {
+                v.into_spec()
+                    .map_err(|e| e.context(format!("spec.volumes[{i}]")))
+            })
             .collect::<Result<Vec<_>>>()?;
         let mut names = std::collections::HashSet::new();
         for v in &volumes {
             if !names.insert(v.name.as_str()) {
-                return Err(Error::invalid(format!("spec.volumes: two volumes named {}", v.name)));
+                return Err(Error::invalid(format!(
+                    "spec.volumes: two volumes named {}",
+                    v.name
+                )));
             }
         }
         let convert = |list: Vec<RawContainer>, field: &str| {
             list.into_iter()
                 .enumerate()
                 .map(|(i, c)| {
-                    c.into_config(base, &volumes).map_err(|e| e.context(format!("spec.{field}[{i}]")))
+                    c.into_config(base, &volumes)
+                        .map_err(|e| e.context(format!("spec.{field}[{i}]")))
                 })
                 .collect::<Result<Vec<_>>>()
         };
@@ -289,7 +300,14 @@ impl RawPod {
             log_directory: None,
             name,
         };
-        Ok(PodManifest { pod, init_containers, containers, restart_policy, grace, warnings })
+        Ok(PodManifest {
+            pod,
+            init_containers,
+            containers,
+            restart_policy,
+            grace,
+            warnings,
+        })
     }
 }
 
@@ -339,7 +357,10 @@ impl RawVolume {
                 )));
             }
         };
-        Ok(VolumeSpec { name: self.name, source })
+        Ok(VolumeSpec {
+            name: self.name,
+            source,
+        })
     }
 }
 
@@ -384,16 +405,24 @@ impl RawContainer {
             let path = crate::volume::normalize_guest_path(&m.mount_path)
                 .map_err(|e| e.context(ctx("volumeMounts")))?;
             if !paths.insert(path.clone()) {
-                return Err(Error::invalid(format!("{}: two mounts on {path}", ctx("volumeMounts"))));
+                return Err(Error::invalid(format!(
+                    "{}: two mounts on {path}",
+                    ctx("volumeMounts")
+                )));
             }
             mounts.push(MountSpec {
-                source: MountSource::Volume { name: m.name, sub_path: m.sub_path },
+                source: MountSource::Volume {
+                    name: m.name,
+                    sub_path: m.sub_path,
+                },
                 container_path: path,
                 read_only: m.read_only,
             });
         }
         let memory_limit = match self.resources.unwrap_or_default().limits.get("memory") {
-            Some(q) => Some(parse_quantity(q).map_err(|e| e.context(ctx("resources.limits.memory")))?),
+            Some(q) => {
+                Some(parse_quantity(q).map_err(|e| e.context(ctx("resources.limits.memory")))?)
+            }
             None => None,
         };
         Ok(ContainerConfig {
@@ -422,13 +451,23 @@ fn resolve_local_image(image: &str, base: &Path) -> String {
         return image.to_owned();
     }
     let path = Path::new(path);
-    format!("file://{}", if path.is_absolute() { path.to_path_buf() } else { base.join(path) }.display())
+    format!(
+        "file://{}",
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            base.join(path)
+        }
+        .display()
+    )
 }
 
 fn check_dns_label(field: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-');
     if ok {
@@ -469,7 +508,11 @@ pub fn parse_quantity(value: &serde_yaml_ng::Value) -> Result<u64> {
             Ok(exp) => 10f64.powi(exp),
             Err(_) => return Err(Error::invalid(format!("{text:?} is not a quantity"))),
         },
-        _ => return Err(Error::invalid(format!("{text:?} is not a quantity (unknown suffix)"))),
+        _ => {
+            return Err(Error::invalid(format!(
+                "{text:?} is not a quantity (unknown suffix)"
+            )))
+        }
     };
     let n: f64 = num
         .parse()
@@ -529,12 +572,18 @@ spec:
         assert_eq!(m.grace, Duration::from_secs(5));
         assert_eq!(
             m.pod.volumes[0].source,
-            VolumeSource::EmptyDir { medium: Medium::Memory, size_limit: Some(64 << 20) }
+            VolumeSource::EmptyDir {
+                medium: Medium::Memory,
+                size_limit: Some(64 << 20)
+            }
         );
         assert_eq!(m.init_containers[0].image, "file:///base/init.wasm");
         let app = &m.containers[0];
         assert_eq!(app.image, "file:///base/../wasm/app.wasm");
-        assert_eq!(app.env, [("A".into(), "1".into()), ("EMPTY".into(), String::new())]);
+        assert_eq!(
+            app.env,
+            [("A".into(), "1".into()), ("EMPTY".into(), String::new())]
+        );
         assert_eq!(app.memory_limit, Some(128 << 20));
         assert_eq!(app.mounts[0].container_path, "/data");
         assert!(app.mounts[1].read_only);
@@ -579,6 +628,9 @@ spec:
         assert_eq!(q("42").unwrap(), 42);
         assert!(q("12Qi").is_err());
         assert!(q("abc").is_err());
-        assert_eq!(parse_quantity(&serde_yaml_ng::Value::Number(7.into())).unwrap(), 7);
+        assert_eq!(
+            parse_quantity(&serde_yaml_ng::Value::Number(7.into())).unwrap(),
+            7
+        );
     }
 }

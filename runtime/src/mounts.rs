@@ -31,14 +31,20 @@ impl GuestFs {
         let mut seen = BTreeMap::new();
         for m in &mounts {
             if seen.insert(m.container_path.clone(), ()).is_some() {
-                return Err(Error::invalid(format!("two mounts on {}", m.container_path)));
+                return Err(Error::invalid(format!(
+                    "two mounts on {}",
+                    m.container_path
+                )));
             }
         }
         let dirs: Vec<&ResolvedMount> = mounts.iter().filter(|m| !m.is_file).collect();
         let mut file_parents: BTreeMap<String, Vec<&ResolvedMount>> = BTreeMap::new();
         for m in mounts.iter().filter(|m| m.is_file) {
             let (parent, _) = split_parent(&m.container_path)?;
-            if let Some(d) = dirs.iter().find(|d| is_within(&m.container_path, &d.container_path)) {
+            if let Some(d) = dirs
+                .iter()
+                .find(|d| is_within(&m.container_path, &d.container_path))
+            {
                 return Err(Error::invalid(format!(
                     "file mount {} lies inside directory mount {}; mount its directory instead",
                     m.container_path, d.container_path
@@ -79,10 +85,18 @@ impl GuestFs {
             return Ok(());
         }
         std::fs::copy(&mount.host, staged).map_err(|e| {
-            Error::io(format!("file mount {} ({})", mount.container_path, mount.host.display()), e)
+            Error::io(
+                format!(
+                    "file mount {} ({})",
+                    mount.container_path,
+                    mount.host.display()
+                ),
+                e,
+            )
         })?;
         if !mount.read_only {
-            self.write_back.push((staged.to_path_buf(), mount.host.clone()));
+            self.write_back
+                .push((staged.to_path_buf(), mount.host.clone()));
         }
         Ok(())
     }
@@ -99,14 +113,19 @@ impl GuestFs {
 
 fn split_parent(path: &str) -> Result<(String, &str)> {
     match path.rsplit_once('/') {
-        Some((_, "")) | None => Err(Error::invalid(format!("file mount path {path:?} has no name"))),
+        Some((_, "")) | None => Err(Error::invalid(format!(
+            "file mount path {path:?} has no name"
+        ))),
         Some(("", name)) => Ok(("/".to_owned(), name)),
         Some((parent, name)) => Ok((parent.to_owned(), name)),
     }
 }
 
 fn is_within(path: &str, dir: &str) -> bool {
-    dir == "/" || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
+    dir == "/"
+        || path
+            .strip_prefix(dir)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 #[cfg(test)]
@@ -144,7 +163,10 @@ mod tests {
         assert_eq!(guests, ["/data", "/dev", "/etc"]);
         let etc = &fs.preopens[2];
         assert!(etc.read_only);
-        assert_eq!(std::fs::read_to_string(etc.host.join("hosts")).unwrap(), "127.0.0.1 localhost\n");
+        assert_eq!(
+            std::fs::read_to_string(etc.host.join("hosts")).unwrap(),
+            "127.0.0.1 localhost\n"
+        );
         // The writable file is the same inode: a write shows at the source at once.
         std::fs::write(fs.preopens[1].host.join("termination-log"), "bye").unwrap();
         assert_eq!(std::fs::read_to_string(&term).unwrap(), "bye");
@@ -156,9 +178,21 @@ mod tests {
         let file = tmp.path().join("f");
         std::fs::write(&file, "").unwrap();
         let staging = tmp.path().join("s");
-        let two = vec![resolved(tmp.path(), "/data", false), resolved(tmp.path(), "/data", true)];
-        assert!(GuestFs::build(two, &staging).unwrap_err().message.contains("two mounts"));
-        let nested = vec![resolved(tmp.path(), "/etc", false), resolved(&file, "/etc/hosts", true)];
-        assert!(GuestFs::build(nested, &staging).unwrap_err().message.contains("inside"));
+        let two = vec![
+            resolved(tmp.path(), "/data", false),
+            resolved(tmp.path(), "/data", true),
+        ];
+        assert!(GuestFs::build(two, &staging)
+            .unwrap_err()
+            .message
+            .contains("two mounts"));
+        let nested = vec![
+            resolved(tmp.path(), "/etc", false),
+            resolved(&file, "/etc/hosts", true),
+        ];
+        assert!(GuestFs::build(nested, &staging)
+            .unwrap_err()
+            .message
+            .contains("inside"));
     }
 }

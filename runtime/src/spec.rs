@@ -30,7 +30,10 @@ pub struct VolumeSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub enum VolumeSource {
     /// A scratch directory that lives as long as the pod.
-    EmptyDir { medium: Medium, size_limit: Option<u64> },
+    EmptyDir {
+        medium: Medium,
+        size_limit: Option<u64>,
+    },
     /// A path on the host.
     HostPath { path: PathBuf, kind: HostPathKind },
 }
@@ -76,7 +79,10 @@ pub struct ContainerConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum MountSource {
     /// A volume of the pod, optionally narrowed to a path inside it.
-    Volume { name: String, sub_path: Option<String> },
+    Volume {
+        name: String,
+        sub_path: Option<String>,
+    },
     /// A host path given directly (the CRI's way: kubelet has resolved volumes already).
     Host(PathBuf),
 }

@@ -81,11 +81,19 @@ impl PodVolumes {
                     let host = base.join(&spec.name);
                     std::fs::create_dir_all(&host)
                         .map_err(|e| Error::io(format!("volume {}", spec.name), e))?;
-                    Volume { host, size_limit: *size_limit, owned: true }
+                    Volume {
+                        host,
+                        size_limit: *size_limit,
+                        owned: true,
+                    }
                 }
                 VolumeSource::HostPath { path, kind } => {
                     check_host_path(&spec.name, path, *kind)?;
-                    Volume { host: path.clone(), size_limit: None, owned: false }
+                    Volume {
+                        host: path.clone(),
+                        size_limit: None,
+                        owned: false,
+                    }
                 }
             };
             self.volumes.insert(spec.name.clone(), volume);
@@ -110,7 +118,10 @@ impl PodVolumes {
                     Some(sub) => {
                         let fd = open_sub_path(&volume.host, sub)
                             .map_err(|e| e.context(format!("volume {name}, subPath {sub:?}")))?;
-                        (PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())), Some(fd))
+                        (
+                            PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+                            Some(fd),
+                        )
                     }
                 }
             }
@@ -164,7 +175,10 @@ fn check_host_path(name: &str, path: &Path, kind: HostPathKind) -> Result<()> {
     }
     let meta = std::fs::metadata(path);
     let what = |want: &str| {
-        Error::invalid(format!("volume {name}: hostPath {} is not {want}", path.display()))
+        Error::invalid(format!(
+            "volume {name}: hostPath {} is not {want}",
+            path.display()
+        ))
     };
     match kind {
         HostPathKind::DirectoryOrCreate if meta.is_err() => std::fs::create_dir_all(path)
@@ -203,7 +217,8 @@ fn open_sub_path(root: &Path, sub: &str) -> Result<OwnedFd> {
     let meta = match dir.metadata(rel) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            dir.create_dir_all(rel).map_err(|e| Error::io("creating it", e))?;
+            dir.create_dir_all(rel)
+                .map_err(|e| Error::io("creating it", e))?;
             dir.metadata(rel).map_err(|e| Error::io("opening it", e))?
         }
         Err(e) => return Err(escape_error(e)),
@@ -226,13 +241,19 @@ fn escape_error(e: std::io::Error) -> Error {
 /// Makes a guest mount path canonical: absolute, no `.`/`..`, no trailing slash.
 pub fn normalize_guest_path(path: &str) -> Result<String> {
     if !path.starts_with('/') {
-        return Err(Error::invalid(format!("mount path {path:?} must be absolute")));
+        return Err(Error::invalid(format!(
+            "mount path {path:?} must be absolute"
+        )));
     }
     let mut parts = Vec::new();
     for part in path.split('/') {
         match part {
             "" | "." => {}
-            ".." => return Err(Error::invalid(format!("mount path {path:?} must not contain '..'"))),
+            ".." => {
+                return Err(Error::invalid(format!(
+                    "mount path {path:?} must not contain '..'"
+                )))
+            }
             p => parts.push(p),
         }
     }
@@ -244,7 +265,9 @@ fn disk_usage(root: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let Ok(meta) = entry.metadata() else { continue };
             total += meta.blocks() * 512;
@@ -263,13 +286,19 @@ mod tests {
     fn empty_dir(name: &str, size_limit: Option<u64>) -> VolumeSpec {
         VolumeSpec {
             name: name.into(),
-            source: VolumeSource::EmptyDir { medium: Medium::Disk, size_limit },
+            source: VolumeSource::EmptyDir {
+                medium: Medium::Disk,
+                size_limit,
+            },
         }
     }
 
     fn mount(volume: &str, sub: Option<&str>, path: &str) -> MountSpec {
         MountSpec {
-            source: MountSource::Volume { name: volume.into(), sub_path: sub.map(Into::into) },
+            source: MountSource::Volume {
+                name: volume.into(),
+                sub_path: sub.map(Into::into),
+            },
             container_path: path.into(),
             read_only: false,
         }
@@ -302,9 +331,16 @@ mod tests {
         );
         for bad in ["../outside", "/etc", "abs-link", "rel-link", "rel-link/x"] {
             let err = vols.resolve(&mount("data", Some(bad), "/x")).unwrap_err();
-            assert_eq!(err.kind, crate::error::ErrorKind::InvalidArgument, "{bad}: {err}");
+            assert_eq!(
+                err.kind,
+                crate::error::ErrorKind::InvalidArgument,
+                "{bad}: {err}"
+            );
         }
-        assert!(std::fs::read_dir(&outside).unwrap().next().is_none(), "nothing created outside");
+        assert!(
+            std::fs::read_dir(&outside).unwrap().next().is_none(),
+            "nothing created outside"
+        );
         let err = vols.resolve(&mount("nope", None, "/x")).unwrap_err();
         assert!(err.message.contains("\"nope\""), "{err}");
     }
@@ -327,7 +363,10 @@ mod tests {
         std::fs::write(&file, "x").unwrap();
         let hp = |path: &Path, kind| VolumeSpec {
             name: "h".into(),
-            source: VolumeSource::HostPath { path: path.to_path_buf(), kind },
+            source: VolumeSource::HostPath {
+                path: path.to_path_buf(),
+                kind,
+            },
         };
         let pod = tmp.path().join("pod");
         assert!(PodVolumes::create(&pod, "p", &[hp(&file, HostPathKind::Directory)]).is_err());

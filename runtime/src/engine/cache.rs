@@ -29,7 +29,11 @@ impl AotCache {
     pub(crate) fn open(dir: &Path, compat: String) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
         let key = load_or_create_key(&dir.join("key"))?;
-        Ok(Self { dir: dir.to_path_buf(), key, compat })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            key,
+            compat,
+        })
     }
 
     fn path(&self, digest: &str) -> PathBuf {
@@ -123,7 +127,8 @@ fn load_or_create_key(path: &Path) -> Result<[u8; 32]> {
             let key: [u8; 32] = rand::random();
             let dir = path.parent().expect("key has a parent");
             let (tmp, mut file) = tempfile_in(dir)?;
-            file.write_all(&key).map_err(|e| Error::io(tmp.display(), e))?;
+            file.write_all(&key)
+                .map_err(|e| Error::io(tmp.display(), e))?;
             // Another process may have won the race: use whichever key landed first.
             match std::fs::hard_link(&tmp, path) {
                 Ok(()) => {
@@ -173,10 +178,16 @@ mod tests {
     #[test]
     fn key_is_kept_across_opens_and_private() {
         let dir = tempfile::tempdir().unwrap();
-        AotCache::open(dir.path(), "c".into()).unwrap().store("d", b"x").unwrap();
+        AotCache::open(dir.path(), "c".into())
+            .unwrap()
+            .store("d", b"x")
+            .unwrap();
         let again = AotCache::open(dir.path(), "c".into()).unwrap();
         assert_eq!(again.load("d").unwrap(), b"x");
-        let mode = std::fs::metadata(dir.path().join("key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

@@ -48,16 +48,20 @@ impl GuestKind {
     /// Tells a core module from a component by the preamble, without parsing the rest.
     pub fn detect(bytes: &[u8]) -> Result<Self> {
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-            return Err(Error::invalid(if bytes.starts_with(b"\0asm") || bytes.is_empty() {
-                format!("truncated WebAssembly binary ({} bytes)", bytes.len())
-            } else {
-                "not a WebAssembly binary (no \\0asm magic)".to_owned()
-            }));
+            return Err(Error::invalid(
+                if bytes.starts_with(b"\0asm") || bytes.is_empty() {
+                    format!("truncated WebAssembly binary ({} bytes)", bytes.len())
+                } else {
+                    "not a WebAssembly binary (no \\0asm magic)".to_owned()
+                },
+            ));
         }
         match &bytes[4..8] {
             [1, 0, 0, 0] => Ok(GuestKind::Preview1),
             [0x0d, 0, 1, 0] => Ok(GuestKind::Preview2),
-            v => Err(Error::invalid(format!("unsupported WebAssembly version/layer {v:02x?}"))),
+            v => Err(Error::invalid(format!(
+                "unsupported WebAssembly version/layer {v:02x?}"
+            ))),
         }
     }
 }
@@ -199,7 +203,10 @@ impl Engine {
                         m
                     }
                 };
-                let pre = self.p1_linker.instantiate_pre(&module).map_err(link_error)?;
+                let pre = self
+                    .p1_linker
+                    .instantiate_pre(&module)
+                    .map_err(link_error)?;
                 Compiled::Module(pre)
             }
             GuestKind::Preview2 => {
@@ -214,7 +221,10 @@ impl Engine {
                         c
                     }
                 };
-                let pre = self.p2_linker.instantiate_pre(&component).map_err(link_error)?;
+                let pre = self
+                    .p2_linker
+                    .instantiate_pre(&component)
+                    .map_err(link_error)?;
                 let pre = CommandPre::new(pre).map_err(|e| {
                     Error::invalid(format!(
                         "component does not export wasi:cli/run (a WASI command): {e:#}"
@@ -223,11 +233,18 @@ impl Engine {
                 Compiled::Component(pre)
             }
         };
-        Ok(Program { inner: Arc::new(ProgramInner { digest: digest.to_owned(), compiled }) })
+        Ok(Program {
+            inner: Arc::new(ProgramInner {
+                digest: digest.to_owned(),
+                compiled,
+            }),
+        })
     }
 
     fn store_artifact(&self, digest: &str, artifact: wasmtime::Result<Vec<u8>>) {
-        let (Some(cache), Ok(artifact)) = (&self.aot, artifact) else { return };
+        let (Some(cache), Ok(artifact)) = (&self.aot, artifact) else {
+            return;
+        };
         if let Err(e) = cache.store(digest, &artifact) {
             tracing::warn!("could not cache compiled code: {e}");
         }
@@ -243,7 +260,10 @@ impl Engine {
     ) -> Exit {
         let log = spec.log.clone();
         let usage = spec.usage.clone();
-        let guest = Metered { inner: self.run_guest(program, spec), usage: &usage };
+        let guest = Metered {
+            inner: self.run_guest(program, spec),
+            usage: &usage,
+        };
         let exit = tokio::select! {
             exit = guest => exit,
             exit = kill => exit,
@@ -264,12 +284,21 @@ impl Engine {
         };
         let ctx = match wasi_builder(&spec) {
             Ok(b) => b,
-            Err(e) => return Exit { code: 128, reason: ExitReason::Error, message: e.message },
+            Err(e) => {
+                return Exit {
+                    code: 128,
+                    reason: ExitReason::Error,
+                    message: e.message,
+                }
+            }
         };
         let outcome = match &program.inner.compiled {
             Compiled::Module(pre) => {
                 let mut ctx = ctx;
-                let mut store = self.store(P1Host { wasi: ctx.build_p1(), limiter });
+                let mut store = self.store(P1Host {
+                    wasi: ctx.build_p1(),
+                    limiter,
+                });
                 let result = async {
                     let instance = pre.instantiate_async(&mut store).await?;
                     let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
@@ -280,14 +309,21 @@ impl Engine {
             }
             Compiled::Component(pre) => {
                 let mut ctx = ctx;
-                let host = P2Host { ctx: ctx.build(), table: ResourceTable::new(), limiter };
+                let host = P2Host {
+                    ctx: ctx.build(),
+                    table: ResourceTable::new(),
+                    limiter,
+                };
                 let mut store = self.store(host);
                 let result = async {
                     let command = pre.instantiate_async(&mut store).await?;
                     command.wasi_cli_run().call_run(&mut store).await
                 }
                 .await;
-                (result.map(|r| if r.is_ok() { 0 } else { 1 }), store.data().limiter.hit)
+                (
+                    result.map(|r| if r.is_ok() { 0 } else { 1 }),
+                    store.data().limiter.hit,
+                )
             }
         };
         match outcome {
@@ -299,7 +335,11 @@ impl Engine {
                     reason: ExitReason::OomKilled,
                     message: format!("memory limit reached: {e:#}"),
                 },
-                None => Exit { code: TRAP_CODE, reason: ExitReason::Error, message: format!("{e:#}") },
+                None => Exit {
+                    code: TRAP_CODE,
+                    reason: ExitReason::Error,
+                    message: format!("{e:#}"),
+                },
             },
         }
     }
@@ -325,7 +365,11 @@ fn wasi_builder(spec: &GuestSpec) -> Result<WasiCtxBuilder> {
         b.env("PWD", cwd);
     }
     for p in &spec.preopens {
-        let perms = if p.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+        let perms = if p.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
         b.preopened_dir(&p.host, &p.guest, perms).map_err(|e| {
             Error::invalid(format!("mount {} ({}): {e:#}", p.guest, p.host.display()))
         })?;
@@ -382,7 +426,10 @@ struct P2Host {
 
 impl WasiView for P2Host {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -421,7 +468,9 @@ impl ResourceLimiter for MemoryLimiter {
             self.hit = true;
             return Ok(false);
         }
-        self.usage.memory_bytes.store(next as u64, Ordering::Relaxed);
+        self.usage
+            .memory_bytes
+            .store(next as u64, Ordering::Relaxed);
         Ok(true)
     }
 
@@ -461,11 +510,29 @@ mod tests {
 
     #[test]
     fn detects_kinds_and_rejects_garbage() {
-        assert_eq!(GuestKind::detect(b"\0asm\x01\0\0\0").unwrap(), GuestKind::Preview1);
-        assert_eq!(GuestKind::detect(b"\0asm\x0d\0\x01\0").unwrap(), GuestKind::Preview2);
-        assert!(GuestKind::detect(b"\0asm").unwrap_err().message.contains("truncated"));
-        assert!(GuestKind::detect(b"").unwrap_err().message.contains("truncated"));
-        assert!(GuestKind::detect(b"#!/bin/sh\n").unwrap_err().message.contains("magic"));
-        assert!(GuestKind::detect(b"\0asm\x02\0\0\0").unwrap_err().message.contains("version"));
+        assert_eq!(
+            GuestKind::detect(b"\0asm\x01\0\0\0").unwrap(),
+            GuestKind::Preview1
+        );
+        assert_eq!(
+            GuestKind::detect(b"\0asm\x0d\0\x01\0").unwrap(),
+            GuestKind::Preview2
+        );
+        assert!(GuestKind::detect(b"\0asm")
+            .unwrap_err()
+            .message
+            .contains("truncated"));
+        assert!(GuestKind::detect(b"")
+            .unwrap_err()
+            .message
+            .contains("truncated"));
+        assert!(GuestKind::detect(b"#!/bin/sh\n")
+            .unwrap_err()
+            .message
+            .contains("magic"));
+        assert!(GuestKind::detect(b"\0asm\x02\0\0\0")
+            .unwrap_err()
+            .message
+            .contains("version"));
     }
 }

@@ -1,0 +1,310 @@
+//! [`Runtime`]: the one API every front end calls. It owns the engine, the image source and
+//! every pod and container of this process.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::broadcast;
+
+use crate::container::{Container, ContainerState, NewContainer};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::exit::{Exit, ExitReason};
+use crate::image::ImageSource;
+use crate::log::LogLine;
+use crate::mounts::GuestFs;
+use crate::pod::{Pod, PodState};
+use crate::spec::{ContainerConfig, PodConfig};
+use crate::volume::PodVolumes;
+
+/// How a runtime is set up.
+pub struct RuntimeOptions {
+    /// Pods' scratch space and the AOT cache live here.
+    pub state_dir: PathBuf,
+    pub images: Arc<dyn ImageSource>,
+}
+
+pub struct Runtime {
+    engine: Arc<Engine>,
+    images: Arc<dyn ImageSource>,
+    state_dir: PathBuf,
+    pods: RwLock<HashMap<String, Arc<Pod>>>,
+    containers: RwLock<HashMap<String, Arc<Container>>>,
+    logs: broadcast::Sender<LogLine>,
+}
+
+impl Runtime {
+    pub fn new(options: RuntimeOptions) -> Result<Arc<Self>> {
+        let dir = &options.state_dir;
+        std::fs::create_dir_all(dir.join("pods")).map_err(|e| Error::io(dir.display(), e))?;
+        let engine = Engine::new(Some(&dir.join("aot")))?;
+        Ok(Arc::new(Self {
+            engine,
+            images: options.images,
+            state_dir: options.state_dir,
+            pods: RwLock::default(),
+            containers: RwLock::default(),
+            logs: broadcast::channel(4096).0,
+        }))
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Every log line of every container from now on.
+    pub fn subscribe_logs(&self) -> broadcast::Receiver<LogLine> {
+        self.logs.subscribe()
+    }
+
+    /// Creates a pod sandbox and its volumes; returns its id.
+    pub fn run_pod(&self, config: PodConfig) -> Result<String> {
+        let id = new_id();
+        let dir = self.state_dir.join("pods").join(&id);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
+        let volumes = match PodVolumes::create(&dir, &id, &config.volumes) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let pod = Pod {
+            id: id.clone(),
+            config,
+            created_at: SystemTime::now(),
+            dir,
+            volumes,
+            state: Mutex::new(PodState::Ready),
+            containers: Mutex::default(),
+        };
+        write(&self.pods).insert(id.clone(), Arc::new(pod));
+        Ok(id)
+    }
+
+    pub fn pod(&self, id: &str) -> Result<Arc<Pod>> {
+        read(&self.pods)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("pod sandbox {id} not found")))
+    }
+
+    pub fn pods(&self) -> Vec<Arc<Pod>> {
+        read(&self.pods).values().cloned().collect()
+    }
+
+    /// Stops every container of the pod (each gets `grace`), then marks the pod not ready.
+    pub async fn stop_pod(&self, id: &str, grace: Duration) -> Result<()> {
+        let pod = self.pod(id)?;
+        let stops = self
+            .pod_containers(&pod)
+            .into_iter()
+            .map(|c| async move { c.stop(grace, ExitReason::Killed, "pod stopped").await });
+        futures::future::join_all(stops).await;
+        *pod.state.lock().unwrap_or_else(|e| e.into_inner()) = PodState::NotReady;
+        Ok(())
+    }
+
+    /// Removes the pod, its containers (killing any still running) and its emptyDirs.
+    pub async fn remove_pod(&self, id: &str) -> Result<()> {
+        let pod = self.pod(id)?;
+        for c in self.pod_containers(&pod) {
+            self.remove_container(&c.id).await?;
+        }
+        pod.volumes.remove();
+        if let Err(e) = std::fs::remove_dir_all(&pod.dir) {
+            tracing::warn!(pod = id, "removing pod directory: {e}");
+        }
+        write(&self.pods).remove(id);
+        Ok(())
+    }
+
+    fn pod_containers(&self, pod: &Pod) -> Vec<Arc<Container>> {
+        let all = read(&self.containers);
+        pod.container_ids()
+            .iter()
+            .filter_map(|id| all.get(id).cloned())
+            .collect()
+    }
+
+    /// Resolves the image, compiles it (cached), lays out the mounts; returns the container id.
+    pub async fn create_container(&self, pod_id: &str, config: ContainerConfig) -> Result<String> {
+        let pod = self.pod(pod_id)?;
+        if pod.state() != PodState::Ready {
+            return Err(Error::precondition(format!(
+                "pod sandbox {pod_id} is not ready"
+            )));
+        }
+        if config.name.is_empty() {
+            return Err(Error::invalid("container name is empty"));
+        }
+        self.check_unique_name(&pod, &config)?;
+        let ctx = format!("container {}", config.name);
+        let image = self
+            .images
+            .resolve(&config.image)
+            .await
+            .map_err(|e| e.context(&ctx))?;
+        let program = self
+            .engine
+            .load(image.wasm.clone())
+            .await
+            .map_err(|e| e.context(format!("{ctx}: image {}", image.reference)))?;
+
+        let id = new_id();
+        let dir = pod.dir.join("containers").join(&id);
+        let mounts = config
+            .mounts
+            .iter()
+            .map(|m| pod.volumes.resolve(m))
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| e.context(&ctx))?;
+        let fs = GuestFs::build(mounts, &dir).map_err(|e| e.context(&ctx))?;
+        let argv = if config.command.is_empty() {
+            image.entrypoint.clone()
+        } else {
+            config.command.clone()
+        }
+        .into_iter()
+        .chain(config.args.iter().cloned())
+        .collect();
+        let mut env = vec![("HOSTNAME".to_owned(), pod.config.hostname.clone())];
+        env.extend(config.env.iter().cloned());
+        let log_path = log_path(&pod.log_directory(), &config)?;
+        let container = Arc::new(Container::new(NewContainer {
+            id: id.clone(),
+            pod_id: pod_id.to_owned(),
+            image_ref: image.reference,
+            log_path: Some(log_path),
+            dir,
+            program,
+            argv,
+            env,
+            fs,
+            config,
+        }));
+        {
+            // Checked again: another create with the same name may have finished meanwhile.
+            let mut ids = pod.containers.lock().unwrap_or_else(|e| e.into_inner());
+            let all = read(&self.containers);
+            if ids
+                .iter()
+                .filter_map(|i| all.get(i))
+                .any(|c| same_name(c, &container.config))
+            {
+                return Err(duplicate(&container.config));
+            }
+            drop(all);
+            ids.push(id.clone());
+            write(&self.containers).insert(id.clone(), container);
+        }
+        Ok(id)
+    }
+
+    fn check_unique_name(&self, pod: &Pod, config: &ContainerConfig) -> Result<()> {
+        if self
+            .pod_containers(pod)
+            .iter()
+            .any(|c| same_name(c, config))
+        {
+            return Err(duplicate(config));
+        }
+        Ok(())
+    }
+
+    pub fn container(&self, id: &str) -> Result<Arc<Container>> {
+        read(&self.containers)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("container {id} not found")))
+    }
+
+    pub fn containers(&self) -> Vec<Arc<Container>> {
+        read(&self.containers).values().cloned().collect()
+    }
+
+    pub fn start_container(&self, id: &str) -> Result<()> {
+        let c = self.container(id)?;
+        let pod = self.pod(&c.pod_id)?;
+        c.start(&self.engine, &pod.config.name, self.logs.clone())
+    }
+
+    /// Gives the guest `grace` to exit, then kills it (exit 137, reason `Killed`).
+    pub async fn stop_container(&self, id: &str, grace: Duration) -> Result<()> {
+        let c = self.container(id)?;
+        let message = format!(
+            "stopped; did not exit within its {}s grace period",
+            grace.as_secs()
+        );
+        c.stop(grace, ExitReason::Killed, &message).await;
+        Ok(())
+    }
+
+    pub async fn wait_container(&self, id: &str) -> Result<Exit> {
+        Ok(self.container(id)?.wait().await)
+    }
+
+    /// Removes a container, killing it first if it still runs.
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let c = self.container(id)?;
+        if matches!(c.state(), ContainerState::Running { .. }) {
+            c.stop(Duration::ZERO, ExitReason::Killed, "container removed")
+                .await;
+        }
+        if let Ok(pod) = self.pod(&c.pod_id) {
+            pod.containers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|i| i != id);
+        }
+        let _ = std::fs::remove_dir_all(&c.dir);
+        write(&self.containers).remove(id);
+        Ok(())
+    }
+}
+
+fn same_name(c: &Container, config: &ContainerConfig) -> bool {
+    c.config.name == config.name && c.config.attempt == config.attempt
+}
+
+fn duplicate(config: &ContainerConfig) -> Error {
+    Error::exists(format!(
+        "the pod already has a container named {} with attempt {}",
+        config.name, config.attempt
+    ))
+}
+
+/// The container's log file: its `log_path` inside the pod's log directory, or
+/// `<name>/<attempt>.log` as kubelet lays them out.
+fn log_path(log_dir: &Path, config: &ContainerConfig) -> Result<PathBuf> {
+    let rel = match &config.log_path {
+        Some(p) => p.clone(),
+        None => PathBuf::from(&config.name).join(format!("{}.log", config.attempt)),
+    };
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(Error::invalid(format!(
+            "log path {} must be relative to the log directory, without '..'",
+            rel.display()
+        )));
+    }
+    Ok(log_dir.join(rel))
+}
+
+/// A 64-hex-digit id, as container runtimes use.
+fn new_id() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}

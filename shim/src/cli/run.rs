@@ -1,0 +1,181 @@
+//! `wasmpod run`: run a Pod manifest locally, without a cluster.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tokio::sync::broadcast::error::RecvError;
+use wasmpod_runtime::image::LocalFiles;
+use wasmpod_runtime::log::{LogLine, Stream};
+use wasmpod_runtime::manifest::PodManifest;
+use wasmpod_runtime::runner::{self, PodReport, RunnerOptions};
+use wasmpod_runtime::runtime::{Runtime, RuntimeOptions};
+
+/// Run a Kubernetes v1 Pod manifest locally.
+///
+/// Init containers run one after another, then the containers side by side in one pod: they
+/// share the pod's volumes (emptyDir, hostPath). Output is streamed live, each line prefixed
+/// with its container's name, and also kept in CRI-format log files under the state directory.
+///
+/// `image:` is a path to a .wasm file (relative to the manifest) or a file:// URL; WASI
+/// preview1 modules and preview2 components are told apart from the binary.
+///
+/// restartPolicy is honoured (Always by default, as in Kubernetes) with kubelet's back-off:
+/// 10s doubling up to 5 minutes. Ctrl-C or SIGTERM stops the pod: each container gets
+/// terminationGracePeriodSeconds to exit, then is killed (exit 137). A second Ctrl-C exits at
+/// once.
+///
+/// Exit status: 0 when every container succeeded, otherwise the exit code of the first
+/// container that failed. A summary line per container is printed at the end.
+#[derive(Args)]
+#[command(verbatim_doc_comment)]
+pub struct RunArgs {
+    /// The Pod manifest (YAML)
+    manifest: PathBuf,
+
+    /// First restart back-off, in seconds (kubelet uses 10)
+    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
+    backoff: f64,
+
+    /// Do not print the per-container summary at the end
+    #[arg(long)]
+    no_summary: bool,
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds")),
+    }
+}
+
+pub async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<ExitCode> {
+    let manifest = PodManifest::from_file(&args.manifest)?;
+    for field in &manifest.warnings {
+        eprintln!("warning: ignoring field {field}: wasmpod does not use it");
+    }
+    let rt = Runtime::new(RuntimeOptions {
+        state_dir: state_dir.clone(),
+        images: Arc::new(LocalFiles),
+    })
+    .with_context(|| format!("state directory {}", state_dir.display()))?;
+    let width = manifest
+        .init_containers
+        .iter()
+        .chain(&manifest.containers)
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(0);
+    let opts = RunnerOptions {
+        backoff_initial: Duration::from_secs_f64(args.backoff),
+        on_event: Arc::new(move |name, message| {
+            eprintln!("{:width$} | wasmpod: {message}", name);
+        }),
+        ..RunnerOptions::default()
+    };
+    let mut logs = rt.subscribe_logs();
+    let run = runner::run_pod(&rt, manifest, shutdown_signal(), &opts);
+    tokio::pin!(run);
+    let report = loop {
+        tokio::select! {
+            report = &mut run => break report?,
+            line = logs.recv() => match line {
+                Ok(line) => print_line(&line, width),
+                Err(RecvError::Lagged(n)) => eprintln!("wasmpod: {n} log lines skipped on the console (they are in the log files)"),
+                Err(RecvError::Closed) => {}
+            },
+        }
+    };
+    while let Ok(line) = logs.try_recv() {
+        print_line(&line, width);
+    }
+    if !args.no_summary {
+        print_summary(&report);
+    }
+    Ok(exit_code(report.exit_code()))
+}
+
+fn print_line(line: &LogLine, width: usize) {
+    let text = format!("{:width$} | {}", line.container, line.text);
+    match line.stream {
+        Stream::Stdout => {
+            let mut out = std::io::stdout().lock();
+            let _ = if line.partial {
+                write!(out, "{text}")
+            } else {
+                writeln!(out, "{text}")
+            };
+        }
+        Stream::Stderr => eprintln!("{text}"),
+    }
+}
+
+fn print_summary(report: &PodReport) {
+    let label = |c: &runner::ContainerReport| {
+        if c.init {
+            format!("{} (init)", c.name)
+        } else {
+            c.name.clone()
+        }
+    };
+    let width = report
+        .containers
+        .iter()
+        .map(|c| label(c).len())
+        .max()
+        .unwrap_or(0)
+        .max(9);
+    eprintln!(
+        "\n{:width$}  {:>4}  {:<10}  {:>8}  {:>10}  MESSAGE",
+        "CONTAINER", "EXIT", "REASON", "RESTARTS", "TIME"
+    );
+    for c in &report.containers {
+        let name = label(c);
+        let (code, reason, message) = match &c.exit {
+            Some(e) => (
+                e.code.to_string(),
+                e.reason.as_str(),
+                e.message.lines().next().unwrap_or(""),
+            ),
+            None => ("-".to_owned(), "NotRun", ""),
+        };
+        eprintln!(
+            "{name:width$}  {code:>4}  {reason:<10}  {:>8}  {:>10}  {message}",
+            c.restarts,
+            format!("{:.3?}", c.run_time),
+        );
+    }
+}
+
+/// A process exit status for a container's exit code: codes a process cannot carry become 1.
+fn exit_code(code: i32) -> ExitCode {
+    match u8::try_from(code) {
+        Ok(c) => ExitCode::from(c),
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+/// Resolves at the first Ctrl-C or SIGTERM; a second one ends the process at once.
+async fn shutdown_signal() {
+    wait_for_signal().await;
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("wasmpod: second signal, exiting without waiting");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
