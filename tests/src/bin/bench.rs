@@ -1,0 +1,168 @@
+//! wasmpod benchmarks: prints figures, asserts nothing about speed.
+//!
+//! `cargo run --release -p wasmpod-tests --bin bench [-- --quick]`
+//!
+//! - container start: create + start → first stdout line, module cached, in process (p50/p99);
+//! - stop: how long a spinning guest takes to die after its grace period;
+//! - density: RSS growth per idle pod across N idle pods in one process, and thread count.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmpod_runtime::image::LocalFiles;
+use wasmpod_runtime::runtime::{Runtime, RuntimeOptions};
+use wasmpod_runtime::spec::{ContainerConfig, PodConfig};
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let wasm = examples_dir().join("wasm");
+    for name in ["hello.p1.wasm", "hello.p2.wasm", "forever.p1.wasm"] {
+        if !wasm.join(name).exists() {
+            return Err(format!("{} missing: run examples/build.sh first", wasm.join(name).display()).into());
+        }
+    }
+    let state = tempfile::tempdir()?;
+    let rt = Runtime::new(RuntimeOptions { state_dir: state.path().into(), images: Arc::new(LocalFiles) })?;
+    let starts = if quick { 200 } else { 2000 };
+    let idle = if quick { 200 } else { 1000 };
+
+    println!("wasmpod benchmark ({} cores, {})", cores(), if quick { "quick" } else { "full" });
+    println!();
+    println!("| figure | value |");
+    println!("|---|---|");
+    for (label, file) in [("p1 module", "hello.p1.wasm"), ("p2 component", "hello.p2.wasm")] {
+        let lat = start_latency(&rt, &wasm.join(file), starts).await?;
+        println!("| container start ({label}, create+start → first line), n={starts} | p50 {} · p99 {} |", fmt(pct(&lat, 50)), fmt(pct(&lat, 99)));
+    }
+    let kill = kill_latency(&rt, &wasm.join("forever.p2.wasm"), if quick { 5 } else { 20 }).await?;
+    println!("| spinning guest killed after grace (stop → exited, beyond grace) | p50 {} · max {} |", fmt(pct(&kill, 50)), fmt(*kill.last().unwrap()));
+    let (per_pod, threads) = density(&rt, &wasm.join("forever.p1.wasm"), idle).await?;
+    println!("| RSS per idle pod ({idle} pods, one container each) | {:.1} KiB |", per_pod / 1024.0);
+    println!("| threads with {idle} idle pods | {threads} |");
+    Ok(())
+}
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+fn file_image(path: &Path) -> String {
+    format!("file://{}", path.canonicalize().unwrap_or(path.to_path_buf()).display())
+}
+
+/// Create + start → first stdout line, `n` times in one pod, the module compiled once before.
+async fn start_latency(rt: &Arc<Runtime>, wasm: &Path, n: usize) -> Result<Vec<Duration>, Box<dyn std::error::Error>> {
+    let pod = rt.run_pod(PodConfig { name: "bench-start".into(), ..Default::default() })?;
+    let image = file_image(wasm);
+    let mut logs = rt.subscribe_logs();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..=n {
+        let config = ContainerConfig { name: "c".into(), attempt: i as u32, image: image.clone(), ..Default::default() };
+        let t0 = Instant::now();
+        let id = rt.create_container(&pod, config).await?;
+        rt.start_container(&id)?;
+        loop {
+            let line = logs.recv().await?;
+            if line.container.as_ref() == "c" && line.stream == wasmpod_runtime::log::Stream::Stdout {
+                break;
+            }
+        }
+        let took = t0.elapsed();
+        if i > 0 {
+            out.push(took); // the first run compiles; it is not a start figure
+        }
+        rt.wait_container(&id).await?;
+        rt.remove_container(&id).await?;
+        while logs.try_recv().is_ok() {}
+    }
+    rt.remove_pod(&pod).await?;
+    out.sort();
+    Ok(out)
+}
+
+/// Time from the end of a 100 ms grace period to the spinning guest having exited.
+async fn kill_latency(rt: &Arc<Runtime>, wasm: &Path, n: usize) -> Result<Vec<Duration>, Box<dyn std::error::Error>> {
+    let grace = Duration::from_millis(100);
+    let pod = rt.run_pod(PodConfig { name: "bench-kill".into(), ..Default::default() })?;
+    let mut out = Vec::new();
+    for i in 0..n {
+        let config = ContainerConfig {
+            name: "spin".into(),
+            attempt: i as u32,
+            image: file_image(wasm),
+            args: vec!["--spin".into()],
+            ..Default::default()
+        };
+        let id = rt.create_container(&pod, config).await?;
+        rt.start_container(&id)?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let t0 = Instant::now();
+        rt.stop_container(&id, grace).await?;
+        out.push(t0.elapsed().saturating_sub(grace));
+        rt.remove_container(&id).await?;
+    }
+    rt.remove_pod(&pod).await?;
+    out.sort();
+    Ok(out)
+}
+
+/// RSS growth per idle pod and the thread count once `n` pods each run an idle container.
+async fn density(rt: &Arc<Runtime>, wasm: &Path, n: usize) -> Result<(f64, usize), Box<dyn std::error::Error>> {
+    let image = file_image(wasm);
+    // Warm up: compile once and let allocators settle, so the figure is per pod only.
+    let warm = rt.run_pod(PodConfig { name: "warm".into(), ..Default::default() })?;
+    let id = rt.create_container(&warm, ContainerConfig { name: "w".into(), image: image.clone(), ..Default::default() }).await?;
+    rt.start_container(&id)?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = rss_bytes();
+    let mut logs = rt.subscribe_logs();
+    let mut pods = Vec::with_capacity(n);
+    for i in 0..n {
+        let pod = rt.run_pod(PodConfig { name: format!("idle-{i}"), ..Default::default() })?;
+        let id = rt.create_container(&pod, ContainerConfig { name: "idle".into(), image: image.clone(), ..Default::default() }).await?;
+        rt.start_container(&id)?;
+        pods.push(pod);
+    }
+    // Each guest prints `tick 1` and then sleeps: wait until all are asleep.
+    let mut first_ticks = 0;
+    while first_ticks < n {
+        let line = logs.recv().await?;
+        if line.container.as_ref() == "idle" && line.text == "tick 1" {
+            first_ticks += 1;
+        }
+    }
+    let after = rss_bytes();
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    for pod in pods.iter().chain([&warm]) {
+        rt.stop_pod(pod, Duration::ZERO).await?;
+        rt.remove_pod(pod).await?;
+    }
+    Ok(((after.saturating_sub(before)) as f64 / n as f64, threads))
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+fn pct(sorted: &[Duration], p: usize) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) * p / 100).min(sorted.len() - 1)]
+}
+
+fn fmt(d: Duration) -> String {
+    if d < Duration::from_millis(1) {
+        format!("{:.0} µs", d.as_secs_f64() * 1e6)
+    } else {
+        format!("{:.2} ms", d.as_secs_f64() * 1e3)
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
