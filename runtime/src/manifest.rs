@@ -52,7 +52,10 @@ impl PodManifest {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io(format!("manifest {}", path.display()), e))?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        let base = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
         let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
         Self::parse(&text, &base).map_err(|e| e.context(path.display()))
     }
