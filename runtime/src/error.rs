@@ -18,6 +18,12 @@ pub enum ErrorKind {
     ResourceExhausted,
     /// The operation is not supported by wasmpod.
     Unimplemented,
+    /// Credentials are missing or wrong (a registry's 401).
+    Unauthenticated,
+    /// The credentials do not allow this (a registry's 403).
+    PermissionDenied,
+    /// A peer (a registry) could not be reached; retrying may help.
+    Unavailable,
     /// A fault of the runtime or the host (I/O, compiler).
     Internal,
 }
@@ -52,6 +58,9 @@ impl Error {
     }
     pub fn unimplemented(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Unimplemented, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, message)
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, message)

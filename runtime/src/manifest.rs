@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::image::PullPolicy;
 use crate::spec::{
     ContainerConfig, HostPathKind, Medium, MountSource, MountSpec, PodConfig, VolumeSource,
     VolumeSpec, DEFAULT_GRACE,
@@ -133,8 +134,6 @@ struct RawContainer {
     volume_mounts: Vec<RawVolumeMount>,
     resources: Option<RawResources>,
     security_context: Option<RawSecurityContext>,
-    // Accepted: wasmpod resolves images itself (a later issue honours pull policies).
-    #[allow(dead_code)]
     image_pull_policy: Option<String>,
 }
 
@@ -428,7 +427,28 @@ impl RawContainer {
             }
             None => None,
         };
+        let pull_policy = match self.image_pull_policy.as_deref() {
+            Some("Always") => PullPolicy::Always,
+            Some("IfNotPresent") => PullPolicy::IfNotPresent,
+            Some("Never") => PullPolicy::Never,
+            // Kubernetes' default: always for :latest or untagged images.
+            None => {
+                let last = image.rsplit('/').next().unwrap_or(&image);
+                if image.contains('@') || last.contains(':') && !last.ends_with(":latest") {
+                    PullPolicy::IfNotPresent
+                } else {
+                    PullPolicy::Always
+                }
+            }
+            Some(other) => {
+                return Err(Error::invalid(format!(
+                    "{}: {other:?} is not one of Always, IfNotPresent, Never",
+                    ctx("imagePullPolicy")
+                )))
+            }
+        };
         Ok(ContainerConfig {
+            pull_policy,
             image: resolve_local_image(&image, base),
             command: self.command,
             args: self.args,

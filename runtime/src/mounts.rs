@@ -24,10 +24,21 @@ pub struct GuestFs {
 }
 
 impl GuestFs {
-    /// Lays out `mounts`, staging file mounts under `staging` (a directory private to the
-    /// container, created here).
-    pub fn build(mounts: Vec<ResolvedMount>, staging: &Path) -> Result<Self> {
+    /// Lays out `mounts` over the image's read-only `rootfs` (seen at `/`; mounts shadow it),
+    /// staging file mounts under `staging` (a directory private to the container).
+    pub fn build(
+        mounts: Vec<ResolvedMount>,
+        rootfs: Option<&Path>,
+        staging: &Path,
+    ) -> Result<Self> {
         let mut fs = GuestFs::default();
+        if let Some(rootfs) = rootfs {
+            fs.preopens.push(Preopen {
+                host: rootfs.to_path_buf(),
+                guest: "/".into(),
+                read_only: true,
+            });
+        }
         let mut seen = BTreeMap::new();
         for m in &mounts {
             if seen.insert(m.container_path.clone(), ()).is_some() {
@@ -156,6 +167,7 @@ mod tests {
                 resolved(&hosts, "/etc/hosts", true),
                 resolved(&term, "/dev/termination-log", false),
             ],
+            None,
             &staging,
         )
         .unwrap();
@@ -182,7 +194,7 @@ mod tests {
             resolved(tmp.path(), "/data", false),
             resolved(tmp.path(), "/data", true),
         ];
-        assert!(GuestFs::build(two, &staging)
+        assert!(GuestFs::build(two, None, &staging)
             .unwrap_err()
             .message
             .contains("two mounts"));
@@ -190,7 +202,7 @@ mod tests {
             resolved(tmp.path(), "/etc", false),
             resolved(&file, "/etc/hosts", true),
         ];
-        assert!(GuestFs::build(nested, &staging)
+        assert!(GuestFs::build(nested, None, &staging)
             .unwrap_err()
             .message
             .contains("inside"));

@@ -4,6 +4,7 @@
 //! each container its grace period; an emptyDir over its `sizeLimit` evicts the pod.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -12,6 +13,7 @@ use tokio::sync::watch;
 use crate::container::{Container, ContainerState};
 use crate::error::Result;
 use crate::exit::{Exit, ExitReason};
+use crate::image::Credentials;
 use crate::manifest::{PodManifest, RestartPolicy};
 use crate::runtime::Runtime;
 use crate::spec::ContainerConfig;
@@ -29,6 +31,8 @@ pub struct RunnerOptions {
     pub volume_check: Duration,
     /// Called with (container name, message) for restarts, stops and evictions.
     pub on_event: EventSink,
+    /// Registry credentials for pulls (docker's `config.json`).
+    pub docker_config: Option<PathBuf>,
 }
 
 impl Default for RunnerOptions {
@@ -39,6 +43,7 @@ impl Default for RunnerOptions {
             backoff_reset: Duration::from_secs(600),
             volume_check: Duration::from_secs(1),
             on_event: Arc::new(|_, _| {}),
+            docker_config: None,
         }
     }
 }
@@ -111,8 +116,20 @@ async fn supervise(
     shutdown: impl Future<Output = ()>,
     opts: &RunnerOptions,
 ) -> Result<PodReport> {
-    // Every container is created before anything runs, so a bad image or mount fails the pod
-    // before any guest has had a side effect.
+    // Images are pulled and every container is created before anything runs, so a bad image
+    // or mount fails the pod before any guest has had a side effect.
+    for config in manifest.init_containers.iter().chain(&manifest.containers) {
+        let Some(registry) = crate::image::registry_of(&config.image) else {
+            continue;
+        };
+        let credentials = match &opts.docker_config {
+            Some(path) => Credentials::from_docker_config(path, &registry)?.unwrap_or_default(),
+            None => Credentials::default(),
+        };
+        rt.ensure_image(&config.image, config.pull_policy, &credentials)
+            .await
+            .map_err(|e| e.context(format!("container {}", config.name)))?;
+    }
     let mut first = Vec::new();
     for config in manifest.init_containers.iter().chain(&manifest.containers) {
         first.push(rt.create_container(pod_id, config.clone()).await?);

@@ -12,7 +12,9 @@ use crate::container::{Container, ContainerState, NewContainer};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::exit::{Exit, ExitReason};
-use crate::image::ImageSource;
+use crate::image::{
+    Credentials, ImageSource, ImageStore, PullPolicy, RegistryConfig, UnpackLimits,
+};
 use crate::log::LogLine;
 use crate::mounts::GuestFs;
 use crate::pod::{Pod, PodState};
@@ -20,15 +22,17 @@ use crate::spec::{ContainerConfig, PodConfig};
 use crate::volume::PodVolumes;
 
 /// How a runtime is set up.
+#[derive(Debug, Clone, Default)]
 pub struct RuntimeOptions {
-    /// Pods' scratch space and the AOT cache live here.
+    /// Pods' scratch space, the image store and the AOT cache live here.
     pub state_dir: PathBuf,
-    pub images: Arc<dyn ImageSource>,
+    pub registries: RegistryConfig,
+    pub unpack_limits: UnpackLimits,
 }
 
 pub struct Runtime {
     engine: Arc<Engine>,
-    images: Arc<dyn ImageSource>,
+    images: Arc<ImageStore>,
     state_dir: PathBuf,
     pods: RwLock<HashMap<String, Arc<Pod>>>,
     containers: RwLock<HashMap<String, Arc<Container>>>,
@@ -40,9 +44,15 @@ impl Runtime {
         let dir = &options.state_dir;
         std::fs::create_dir_all(dir.join("pods")).map_err(|e| Error::io(dir.display(), e))?;
         let engine = Engine::new(Some(&dir.join("aot")))?;
+        let images = ImageStore::open(
+            &dir.join("images"),
+            engine.clone(),
+            options.registries,
+            options.unpack_limits,
+        )?;
         Ok(Arc::new(Self {
             engine,
-            images: options.images,
+            images: Arc::new(images),
             state_dir: options.state_dir,
             pods: RwLock::default(),
             containers: RwLock::default(),
@@ -52,6 +62,26 @@ impl Runtime {
 
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    pub fn images(&self) -> &Arc<ImageStore> {
+        &self.images
+    }
+
+    /// Makes a container's image available by its pull policy (local files need nothing).
+    pub async fn ensure_image(
+        &self,
+        reference: &str,
+        policy: PullPolicy,
+        credentials: &Credentials,
+    ) -> Result<()> {
+        if reference.starts_with("file://") || reference.starts_with('/') {
+            return Ok(());
+        }
+        self.images
+            .ensure(reference, policy, credentials)
+            .await
+            .map(drop)
     }
 
     /// Every log line of every container from now on.
@@ -161,7 +191,8 @@ impl Runtime {
             .map(|m| pod.volumes.resolve(m))
             .collect::<Result<Vec<_>>>()
             .map_err(|e| e.context(&ctx))?;
-        let fs = GuestFs::build(mounts, &dir).map_err(|e| e.context(&ctx))?;
+        let fs =
+            GuestFs::build(mounts, image.rootfs.as_deref(), &dir).map_err(|e| e.context(&ctx))?;
         let argv = if config.command.is_empty() {
             image.entrypoint.clone()
         } else {
@@ -171,7 +202,12 @@ impl Runtime {
         .chain(config.args.iter().cloned())
         .collect();
         let mut env = vec![("HOSTNAME".to_owned(), pod.config.hostname.clone())];
+        env.extend(image.env.iter().cloned());
         env.extend(config.env.iter().cloned());
+        let config = ContainerConfig {
+            working_dir: config.working_dir.or_else(|| image.working_dir.clone()),
+            ..config
+        };
         let log_path = log_path(&pod.log_directory(), &config)?;
         let container = Arc::new(Container::new(NewContainer {
             id: id.clone(),

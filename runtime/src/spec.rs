@@ -61,6 +61,8 @@ pub struct ContainerConfig {
     pub attempt: u32,
     /// The image reference as the user wrote it.
     pub image: String,
+    /// When the local runner pulls the image (kubelet pulls on its own and ignores this).
+    pub pull_policy: crate::image::PullPolicy,
     /// Overrides the image's entrypoint; the first element is the guest's argv[0].
     pub command: Vec<String>,
     pub args: Vec<String>,

@@ -66,6 +66,45 @@ impl GuestKind {
     }
 }
 
+/// Wasm to load: bytes in memory, or a file whose digest is already known (so a cached
+/// program is found without reading or hashing the file).
+#[derive(Debug, Clone)]
+pub enum Wasm {
+    Bytes(Arc<[u8]>),
+    File { path: PathBuf, digest: String },
+}
+
+impl Wasm {
+    pub fn digest(&self) -> String {
+        match self {
+            Wasm::Bytes(b) => sha256_digest(b),
+            Wasm::File { digest, .. } => digest.clone(),
+        }
+    }
+
+    /// The bytes; a file's content must still match its digest.
+    fn bytes(&self) -> Result<Arc<[u8]>> {
+        match self {
+            Wasm::Bytes(b) => Ok(b.clone()),
+            Wasm::File { path, digest } => {
+                let bytes = std::fs::read(path).map_err(|e| Error::io(path.display(), e))?;
+                if sha256_digest(&bytes) != *digest {
+                    return Err(Error::invalid(format!(
+                        "{} does not match its digest {digest}; the image store is damaged",
+                        path.display()
+                    )));
+                }
+                Ok(bytes.into())
+            }
+        }
+    }
+}
+
+enum Code {
+    Module(Module),
+    Component(Component),
+}
+
 /// A compiled, pre-linked guest program, cheap to clone and to instantiate.
 #[derive(Clone)]
 pub struct Program {
@@ -160,10 +199,10 @@ impl Engine {
         }))
     }
 
-    /// Compiles `bytes` (or fetches it from the memory or disk cache) off the async threads.
+    /// Compiles `wasm` (or fetches it from the memory or disk cache) off the async threads.
     /// Concurrent loads of the same binary compile it once.
-    pub async fn load(self: &Arc<Self>, bytes: Arc<[u8]>) -> Result<Program> {
-        let digest = sha256_digest(&bytes);
+    pub async fn load(self: &Arc<Self>, wasm: Wasm) -> Result<Program> {
+        let digest = wasm.digest();
         let cell = {
             let mut programs = self.programs.lock().unwrap_or_else(|e| e.into_inner());
             programs.entry(digest.clone()).or_default().clone()
@@ -173,7 +212,7 @@ impl Engine {
                 let engine = self.clone();
                 let digest = digest.clone();
                 async move {
-                    tokio::task::spawn_blocking(move || engine.compile(&digest, &bytes))
+                    tokio::task::spawn_blocking(move || engine.compile(&digest, &wasm))
                         .await
                         .map_err(|e| Error::internal(format!("compiler task failed: {e}")))?
                 }
@@ -187,50 +226,47 @@ impl Engine {
         self.aot.as_ref().is_some_and(|c| c.contains(digest))
     }
 
-    fn compile(&self, digest: &str, bytes: &[u8]) -> Result<Program> {
-        let kind = GuestKind::detect(bytes)?;
-        let cached = self.aot.as_ref().and_then(|c| c.load(digest));
-        let compiled = match kind {
-            GuestKind::Preview1 => {
-                let module = match cached.and_then(|aot| {
-                    // SAFETY: the artifact's HMAC proved it is bytes this node's engine wrote.
-                    unsafe { Module::deserialize(&self.wasmtime, aot) }.ok()
-                }) {
-                    Some(m) => m,
-                    None => {
-                        let m = Module::new(&self.wasmtime, bytes).map_err(invalid_wasm)?;
-                        self.store_artifact(digest, m.serialize());
-                        m
+    fn compile(&self, digest: &str, wasm: &Wasm) -> Result<Program> {
+        let code = match self.aot.as_ref().and_then(|c| c.load(digest)) {
+            Some(artifact) => self.deserialize(&artifact),
+            None => None,
+        };
+        let code = match code {
+            Some(code) => code,
+            None => {
+                let bytes = wasm.bytes()?;
+                let code = match GuestKind::detect(&bytes)? {
+                    GuestKind::Preview1 => {
+                        Code::Module(Module::new(&self.wasmtime, &*bytes).map_err(invalid_wasm)?)
                     }
+                    GuestKind::Preview2 => Code::Component(
+                        Component::new(&self.wasmtime, &*bytes).map_err(invalid_wasm)?,
+                    ),
                 };
-                let pre = self
-                    .p1_linker
-                    .instantiate_pre(&module)
-                    .map_err(link_error)?;
-                Compiled::Module(pre)
+                let artifact = match &code {
+                    Code::Module(m) => m.serialize(),
+                    Code::Component(c) => c.serialize(),
+                };
+                self.store_artifact(digest, artifact);
+                code
             }
-            GuestKind::Preview2 => {
-                let component = match cached.and_then(|aot| {
-                    // SAFETY: as above, the artifact verified under this node's key.
-                    unsafe { Component::deserialize(&self.wasmtime, aot) }.ok()
-                }) {
-                    Some(c) => c,
-                    None => {
-                        let c = Component::new(&self.wasmtime, bytes).map_err(invalid_wasm)?;
-                        self.store_artifact(digest, c.serialize());
-                        c
-                    }
-                };
+        };
+        let compiled = match code {
+            Code::Module(module) => Compiled::Module(
+                self.p1_linker
+                    .instantiate_pre(&module)
+                    .map_err(link_error)?,
+            ),
+            Code::Component(component) => {
                 let pre = self
                     .p2_linker
                     .instantiate_pre(&component)
                     .map_err(link_error)?;
-                let pre = CommandPre::new(pre).map_err(|e| {
+                Compiled::Component(CommandPre::new(pre).map_err(|e| {
                     Error::invalid(format!(
                         "component does not export wasi:cli/run (a WASI command): {e:#}"
                     ))
-                })?;
-                Compiled::Component(pre)
+                })?)
             }
         };
         Ok(Program {
@@ -239,6 +275,21 @@ impl Engine {
                 compiled,
             }),
         })
+    }
+
+    /// Loads a verified artifact; `None` (recompile) if wasmtime rejects it.
+    fn deserialize(&self, artifact: &[u8]) -> Option<Code> {
+        // SAFETY: the artifact's HMAC proved it is bytes this node's engine wrote.
+        let code = match wasmtime::Engine::detect_precompiled(artifact)? {
+            wasmtime::Precompiled::Module => {
+                unsafe { Module::deserialize(&self.wasmtime, artifact) }.map(Code::Module)
+            }
+            wasmtime::Precompiled::Component => {
+                unsafe { Component::deserialize(&self.wasmtime, artifact) }.map(Code::Component)
+            }
+        };
+        code.inspect_err(|e| tracing::warn!("cached artifact rejected, recompiling: {e:#}"))
+            .ok()
     }
 
     fn store_artifact(&self, digest: &str, artifact: wasmtime::Result<Vec<u8>>) {

@@ -6,14 +6,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 use tokio::sync::broadcast::error::RecvError;
-use wasmpod_runtime::image::LocalFiles;
 use wasmpod_runtime::log::{LogLine, Stream};
 use wasmpod_runtime::manifest::PodManifest;
 use wasmpod_runtime::runner::{self, PodReport, RunnerOptions};
-use wasmpod_runtime::runtime::{Runtime, RuntimeOptions};
 
 /// Run a Kubernetes v1 Pod manifest locally.
 ///
@@ -21,8 +18,10 @@ use wasmpod_runtime::runtime::{Runtime, RuntimeOptions};
 /// share the pod's volumes (emptyDir, hostPath). Output is streamed live, each line prefixed
 /// with its container's name, and also kept in CRI-format log files under the state directory.
 ///
-/// `image:` is a path to a .wasm file (relative to the manifest) or a file:// URL; WASI
-/// preview1 modules and preview2 components are told apart from the binary.
+/// `image:` is a path to a .wasm file (relative to the manifest), a file:// URL, or an OCI
+/// image reference, pulled according to imagePullPolicy (credentials from
+/// ~/.docker/config.json). WASI preview1 modules and preview2 components are told apart from
+/// the binary.
 ///
 /// restartPolicy is honoured (Always by default, as in Kubernetes) with kubelet's back-off:
 /// 10s doubling up to 5 minutes. Ctrl-C or SIGTERM stops the pod: each container gets
@@ -58,11 +57,7 @@ pub async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<ExitCode> 
     for field in &manifest.warnings {
         eprintln!("warning: ignoring field {field}: wasmpod does not use it");
     }
-    let rt = Runtime::new(RuntimeOptions {
-        state_dir: state_dir.clone(),
-        images: Arc::new(LocalFiles),
-    })
-    .with_context(|| format!("state directory {}", state_dir.display()))?;
+    let rt = super::open_runtime(&state_dir)?;
     let width = manifest
         .init_containers
         .iter()
@@ -75,6 +70,7 @@ pub async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<ExitCode> 
         on_event: Arc::new(move |name, message| {
             eprintln!("{:width$} | wasmpod: {message}", name);
         }),
+        docker_config: super::docker_config(),
         ..RunnerOptions::default()
     };
     let mut logs = rt.subscribe_logs();

@@ -1,21 +1,49 @@
 //! Where a container's Wasm comes from. The pod code asks an [`ImageSource`] for an image
-//! reference and gets bytes back; local files are one source, registries plug in beside it.
+//! reference and gets the Wasm back: [`LocalFiles`] reads `.wasm` paths, the [`ImageStore`]
+//! serves OCI images it pulled or imported (and local paths through `LocalFiles`).
 
+mod archive;
+mod content;
+mod format;
+mod reference;
+mod registry;
+mod store;
+mod unpack;
+
+pub use format::WasmFormat;
+pub use registry::{Credentials, RegistryConfig};
+pub use store::{ImageRecord, ImageStore, PullPolicy, PullProgress};
+pub use unpack::UnpackLimits;
+
+/// The registry host of an OCI image reference (`hello` → `docker.io`); `None` for local files
+/// and references that do not parse.
+pub fn registry_of(image: &str) -> Option<String> {
+    if image.starts_with("file://") || image.starts_with('/') {
+        return None;
+    }
+    reference::parse(image)
+        .ok()
+        .map(|r| r.registry().to_owned())
+}
+
+use crate::engine::Wasm;
+use crate::error::{Error, Result};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
-
-use crate::error::{Error, Result};
 
 /// A resolved image: the Wasm to run and what the image says about running it.
 #[derive(Debug, Clone)]
 pub struct Image {
-    /// The reference as resolved (`file:///abs/app.wasm`).
+    /// The reference as resolved (`file:///abs/app.wasm`, or the image id).
     pub reference: String,
-    pub wasm: Arc<[u8]>,
-    /// The default argv (the image's entrypoint and cmd); `[]` leaves it to the container.
+    pub wasm: Wasm,
+    /// The default argv (the image's entrypoint and cmd).
     pub entrypoint: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    /// The image's files, shown read-only at `/` ("compat" images).
+    pub rootfs: Option<PathBuf>,
 }
 
 pub type ImageFuture<'a> = Pin<Box<dyn Future<Output = Result<Image>> + Send + 'a>>;
@@ -38,8 +66,7 @@ impl ImageSource for LocalFiles {
             let path = PathBuf::from(reference.strip_prefix("file://").unwrap_or(reference));
             if !path.is_absolute() {
                 return Err(Error::invalid(format!(
-                    "image {reference:?} is neither an absolute .wasm path nor file://; \
-                     registry images are not supported yet"
+                    "image {reference:?} is not an absolute .wasm path or file:// URL"
                 )));
             }
             let meta = tokio::fs::metadata(&path)
@@ -64,8 +91,11 @@ impl ImageSource for LocalFiles {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
             Ok(Image {
                 reference: format!("file://{}", path.display()),
-                wasm: wasm.into(),
+                wasm: Wasm::Bytes(wasm.into()),
                 entrypoint: name.into_iter().collect(),
+                env: Vec::new(),
+                working_dir: None,
+                rootfs: None,
             })
         })
     }
