@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmpod_runtime::image::LocalFiles;
 use wasmpod_runtime::runtime::{Runtime, RuntimeOptions};
 use wasmpod_runtime::spec::{ContainerConfig, PodConfig};
 
@@ -24,7 +23,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let state = tempfile::tempdir()?;
-    let rt = Runtime::new(RuntimeOptions { state_dir: state.path().into(), images: Arc::new(LocalFiles) })?;
+    let rt = Runtime::new(RuntimeOptions { state_dir: state.path().into(), ..Default::default() })?;
     let starts = if quick { 200 } else { 2000 };
     let idle = if quick { 200 } else { 1000 };
 
