@@ -301,6 +301,24 @@ impl ImageStore {
         names: Vec<String>,
     ) -> Result<ImageRecord> {
         let (config, layers) = self.image_manifest(manifest)?;
+        for d in std::iter::once(&config).chain(&layers) {
+            match self.content.size(&d.digest) {
+                Some(size) if size == d.size => {}
+                Some(size) => {
+                    return Err(Error::invalid(format!(
+                        "blob {} has {size} bytes, its descriptor says {}",
+                        d.digest, d.size
+                    )))
+                }
+                None => return Err(Error::invalid(format!("blob {} is missing", d.digest))),
+            }
+        }
+        if config.size > MAX_METADATA_SIZE {
+            return Err(Error::invalid(format!(
+                "image config is {} bytes, over the limit",
+                config.size
+            )));
+        }
         let run = RunConfig::parse(&self.content.read(&config.digest)?)?;
         let (format, wasm_layer) = format::classify(&config, &layers)?;
         let mut run = run;
