@@ -15,9 +15,10 @@ use crate::exit::{Exit, ExitReason};
 use crate::log::{ContainerLog, LogLine};
 use crate::mounts::GuestFs;
 use crate::spec::ContainerConfig;
+use crate::state::{ContainerRecord, Sync};
 
 /// Where a container is in its life.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ContainerState {
     Created,
     Running {
@@ -51,18 +52,71 @@ pub struct Container {
     pub id: String,
     pub pod_id: String,
     pub config: ContainerConfig,
-    /// The image as resolved (`file:///…`, later a digest reference).
+    /// The image as resolved (`file:///…`, or the image id).
     pub image_ref: String,
     pub created_at: SystemTime,
     pub log_path: Option<PathBuf>,
     pub(crate) dir: PathBuf,
-    program: Program,
-    argv: Vec<String>,
-    env: Vec<(String, String)>,
-    fs: GuestFs,
+    /// What a start needs; `None` for containers restored from the state database.
+    prepared: Option<Prepared>,
     usage: Arc<GuestUsage>,
     state: watch::Sender<ContainerState>,
     run: Mutex<Option<RunHandle>>,
+    observer: Arc<Observer>,
+}
+
+/// A container ready to start: its program, argv, environment and filesystem.
+pub(crate) struct Prepared {
+    pub program: Program,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub fs: GuestFs,
+}
+
+/// What a lifecycle change is, for the event stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Created,
+    Started,
+    Stopped,
+    Deleted,
+}
+
+/// A container lifecycle event.
+#[derive(Debug, Clone)]
+pub struct ContainerEvent {
+    pub container_id: String,
+    pub pod_id: String,
+    pub kind: EventKind,
+    pub at: SystemTime,
+}
+
+/// Told of every state change: persists the record and publishes the event.
+pub(crate) struct Observer {
+    pub state: crate::state::StateStore,
+    pub events: broadcast::Sender<ContainerEvent>,
+}
+
+impl Observer {
+    pub(crate) fn changed(&self, c: &Container, kind: EventKind) {
+        let sync = match kind {
+            EventKind::Created => Sync::Now,
+            _ => Sync::Soon,
+        };
+        if kind == EventKind::Deleted {
+            if let Err(e) = self.state.remove_container(&c.id) {
+                tracing::error!(container = %c.id, "persisting removal: {e}");
+            }
+        } else if let Err(e) = self.state.put_container(&c.record(), sync) {
+            tracing::error!(container = %c.id, "persisting state: {e}");
+        }
+        let _ = self.events.send(ContainerEvent {
+            container_id: c.id.clone(),
+            pod_id: c.pod_id.clone(),
+            kind,
+            at: SystemTime::now(),
+        });
+    }
 }
 
 /// What a running container needs from outside: how to kill it and its open log.
@@ -78,14 +132,11 @@ pub(crate) struct NewContainer {
     pub image_ref: String,
     pub log_path: Option<PathBuf>,
     pub dir: PathBuf,
-    pub program: Program,
-    pub argv: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub fs: GuestFs,
+    pub prepared: Prepared,
 }
 
 impl Container {
-    pub(crate) fn new(n: NewContainer) -> Self {
+    pub(crate) fn new(n: NewContainer, observer: Arc<Observer>) -> Self {
         Self {
             id: n.id,
             pod_id: n.pod_id,
@@ -94,13 +145,55 @@ impl Container {
             created_at: SystemTime::now(),
             log_path: n.log_path,
             dir: n.dir,
-            program: n.program,
-            argv: n.argv,
-            env: n.env,
-            fs: n.fs,
+            prepared: Some(n.prepared),
             usage: Arc::default(),
             state: watch::Sender::new(ContainerState::Created),
             run: Mutex::new(None),
+            observer,
+        }
+    }
+
+    /// A container from the state database. Its instance did not survive the restart: if it
+    /// was running it is now exited, and one that never started cannot start any more.
+    pub(crate) fn restore(r: ContainerRecord, dir: PathBuf, observer: Arc<Observer>) -> Self {
+        let state = match r.state {
+            ContainerState::Running { started_at } => ContainerState::Exited {
+                started_at: Some(started_at),
+                finished_at: SystemTime::now(),
+                exit: Exit {
+                    code: 255,
+                    reason: ExitReason::Error,
+                    message: "wasmpod restarted; the container's instance was lost".into(),
+                },
+            },
+            other => other,
+        };
+        Self {
+            id: r.id,
+            pod_id: r.pod_id,
+            config: r.config,
+            image_ref: r.image_ref,
+            created_at: r.created_at,
+            log_path: r.log_path,
+            dir,
+            prepared: None,
+            usage: Arc::default(),
+            state: watch::Sender::new(state),
+            run: Mutex::new(None),
+            observer,
+        }
+    }
+
+    /// The record the state database keeps.
+    pub(crate) fn record(&self) -> ContainerRecord {
+        ContainerRecord {
+            id: self.id.clone(),
+            pod_id: self.pod_id.clone(),
+            config: self.config.clone(),
+            image_ref: self.image_ref.clone(),
+            created_at: self.created_at,
+            log_path: self.log_path.clone(),
+            state: self.state(),
         }
     }
 
@@ -108,8 +201,9 @@ impl Container {
         self.state.borrow().clone()
     }
 
-    pub fn program(&self) -> &Program {
-        &self.program
+    /// The compiled program (absent for containers restored after a restart).
+    pub fn program(&self) -> Option<&Program> {
+        self.prepared.as_ref().map(|p| &p.program)
     }
 
     pub fn usage(&self) -> ContainerUsage {
@@ -134,6 +228,12 @@ impl Container {
                 self.state.borrow().name()
             )));
         }
+        let prepared = self.prepared.as_ref().ok_or_else(|| {
+            Error::precondition(format!(
+                "container {} was created before wasmpod restarted and cannot start; create it again",
+                self.id
+            ))
+        })?;
         let log = ContainerLog::open(
             pod_name,
             &self.config.name,
@@ -141,10 +241,10 @@ impl Container {
             Some(live),
         )?;
         let spec = GuestSpec {
-            argv: self.argv.clone(),
-            env: self.env.clone(),
+            argv: prepared.argv.clone(),
+            env: prepared.env.clone(),
             cwd: self.config.working_dir.clone(),
-            preopens: self.fs.preopens.clone(),
+            preopens: prepared.fs.preopens.clone(),
             log: log.clone(),
             memory_limit: self.config.memory_limit,
             usage: self.usage.clone(),
@@ -157,8 +257,10 @@ impl Container {
         let started_at = SystemTime::now();
         self.state
             .send_replace(ContainerState::Running { started_at });
+        self.observer.changed(self, EventKind::Started);
         let this = self.clone();
         let engine = engine.clone();
+        let program = prepared.program.clone();
         tokio::spawn(async move {
             let kill = async move {
                 match kill_rx.await {
@@ -166,8 +268,10 @@ impl Container {
                     Err(_) => std::future::pending().await,
                 }
             };
-            let exit = engine.run(&this.program, spec, kill).await;
-            this.fs.write_back();
+            let exit = engine.run(&program, spec, kill).await;
+            if let Some(p) = &this.prepared {
+                p.fs.write_back();
+            }
             let finished_at = SystemTime::now();
             this.run.lock().unwrap_or_else(|e| e.into_inner()).take();
             this.state.send_replace(ContainerState::Exited {
@@ -175,6 +279,7 @@ impl Container {
                 finished_at,
                 exit,
             });
+            this.observer.changed(&this, EventKind::Stopped);
         });
         Ok(())
     }

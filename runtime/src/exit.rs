@@ -2,12 +2,14 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// The exit code wasmpod reports for a guest it killed (128 + SIGKILL, as for a process).
 pub const KILLED_CODE: i32 = 137;
 /// The exit code of a guest that trapped (128 + SIGABRT, as `wasmtime run` reports it).
 pub const TRAP_CODE: i32 = 134;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExitReason {
     /// Exit code 0.
     Completed,
@@ -40,7 +42,7 @@ impl fmt::Display for ExitReason {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Exit {
     pub code: i32,
     pub reason: ExitReason,

@@ -12,4 +12,5 @@ pub mod pod;
 pub mod runner;
 pub mod runtime;
 pub mod spec;
+pub mod state;
 pub mod volume;

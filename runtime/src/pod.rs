@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use crate::spec::PodConfig;
 use crate::volume::PodVolumes;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PodState {
     Ready,
     NotReady,

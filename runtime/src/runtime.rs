@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
 
-use crate::container::{Container, ContainerState, NewContainer};
+use crate::container::{
+    Container, ContainerEvent, ContainerState, EventKind, NewContainer, Observer, Prepared,
+};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::exit::{Exit, ExitReason};
@@ -19,6 +21,7 @@ use crate::log::LogLine;
 use crate::mounts::GuestFs;
 use crate::pod::{Pod, PodState};
 use crate::spec::{ContainerConfig, PodConfig};
+use crate::state::{PodRecord, StateStore, Sync};
 use crate::volume::PodVolumes;
 
 /// How a runtime is set up.
@@ -37,6 +40,7 @@ pub struct Runtime {
     pods: RwLock<HashMap<String, Arc<Pod>>>,
     containers: RwLock<HashMap<String, Arc<Container>>>,
     logs: broadcast::Sender<LogLine>,
+    observer: Arc<Observer>,
 }
 
 impl Runtime {
@@ -50,14 +54,84 @@ impl Runtime {
             options.registries,
             options.unpack_limits,
         )?;
-        Ok(Arc::new(Self {
+        let observer = Arc::new(Observer {
+            state: StateStore::open(&dir.join("state.redb"))?,
+            events: broadcast::channel(4096).0,
+        });
+        let rt = Self {
             engine,
             images: Arc::new(images),
             state_dir: options.state_dir,
             pods: RwLock::default(),
             containers: RwLock::default(),
             logs: broadcast::channel(4096).0,
-        }))
+            observer,
+        };
+        rt.restore()?;
+        Ok(Arc::new(rt))
+    }
+
+    /// Brings back the pods and containers of the state database after a restart.
+    fn restore(&self) -> Result<()> {
+        let (pods, containers) = self.observer.state.load()?;
+        for r in pods {
+            let dir = self.state_dir.join("pods").join(&r.id);
+            let volumes = PodVolumes::create(&dir, &r.id, &r.config.volumes).unwrap_or_else(|e| {
+                tracing::warn!(pod = %r.id, "volumes of a restored pod: {e}");
+                PodVolumes::default()
+            });
+            let pod = Pod {
+                id: r.id.clone(),
+                config: r.config,
+                created_at: r.created_at,
+                dir,
+                volumes,
+                state: Mutex::new(r.state),
+                containers: Mutex::default(),
+            };
+            write(&self.pods).insert(r.id, Arc::new(pod));
+        }
+        for r in containers {
+            let Ok(pod) = self.pod(&r.pod_id) else {
+                let _ = self.observer.state.remove_container(&r.id);
+                continue;
+            };
+            let dir = pod.dir.join("containers").join(&r.id);
+            let was_running = matches!(r.state, ContainerState::Running { .. });
+            let c = Arc::new(Container::restore(r, dir, self.observer.clone()));
+            if was_running {
+                self.observer.state.put_container(&c.record(), Sync::Now)?;
+            }
+            pod.containers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(c.id.clone());
+            write(&self.containers).insert(c.id.clone(), c);
+        }
+        Ok(())
+    }
+
+    /// Every container lifecycle event from now on.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<ContainerEvent> {
+        self.observer.events.subscribe()
+    }
+
+    /// Records that could not be read at start-up, set aside.
+    pub fn quarantined_records(&self) -> Result<Vec<String>> {
+        self.observer.state.quarantined()
+    }
+
+    fn persist_pod(&self, pod: &Pod) -> Result<()> {
+        self.observer.state.put_pod(
+            &PodRecord {
+                id: pod.id.clone(),
+                config: pod.config.clone(),
+                created_at: pod.created_at,
+                state: pod.state(),
+                ip: None,
+            },
+            Sync::Now,
+        )
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
@@ -110,6 +184,11 @@ impl Runtime {
             state: Mutex::new(PodState::Ready),
             containers: Mutex::default(),
         };
+        if let Err(e) = self.persist_pod(&pod) {
+            pod.volumes.remove();
+            let _ = std::fs::remove_dir_all(&pod.dir);
+            return Err(e);
+        }
         write(&self.pods).insert(id.clone(), Arc::new(pod));
         Ok(id)
     }
@@ -134,7 +213,7 @@ impl Runtime {
             .map(|c| async move { c.stop(grace, ExitReason::Killed, "pod stopped").await });
         futures::future::join_all(stops).await;
         *pod.state.lock().unwrap_or_else(|e| e.into_inner()) = PodState::NotReady;
-        Ok(())
+        self.persist_pod(&pod)
     }
 
     /// Removes the pod, its containers (killing any still running) and its emptyDirs.
@@ -147,6 +226,7 @@ impl Runtime {
         if let Err(e) = std::fs::remove_dir_all(&pod.dir) {
             tracing::warn!(pod = id, "removing pod directory: {e}");
         }
+        self.observer.state.remove_pod(id)?;
         write(&self.pods).remove(id);
         Ok(())
     }
@@ -209,18 +289,23 @@ impl Runtime {
             ..config
         };
         let log_path = log_path(&pod.log_directory(), &config)?;
-        let container = Arc::new(Container::new(NewContainer {
-            id: id.clone(),
-            pod_id: pod_id.to_owned(),
-            image_ref: image.reference,
-            log_path: Some(log_path),
-            dir,
-            program,
-            argv,
-            env,
-            fs,
-            config,
-        }));
+        let container = Arc::new(Container::new(
+            NewContainer {
+                id: id.clone(),
+                pod_id: pod_id.to_owned(),
+                image_ref: image.reference,
+                log_path: Some(log_path),
+                dir,
+                prepared: Prepared {
+                    program,
+                    argv,
+                    env,
+                    fs,
+                },
+                config,
+            },
+            self.observer.clone(),
+        ));
         {
             // Checked again: another create with the same name may have finished meanwhile.
             let mut ids = pod.containers.lock().unwrap_or_else(|e| e.into_inner());
@@ -234,8 +319,9 @@ impl Runtime {
             }
             drop(all);
             ids.push(id.clone());
-            write(&self.containers).insert(id.clone(), container);
+            write(&self.containers).insert(id.clone(), container.clone());
         }
+        self.observer.changed(&container, EventKind::Created);
         Ok(id)
     }
 
@@ -297,6 +383,7 @@ impl Runtime {
         }
         let _ = std::fs::remove_dir_all(&c.dir);
         write(&self.containers).remove(id);
+        self.observer.changed(&c, EventKind::Deleted);
         Ok(())
     }
 }

@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// What a pod sandbox is made of.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PodConfig {
     pub name: String,
     pub namespace: String,
@@ -21,13 +23,13 @@ pub struct PodConfig {
 }
 
 /// A named pod volume.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VolumeSpec {
     pub name: String,
     pub source: VolumeSource,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum VolumeSource {
     /// A scratch directory that lives as long as the pod.
     EmptyDir {
@@ -38,13 +40,13 @@ pub enum VolumeSource {
     HostPath { path: PathBuf, kind: HostPathKind },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Medium {
     Disk,
     Memory,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HostPathKind {
     /// No check: use whatever is there (a directory or a file).
     Unchecked,
@@ -55,7 +57,7 @@ pub enum HostPathKind {
 }
 
 /// What a container runs and sees.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ContainerConfig {
     pub name: String,
     pub attempt: u32,
@@ -78,7 +80,7 @@ pub struct ContainerConfig {
 }
 
 /// Where a container mount comes from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MountSource {
     /// A volume of the pod, optionally narrowed to a path inside it.
     Volume {
@@ -89,7 +91,7 @@ pub enum MountSource {
     Host(PathBuf),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MountSpec {
     pub source: MountSource,
     /// Absolute path inside the guest.

@@ -67,7 +67,7 @@ mod tests {
         let r = parse(&format!("127.0.0.1:5000/app@{d}")).unwrap();
         assert_eq!(r.digest(), Some(d.as_str()));
         assert_eq!(digest_name(&r, &d), format!("127.0.0.1:5000/app@{d}"));
-        assert!(parse("UPPER/case").is_err());
+        assert!(parse("library/UPPER").is_err());
         assert!(parse("").is_err());
     }
 

@@ -25,7 +25,7 @@ const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 const NAMES: TableDefinition<&str, &str> = TableDefinition::new("names");
 
 /// When a pod's image is pulled (`imagePullPolicy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum PullPolicy {
     Always,
     #[default]
