@@ -296,10 +296,12 @@ impl RawPod {
             hostname: spec.hostname.unwrap_or_else(|| name.clone()),
             namespace: self.metadata.namespace.unwrap_or_else(|| "default".into()),
             uid: self.metadata.uid.unwrap_or_default(),
+            attempt: 0,
             labels: self.metadata.labels,
             annotations: self.metadata.annotations,
             volumes,
             log_directory: None,
+            dns: Default::default(),
             name,
         };
         Ok(PodManifest {

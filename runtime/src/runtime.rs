@@ -41,6 +41,8 @@ pub struct Runtime {
     containers: RwLock<HashMap<String, Arc<Container>>>,
     logs: broadcast::Sender<LogLine>,
     observer: Arc<Observer>,
+    /// The node's pod CIDR, as kubelet last set it (UpdateRuntimeConfig).
+    pod_cidr: Mutex<Option<String>>,
 }
 
 impl Runtime {
@@ -66,6 +68,7 @@ impl Runtime {
             containers: RwLock::default(),
             logs: broadcast::channel(4096).0,
             observer,
+            pod_cidr: Mutex::default(),
         };
         rt.restore()?;
         Ok(Arc::new(rt))
@@ -109,6 +112,29 @@ impl Runtime {
             write(&self.containers).insert(c.id.clone(), c);
         }
         Ok(())
+    }
+
+    /// Keeps the node's pod CIDR (kubelet's UpdateRuntimeConfig).
+    pub fn set_pod_cidr(&self, cidr: &str) {
+        *self.pod_cidr.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(cidr.to_owned()).filter(|c| !c.is_empty());
+    }
+
+    pub fn pod_cidr(&self) -> Option<String> {
+        self.pod_cidr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reopens a running container's log file after kubelet rotated it.
+    pub fn reopen_container_log(&self, id: &str) -> Result<()> {
+        self.container(id)?.reopen_log()
+    }
+
+    /// The state directory (image store, pods, AOT cache live under it).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
     }
 
     /// Every container lifecycle event from now on.
@@ -400,23 +426,35 @@ fn duplicate(config: &ContainerConfig) -> Error {
 }
 
 /// The container's log file: its `log_path` inside the pod's log directory, or
-/// `<name>/<attempt>.log` as kubelet lays them out.
+/// `<name>/<attempt>.log` as kubelet lays them out. Neither `..` nor a symlink may lead it out.
 fn log_path(log_dir: &Path, config: &ContainerConfig) -> Result<PathBuf> {
     let rel = match &config.log_path {
         Some(p) => p.clone(),
         None => PathBuf::from(&config.name).join(format!("{}.log", config.attempt)),
     };
-    if rel.is_absolute()
-        || rel
-            .components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
-    {
+    let plain = rel
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if rel.is_absolute() || !plain || rel.as_os_str().is_empty() {
         return Err(Error::invalid(format!(
             "log path {} must be relative to the log directory, without '..'",
             rel.display()
         )));
     }
-    Ok(log_dir.join(rel))
+    let path = log_dir.join(&rel);
+    let parent = path.parent().expect("joined onto a directory");
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent.display(), e))?;
+    let real_dir = std::fs::canonicalize(log_dir).map_err(|e| Error::io(log_dir.display(), e))?;
+    let real_parent = std::fs::canonicalize(parent).map_err(|e| Error::io(parent.display(), e))?;
+    let is_link = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+    if !real_parent.starts_with(&real_dir) || is_link {
+        return Err(Error::invalid(format!(
+            "log path {} leads outside the log directory {} through a symlink",
+            rel.display(),
+            log_dir.display()
+        )));
+    }
+    Ok(path)
 }
 
 /// A 64-hex-digit id, as container runtimes use.

@@ -13,6 +13,9 @@ pub struct PodConfig {
     pub name: String,
     pub namespace: String,
     pub uid: String,
+    /// Which creation of this sandbox it is (kubelet counts them).
+    #[serde(default)]
+    pub attempt: u32,
     pub hostname: String,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
@@ -20,6 +23,16 @@ pub struct PodConfig {
     pub volumes: Vec<VolumeSpec>,
     /// Directory the containers' log files go under (`<dir>/<name>/<attempt>.log` by default).
     pub log_directory: Option<PathBuf>,
+    /// Name servers, search domains and resolver options for the pod's name lookups.
+    #[serde(default)]
+    pub dns: DnsConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DnsConfig {
+    pub servers: Vec<String>,
+    pub searches: Vec<String>,
+    pub options: Vec<String>,
 }
 
 /// A named pod volume.

@@ -2,6 +2,7 @@
 
 mod image;
 mod run;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,7 +20,7 @@ use wasmpod_runtime::runtime::{Runtime, RuntimeOptions};
     about = "Run Kubernetes Pods whose containers are WebAssembly programs"
 )]
 struct Cli {
-    /// Where pods' scratch space and the compiled-code cache live
+    /// Where pods' scratch space, images and the compiled-code cache live
     /// [default: /var/lib/wasmpod as root, else $XDG_STATE_HOME/wasmpod or ~/.local/state/wasmpod]
     #[arg(long, global = true, env = "WASMPOD_STATE_DIR")]
     state_dir: Option<PathBuf>,
@@ -36,6 +37,10 @@ struct Cli {
     #[arg(long = "insecure-registry", global = true, value_name = "HOST[:PORT]")]
     insecure: Vec<String>,
 
+    /// Log level: error, warn, info, debug, trace (RUST_LOG filters override it)
+    #[arg(long, global = true, env = "WASMPOD_LOG")]
+    log_level: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -45,43 +50,14 @@ enum Command {
     Run(run::RunArgs),
     #[command(subcommand)]
     Image(image::ImageCommand),
+    Serve(serve::ServeArgs),
 }
+
+static REGISTRIES: std::sync::OnceLock<RegistryConfig> = std::sync::OnceLock::new();
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let state_dir = cli.state_dir.unwrap_or_else(default_state_dir);
-    let registries = match registry_config(&cli.mirrors, &cli.insecure) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let _ = REGISTRIES.set(registries);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: starting the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = rt.block_on(async {
-        match cli.command {
-            Command::Run(args) => run::run(args, state_dir).await,
-            Command::Image(cmd) => image::run(cmd, state_dir).await,
-        }
-    });
-    match result {
+    match start(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -90,7 +66,54 @@ pub fn main() -> ExitCode {
     }
 }
 
-static REGISTRIES: std::sync::OnceLock<RegistryConfig> = std::sync::OnceLock::new();
+fn start(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut registries = registry_config(&cli.mirrors, &cli.insecure)?;
+    let mut state_dir = cli.state_dir;
+    let mut log_level = cli.log_level;
+    let serve_config = match &cli.command {
+        Command::Serve(args) => {
+            let config = args.load_config()?;
+            state_dir = state_dir.or(config.state_dir.clone());
+            log_level = log_level
+                .or(config.log_level.clone())
+                .or(Some("info".into()));
+            registries
+                .insecure
+                .extend(config.registry.insecure.iter().cloned());
+            for (registry, mirrors) in &config.registry.mirrors {
+                registries
+                    .mirrors
+                    .entry(registry.clone())
+                    .or_default()
+                    .extend(mirrors.iter().cloned());
+            }
+            Some(config)
+        }
+        _ => None,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(log_level.as_deref().unwrap_or("warn")))
+        .context("log level")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let _ = REGISTRIES.set(registries);
+    let state_dir = state_dir.unwrap_or_else(default_state_dir);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    rt.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(args, state_dir).await,
+            Command::Image(cmd) => image::run(cmd, state_dir).await,
+            Command::Serve(args) => {
+                serve::run(args, serve_config.unwrap_or_default(), state_dir).await
+            }
+        }
+    })
+}
 
 /// The runtime over the state directory, with the registry settings of the command line.
 fn open_runtime(state_dir: &Path) -> anyhow::Result<Arc<Runtime>> {
@@ -128,9 +151,13 @@ fn docker_config() -> Option<PathBuf> {
         .map(|d| d.join("config.json"))
 }
 
-fn default_state_dir() -> PathBuf {
+fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn default_state_dir() -> PathBuf {
+    if is_root() {
         return PathBuf::from("/var/lib/wasmpod");
     }
     std::env::var_os("XDG_STATE_HOME")
@@ -138,4 +165,25 @@ fn default_state_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
         .unwrap_or_else(std::env::temp_dir)
         .join("wasmpod")
+}
+
+/// Resolves at the first Ctrl-C or SIGTERM; a second one ends the process at once.
+async fn shutdown_signal() {
+    wait_for_signal().await;
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("wasmpod: second signal, exiting without waiting");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -74,7 +74,7 @@ pub async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<ExitCode> 
         ..RunnerOptions::default()
     };
     let mut logs = rt.subscribe_logs();
-    let run = runner::run_pod(&rt, manifest, shutdown_signal(), &opts);
+    let run = runner::run_pod(&rt, manifest, super::shutdown_signal(), &opts);
     tokio::pin!(run);
     let report = loop {
         tokio::select! {
@@ -152,26 +152,5 @@ fn exit_code(code: i32) -> ExitCode {
     match u8::try_from(code) {
         Ok(c) => ExitCode::from(c),
         Err(_) => ExitCode::FAILURE,
-    }
-}
-
-/// Resolves at the first Ctrl-C or SIGTERM; a second one ends the process at once.
-async fn shutdown_signal() {
-    wait_for_signal().await;
-    tokio::spawn(async {
-        wait_for_signal().await;
-        eprintln!("wasmpod: second signal, exiting without waiting");
-        std::process::exit(130);
-    });
-}
-
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

@@ -1,0 +1,123 @@
+//! `wasmpod serve`: the CRI server for kubelet and crictl.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use serde::Deserialize;
+use tokio::net::UnixListener;
+
+/// Serve the Kubernetes CRI (RuntimeService + ImageService) on a unix socket.
+///
+/// Settings come from the config file (TOML, all keys optional), overridden by flags:
+///
+///     socket = "/run/wasmpod/wasmpod.sock"   # root; else $XDG_RUNTIME_DIR/wasmpod/wasmpod.sock
+///     state_dir = "/var/lib/wasmpod"         # root; else $XDG_STATE_HOME/wasmpod
+///     log_level = "info"                     # error, warn, info, debug, trace
+///     [registry]
+///     insecure = ["registry.local:5000"]     # plain HTTP besides loopback registries
+///     mirrors = { "docker.io" = ["mirror.local:5000"] }
+///
+/// SIGTERM or Ctrl-C drains in-flight calls and exits; pods and containers are kept in the
+/// state database and listed again at the next start.
+#[derive(Args)]
+#[command(verbatim_doc_comment)]
+pub struct ServeArgs {
+    /// The unix socket to listen on
+    #[arg(long, env = "WASMPOD_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Config file [default: /etc/wasmpod/config.toml when it exists]
+    #[arg(long, env = "WASMPOD_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// The config file's settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    pub socket: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub log_level: Option<String>,
+    #[serde(default)]
+    pub registry: RegistrySection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySection {
+    #[serde(default)]
+    pub insecure: Vec<String>,
+    #[serde(default)]
+    pub mirrors: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl ServeArgs {
+    /// Reads the config file named by `--config`, or the default one if present.
+    pub fn load_config(&self) -> anyhow::Result<ServeConfig> {
+        let (path, required) = match &self.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from("/etc/wasmpod/config.toml"), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                Ok(ServeConfig::default())
+            }
+            Err(e) => Err(e).with_context(|| format!("config file {}", path.display())),
+        }
+    }
+}
+
+pub async fn run(
+    args: ServeArgs,
+    config: ServeConfig,
+    state_dir: PathBuf,
+) -> anyhow::Result<ExitCode> {
+    let socket = args.socket.or(config.socket).unwrap_or_else(default_socket);
+    let rt = super::open_runtime(&state_dir)?;
+    let listener = bind(&socket)?;
+    tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "serving the CRI");
+    let served = crate::cri::serve(rt, listener, super::shutdown_signal()).await;
+    let _ = std::fs::remove_file(&socket);
+    served.context("CRI server")?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn default_socket() -> PathBuf {
+    if super::is_root() {
+        return PathBuf::from("/run/wasmpod/wasmpod.sock");
+    }
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join("wasmpod/wasmpod.sock")
+}
+
+/// Binds the socket 0660 in a 0700 directory, replacing a stale socket left by a crash but
+/// refusing to steal one a live server answers on.
+fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+    let dir = socket.parent().context("socket path has no directory")?;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    if socket.exists() {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            anyhow::bail!(
+                "another server is already listening on {}",
+                socket.display()
+            );
+        }
+        std::fs::remove_file(socket)
+            .with_context(|| format!("removing stale socket {}", socket.display()))?;
+    }
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}

@@ -1,0 +1,278 @@
+//! Conversions between CRI messages and core types, and core errors as gRPC statuses.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use k8s_cri::v1 as cri;
+use tonic::Status;
+use wasmpod_runtime::container::{Container, ContainerState};
+use wasmpod_runtime::error::{Error, ErrorKind};
+use wasmpod_runtime::pod::{Pod, PodState};
+use wasmpod_runtime::spec::{ContainerConfig, DnsConfig, MountSource, MountSpec, PodConfig};
+
+/// The one place core errors become gRPC statuses.
+pub fn status(e: Error) -> Status {
+    let message = e.message;
+    match e.kind {
+        ErrorKind::InvalidArgument => Status::invalid_argument(message),
+        ErrorKind::NotFound => Status::not_found(message),
+        ErrorKind::AlreadyExists => Status::already_exists(message),
+        ErrorKind::FailedPrecondition => Status::failed_precondition(message),
+        ErrorKind::ResourceExhausted => Status::resource_exhausted(message),
+        ErrorKind::Unimplemented => Status::unimplemented(message),
+        ErrorKind::Unauthenticated => Status::unauthenticated(message),
+        ErrorKind::PermissionDenied => Status::permission_denied(message),
+        ErrorKind::Unavailable => Status::unavailable(message),
+        ErrorKind::Internal => Status::internal(message),
+    }
+}
+
+pub fn nanos(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+fn map(m: &HashMap<String, String>) -> BTreeMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+fn hash(m: &BTreeMap<String, String>) -> HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+fn required<'a>(what: &str, v: &'a str) -> Result<&'a str, Status> {
+    if v.is_empty() {
+        Err(Status::invalid_argument(format!("{what} is required")))
+    } else {
+        Ok(v)
+    }
+}
+
+pub fn pod_config(c: cri::PodSandboxConfig) -> Result<PodConfig, Status> {
+    let meta = c
+        .metadata
+        .ok_or_else(|| Status::invalid_argument("config.metadata is required"))?;
+    required("metadata.name", &meta.name)?;
+    required("metadata.namespace", &meta.namespace)?;
+    let dns = c.dns_config.map(|d| DnsConfig {
+        servers: d.servers,
+        searches: d.searches,
+        options: d.options,
+    });
+    Ok(PodConfig {
+        hostname: if c.hostname.is_empty() {
+            meta.name.clone()
+        } else {
+            c.hostname
+        },
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        attempt: meta.attempt,
+        labels: map(&c.labels),
+        annotations: map(&c.annotations),
+        volumes: Vec::new(),
+        log_directory: (!c.log_directory.is_empty()).then(|| PathBuf::from(c.log_directory)),
+        dns: dns.unwrap_or_default(),
+    })
+}
+
+pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Status> {
+    let meta = c
+        .metadata
+        .ok_or_else(|| Status::invalid_argument("config.metadata is required"))?;
+    required("metadata.name", &meta.name)?;
+    let image = c
+        .image
+        .ok_or_else(|| Status::invalid_argument("config.image is required"))?;
+    required("image.image", &image.image)?;
+    let mut mounts = Vec::new();
+    for m in c.mounts {
+        required("mount.container_path", &m.container_path)?;
+        required("mount.host_path", &m.host_path)?;
+        mounts.push(MountSpec {
+            source: MountSource::Host(PathBuf::from(m.host_path)),
+            container_path: m.container_path,
+            read_only: m.readonly,
+        });
+    }
+    let memory_limit = c
+        .linux
+        .and_then(|l| l.resources)
+        .map(|r| r.memory_limit_in_bytes)
+        .filter(|&m| m > 0)
+        .map(|m| m as u64);
+    Ok(ContainerConfig {
+        name: meta.name,
+        attempt: meta.attempt,
+        image: image.image,
+        pull_policy: Default::default(),
+        command: c.command,
+        args: c.args,
+        env: c.envs.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+        working_dir: (!c.working_dir.is_empty()).then_some(c.working_dir),
+        mounts,
+        memory_limit,
+        labels: map(&c.labels),
+        annotations: map(&c.annotations),
+        log_path: (!c.log_path.is_empty()).then(|| PathBuf::from(c.log_path)),
+    })
+}
+
+pub fn pod_metadata(p: &Pod) -> cri::PodSandboxMetadata {
+    cri::PodSandboxMetadata {
+        name: p.config.name.clone(),
+        uid: p.config.uid.clone(),
+        namespace: p.config.namespace.clone(),
+        attempt: p.config.attempt,
+    }
+}
+
+fn pod_state(p: &Pod) -> i32 {
+    match p.state() {
+        PodState::Ready => cri::PodSandboxState::SandboxReady as i32,
+        PodState::NotReady => cri::PodSandboxState::SandboxNotready as i32,
+    }
+}
+
+pub fn pod_sandbox(p: &Pod) -> cri::PodSandbox {
+    cri::PodSandbox {
+        id: p.id.clone(),
+        metadata: Some(pod_metadata(p)),
+        state: pod_state(p),
+        created_at: nanos(p.created_at),
+        labels: hash(&p.config.labels),
+        annotations: hash(&p.config.annotations),
+        runtime_handler: String::new(),
+    }
+}
+
+pub fn pod_status(p: &Pod) -> cri::PodSandboxStatus {
+    cri::PodSandboxStatus {
+        id: p.id.clone(),
+        metadata: Some(pod_metadata(p)),
+        state: pod_state(p),
+        created_at: nanos(p.created_at),
+        network: Some(cri::PodSandboxNetworkStatus {
+            ip: String::new(),
+            additional_ips: Vec::new(),
+        }),
+        linux: None,
+        labels: hash(&p.config.labels),
+        annotations: hash(&p.config.annotations),
+        runtime_handler: String::new(),
+    }
+}
+
+pub fn container_state(c: &Container) -> i32 {
+    match c.state() {
+        ContainerState::Created => cri::ContainerState::ContainerCreated as i32,
+        ContainerState::Running { .. } => cri::ContainerState::ContainerRunning as i32,
+        ContainerState::Exited { .. } => cri::ContainerState::ContainerExited as i32,
+    }
+}
+
+fn container_metadata(c: &Container) -> cri::ContainerMetadata {
+    cri::ContainerMetadata {
+        name: c.config.name.clone(),
+        attempt: c.config.attempt,
+    }
+}
+
+fn image_spec(c: &Container) -> cri::ImageSpec {
+    cri::ImageSpec {
+        image: c.config.image.clone(),
+        ..Default::default()
+    }
+}
+
+pub fn container(c: &Container) -> cri::Container {
+    cri::Container {
+        id: c.id.clone(),
+        pod_sandbox_id: c.pod_id.clone(),
+        metadata: Some(container_metadata(c)),
+        image: Some(image_spec(c)),
+        image_ref: c.image_ref.clone(),
+        state: container_state(c),
+        created_at: nanos(c.created_at),
+        labels: hash(&c.config.labels),
+        annotations: hash(&c.config.annotations),
+        image_id: c.image_ref.clone(),
+    }
+}
+
+pub fn container_status(c: &Container) -> cri::ContainerStatus {
+    let (started_at, finished_at, exit) = match c.state() {
+        ContainerState::Created => (0, 0, None),
+        ContainerState::Running { started_at } => (nanos(started_at), 0, None),
+        ContainerState::Exited {
+            started_at,
+            finished_at,
+            exit,
+        } => (started_at.map_or(0, nanos), nanos(finished_at), Some(exit)),
+    };
+    let mounts = c
+        .config
+        .mounts
+        .iter()
+        .map(|m| cri::Mount {
+            container_path: m.container_path.clone(),
+            host_path: match &m.source {
+                MountSource::Host(p) => p.display().to_string(),
+                MountSource::Volume { name, .. } => name.clone(),
+            },
+            readonly: m.read_only,
+            ..Default::default()
+        })
+        .collect();
+    cri::ContainerStatus {
+        id: c.id.clone(),
+        metadata: Some(container_metadata(c)),
+        state: container_state(c),
+        created_at: nanos(c.created_at),
+        started_at,
+        finished_at,
+        exit_code: exit.as_ref().map_or(0, |e| e.code),
+        image: Some(image_spec(c)),
+        image_ref: c.image_ref.clone(),
+        reason: exit
+            .as_ref()
+            .map_or(String::new(), |e| e.reason.as_str().to_owned()),
+        message: exit.map_or(String::new(), |e| e.message),
+        labels: hash(&c.config.labels),
+        annotations: hash(&c.config.annotations),
+        mounts,
+        log_path: c
+            .log_path
+            .as_ref()
+            .map_or(String::new(), |p| p.display().to_string()),
+        resources: None,
+        image_id: c.image_ref.clone(),
+        user: None,
+    }
+}
+
+/// Whether `labels` carry every pair of `selector`.
+pub fn matches(labels: &BTreeMap<String, String>, selector: &HashMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// A label selector's keys and values must be valid label text.
+pub fn check_selector(selector: &HashMap<String, String>) -> Result<(), Status> {
+    for (k, v) in selector {
+        let ok_key = !k.is_empty()
+            && k.len() <= 317
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+        let ok_value = v.len() <= 63
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !ok_key || !ok_value {
+            return Err(Status::invalid_argument(format!(
+                "invalid label selector {k:?}={v:?}"
+            )));
+        }
+    }
+    Ok(())
+}

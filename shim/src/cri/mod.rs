@@ -1,0 +1,37 @@
+//! `wasmpod serve`: the CRI (runtime.v1 RuntimeService + ImageService) over a unix socket.
+//! Transport and conversion only; all behaviour is in `wasmpod-runtime`.
+
+mod convert;
+mod image_service;
+mod runtime_service;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use wasmpod_runtime::runtime::Runtime;
+
+/// Messages up to this size either way, as kubelet and containerd allow.
+pub const MAX_MESSAGE: usize = 16 << 20;
+
+/// Serves the CRI on `listener` until `shutdown` resolves, then drains in-flight calls.
+pub async fn serve(
+    rt: Arc<Runtime>,
+    listener: UnixListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let runtime = RuntimeServiceServer::new(runtime_service::RuntimeApi { rt: rt.clone() })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let images = ImageServiceServer::new(image_service::ImageApi { rt })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    tonic::transport::Server::builder()
+        .add_service(runtime)
+        .add_service(images)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+}

@@ -1,0 +1,525 @@
+//! The CRI RuntimeService over [`Runtime`]: conversion and status mapping only.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::Stream;
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::runtime_service_server::RuntimeService;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status};
+use wasmpod_runtime::container::{Container, EventKind};
+use wasmpod_runtime::error::ErrorKind;
+use wasmpod_runtime::runtime::Runtime;
+
+use super::convert::{self, nanos, status};
+
+pub struct RuntimeApi {
+    pub rt: Arc<Runtime>,
+}
+
+type Result<T> = std::result::Result<Response<T>, Status>;
+
+/// Stop and remove succeed when the object is already gone, as the CRI asks.
+fn idempotent(r: wasmpod_runtime::error::Result<()>) -> std::result::Result<(), Status> {
+    match r {
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+        other => other.map_err(status),
+    }
+}
+
+fn unimplemented(what: &str) -> Status {
+    Status::unimplemented(format!("{what} is not implemented by wasmpod yet"))
+}
+
+impl RuntimeApi {
+    fn container_stats(&self, c: &Container) -> cri::ContainerStats {
+        let usage = c.usage();
+        let now = nanos(SystemTime::now());
+        cri::ContainerStats {
+            attributes: Some(cri::ContainerAttributes {
+                id: c.id.clone(),
+                metadata: Some(cri::ContainerMetadata {
+                    name: c.config.name.clone(),
+                    attempt: c.config.attempt,
+                }),
+                labels: c
+                    .config
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                annotations: c
+                    .config
+                    .annotations
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            }),
+            cpu: Some(cri::CpuUsage {
+                timestamp: now,
+                usage_core_nano_seconds: Some(cri::UInt64Value {
+                    value: usage.cpu.as_nanos() as u64,
+                }),
+                usage_nano_cores: None,
+            }),
+            memory: Some(cri::MemoryUsage {
+                timestamp: now,
+                working_set_bytes: Some(cri::UInt64Value {
+                    value: usage.memory_bytes,
+                }),
+                usage_bytes: Some(cri::UInt64Value {
+                    value: usage.memory_bytes,
+                }),
+                rss_bytes: Some(cri::UInt64Value {
+                    value: usage.memory_bytes,
+                }),
+                ..Default::default()
+            }),
+            writable_layer: None,
+            swap: None,
+        }
+    }
+
+    fn pod_stats(&self, pod: &wasmpod_runtime::pod::Pod) -> cri::PodSandboxStats {
+        let containers: Vec<_> = pod
+            .container_ids()
+            .iter()
+            .filter_map(|id| self.rt.container(id).ok())
+            .map(|c| self.container_stats(&c))
+            .collect();
+        let now = nanos(SystemTime::now());
+        let sum = |f: fn(&cri::ContainerStats) -> u64| containers.iter().map(f).sum::<u64>();
+        let cpu = sum(|s| {
+            s.cpu
+                .as_ref()
+                .and_then(|c| c.usage_core_nano_seconds.as_ref())
+                .map_or(0, |v| v.value)
+        });
+        let mem = sum(|s| {
+            s.memory
+                .as_ref()
+                .and_then(|m| m.working_set_bytes.as_ref())
+                .map_or(0, |v| v.value)
+        });
+        cri::PodSandboxStats {
+            attributes: Some(cri::PodSandboxAttributes {
+                id: pod.id.clone(),
+                metadata: Some(convert::pod_metadata(pod)),
+                labels: pod
+                    .config
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                annotations: pod
+                    .config
+                    .annotations
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            }),
+            linux: Some(cri::LinuxPodSandboxStats {
+                cpu: Some(cri::CpuUsage {
+                    timestamp: now,
+                    usage_core_nano_seconds: Some(cri::UInt64Value { value: cpu }),
+                    usage_nano_cores: None,
+                }),
+                memory: Some(cri::MemoryUsage {
+                    timestamp: now,
+                    working_set_bytes: Some(cri::UInt64Value { value: mem }),
+                    usage_bytes: Some(cri::UInt64Value { value: mem }),
+                    ..Default::default()
+                }),
+                network: None,
+                process: None,
+                containers,
+            }),
+            windows: None,
+        }
+    }
+
+    fn event(&self, e: wasmpod_runtime::container::ContainerEvent) -> cri::ContainerEventResponse {
+        let kind = match e.kind {
+            EventKind::Created => cri::ContainerEventType::ContainerCreatedEvent,
+            EventKind::Started => cri::ContainerEventType::ContainerStartedEvent,
+            EventKind::Stopped => cri::ContainerEventType::ContainerStoppedEvent,
+            EventKind::Deleted => cri::ContainerEventType::ContainerDeletedEvent,
+        };
+        let pod = self.rt.pod(&e.pod_id).ok();
+        cri::ContainerEventResponse {
+            container_id: e.container_id,
+            container_event_type: kind as i32,
+            created_at: nanos(e.at),
+            pod_sandbox_status: pod.as_ref().map(|p| convert::pod_status(p)),
+            containers_statuses: pod
+                .map(|p| p.container_ids())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|id| self.rt.container(id).ok())
+                .map(|c| convert::container_status(&c))
+                .collect(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RuntimeService for RuntimeApi {
+    async fn version(&self, _: Request<cri::VersionRequest>) -> Result<cri::VersionResponse> {
+        Ok(Response::new(cri::VersionResponse {
+            version: "0.1.0".into(),
+            runtime_name: "wasmpod".into(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            runtime_api_version: "v1".into(),
+        }))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        r: Request<cri::RunPodSandboxRequest>,
+    ) -> Result<cri::RunPodSandboxResponse> {
+        let config = r
+            .into_inner()
+            .config
+            .ok_or_else(|| Status::invalid_argument("config is required"))?;
+        let id = self
+            .rt
+            .run_pod(convert::pod_config(config)?)
+            .map_err(status)?;
+        Ok(Response::new(cri::RunPodSandboxResponse {
+            pod_sandbox_id: id,
+        }))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        r: Request<cri::StopPodSandboxRequest>,
+    ) -> Result<cri::StopPodSandboxResponse> {
+        idempotent(
+            self.rt
+                .stop_pod(&r.into_inner().pod_sandbox_id, Duration::ZERO)
+                .await,
+        )?;
+        Ok(Response::new(cri::StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        r: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<cri::RemovePodSandboxResponse> {
+        idempotent(self.rt.remove_pod(&r.into_inner().pod_sandbox_id).await)?;
+        Ok(Response::new(cri::RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        r: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<cri::PodSandboxStatusResponse> {
+        let pod = self
+            .rt
+            .pod(&r.into_inner().pod_sandbox_id)
+            .map_err(status)?;
+        let containers_statuses = pod
+            .container_ids()
+            .iter()
+            .filter_map(|id| self.rt.container(id).ok())
+            .map(|c| convert::container_status(&c))
+            .collect();
+        Ok(Response::new(cri::PodSandboxStatusResponse {
+            status: Some(convert::pod_status(&pod)),
+            info: Default::default(),
+            containers_statuses,
+            timestamp: nanos(SystemTime::now()),
+        }))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        r: Request<cri::ListPodSandboxRequest>,
+    ) -> Result<cri::ListPodSandboxResponse> {
+        let filter = r.into_inner().filter.unwrap_or_default();
+        convert::check_selector(&filter.label_selector)?;
+        let items = self
+            .rt
+            .pods()
+            .iter()
+            .map(|p| convert::pod_sandbox(p))
+            .filter(|p| filter.id.is_empty() || p.id.starts_with(&filter.id))
+            .filter(|p| filter.state.as_ref().is_none_or(|s| s.state == p.state))
+            .filter(|p| {
+                convert::matches(
+                    &p.labels
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    &filter.label_selector,
+                )
+            })
+            .collect();
+        Ok(Response::new(cri::ListPodSandboxResponse { items }))
+    }
+
+    async fn create_container(
+        &self,
+        r: Request<cri::CreateContainerRequest>,
+    ) -> Result<cri::CreateContainerResponse> {
+        let r = r.into_inner();
+        if r.pod_sandbox_id.is_empty() {
+            return Err(Status::invalid_argument("pod_sandbox_id is required"));
+        }
+        let config = r
+            .config
+            .ok_or_else(|| Status::invalid_argument("config is required"))?;
+        let id = self
+            .rt
+            .create_container(&r.pod_sandbox_id, convert::container_config(config)?)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(cri::CreateContainerResponse {
+            container_id: id,
+        }))
+    }
+
+    async fn start_container(
+        &self,
+        r: Request<cri::StartContainerRequest>,
+    ) -> Result<cri::StartContainerResponse> {
+        self.rt
+            .start_container(&r.into_inner().container_id)
+            .map_err(status)?;
+        Ok(Response::new(cri::StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        r: Request<cri::StopContainerRequest>,
+    ) -> Result<cri::StopContainerResponse> {
+        let r = r.into_inner();
+        let grace = Duration::from_secs(r.timeout.max(0) as u64);
+        idempotent(self.rt.stop_container(&r.container_id, grace).await)?;
+        Ok(Response::new(cri::StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        r: Request<cri::RemoveContainerRequest>,
+    ) -> Result<cri::RemoveContainerResponse> {
+        idempotent(self.rt.remove_container(&r.into_inner().container_id).await)?;
+        Ok(Response::new(cri::RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(
+        &self,
+        r: Request<cri::ListContainersRequest>,
+    ) -> Result<cri::ListContainersResponse> {
+        let filter = r.into_inner().filter.unwrap_or_default();
+        convert::check_selector(&filter.label_selector)?;
+        let containers = self
+            .rt
+            .containers()
+            .iter()
+            .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
+            .filter(|c| {
+                filter.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&filter.pod_sandbox_id)
+            })
+            .filter(|c| convert::matches(&c.config.labels, &filter.label_selector))
+            .map(|c| convert::container(c))
+            .filter(|c| filter.state.as_ref().is_none_or(|s| s.state == c.state))
+            .collect();
+        Ok(Response::new(cri::ListContainersResponse { containers }))
+    }
+
+    async fn container_status(
+        &self,
+        r: Request<cri::ContainerStatusRequest>,
+    ) -> Result<cri::ContainerStatusResponse> {
+        let c = self
+            .rt
+            .container(&r.into_inner().container_id)
+            .map_err(status)?;
+        Ok(Response::new(cri::ContainerStatusResponse {
+            status: Some(convert::container_status(&c)),
+            info: Default::default(),
+        }))
+    }
+
+    async fn update_container_resources(
+        &self,
+        _: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<cri::UpdateContainerResourcesResponse> {
+        Err(unimplemented("UpdateContainerResources"))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        r: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<cri::ReopenContainerLogResponse> {
+        self.rt
+            .reopen_container_log(&r.into_inner().container_id)
+            .map_err(status)?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
+    }
+
+    async fn exec_sync(&self, _: Request<cri::ExecSyncRequest>) -> Result<cri::ExecSyncResponse> {
+        Err(unimplemented("ExecSync"))
+    }
+
+    async fn exec(&self, _: Request<cri::ExecRequest>) -> Result<cri::ExecResponse> {
+        Err(unimplemented("Exec"))
+    }
+
+    async fn attach(&self, _: Request<cri::AttachRequest>) -> Result<cri::AttachResponse> {
+        Err(unimplemented("Attach"))
+    }
+
+    async fn port_forward(
+        &self,
+        _: Request<cri::PortForwardRequest>,
+    ) -> Result<cri::PortForwardResponse> {
+        Err(unimplemented("PortForward"))
+    }
+
+    async fn container_stats(
+        &self,
+        r: Request<cri::ContainerStatsRequest>,
+    ) -> Result<cri::ContainerStatsResponse> {
+        let c = self
+            .rt
+            .container(&r.into_inner().container_id)
+            .map_err(status)?;
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(self.container_stats(&c)),
+        }))
+    }
+
+    async fn list_container_stats(
+        &self,
+        r: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<cri::ListContainerStatsResponse> {
+        let filter = r.into_inner().filter.unwrap_or_default();
+        convert::check_selector(&filter.label_selector)?;
+        let stats = self
+            .rt
+            .containers()
+            .iter()
+            .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
+            .filter(|c| {
+                filter.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&filter.pod_sandbox_id)
+            })
+            .filter(|c| convert::matches(&c.config.labels, &filter.label_selector))
+            .map(|c| self.container_stats(c))
+            .collect();
+        Ok(Response::new(cri::ListContainerStatsResponse { stats }))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        r: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<cri::PodSandboxStatsResponse> {
+        let pod = self
+            .rt
+            .pod(&r.into_inner().pod_sandbox_id)
+            .map_err(status)?;
+        Ok(Response::new(cri::PodSandboxStatsResponse {
+            stats: Some(self.pod_stats(&pod)),
+        }))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        r: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<cri::ListPodSandboxStatsResponse> {
+        let filter = r.into_inner().filter.unwrap_or_default();
+        convert::check_selector(&filter.label_selector)?;
+        let stats = self
+            .rt
+            .pods()
+            .iter()
+            .filter(|p| filter.id.is_empty() || p.id.starts_with(&filter.id))
+            .filter(|p| convert::matches(&p.config.labels, &filter.label_selector))
+            .map(|p| self.pod_stats(p))
+            .collect();
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        r: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Result<cri::UpdateRuntimeConfigResponse> {
+        if let Some(net) = r.into_inner().runtime_config.and_then(|c| c.network_config) {
+            self.rt.set_pod_cidr(&net.pod_cidr);
+        }
+        Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
+    }
+
+    async fn status(&self, _: Request<cri::StatusRequest>) -> Result<cri::StatusResponse> {
+        let conditions = vec![
+            cri::RuntimeCondition {
+                r#type: "RuntimeReady".into(),
+                status: true,
+                ..Default::default()
+            },
+            cri::RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: false,
+                reason: "NoPodNetwork".into(),
+                message: "wasmpod does not give pods a network yet".into(),
+            },
+        ];
+        Ok(Response::new(cri::StatusResponse {
+            status: Some(cri::RuntimeStatus { conditions }),
+            ..Default::default()
+        }))
+    }
+
+    async fn checkpoint_container(
+        &self,
+        _: Request<cri::CheckpointContainerRequest>,
+    ) -> Result<cri::CheckpointContainerResponse> {
+        Err(unimplemented("CheckpointContainer"))
+    }
+
+    type GetContainerEventsStream = Pin<
+        Box<dyn Stream<Item = std::result::Result<cri::ContainerEventResponse, Status>> + Send>,
+    >;
+
+    async fn get_container_events(
+        &self,
+        _: Request<cri::GetEventsRequest>,
+    ) -> Result<Self::GetContainerEventsStream> {
+        let api = RuntimeApi {
+            rt: self.rt.clone(),
+        };
+        let events =
+            BroadcastStream::new(self.rt.subscribe_events()).filter_map(move |e| match e {
+                Ok(e) => Some(Ok(api.event(e))),
+                Err(_lagged) => None,
+            });
+        Ok(Response::new(Box::pin(events)))
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Result<cri::ListMetricDescriptorsResponse> {
+        Err(unimplemented("ListMetricDescriptors"))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Result<cri::ListPodSandboxMetricsResponse> {
+        Err(unimplemented("ListPodSandboxMetrics"))
+    }
+
+    async fn runtime_config(
+        &self,
+        _: Request<cri::RuntimeConfigRequest>,
+    ) -> Result<cri::RuntimeConfigResponse> {
+        Err(Status::unimplemented(
+            "wasmpod uses no cgroups: there is no cgroup driver to report",
+        ))
+    }
+}
