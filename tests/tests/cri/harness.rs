@@ -1,0 +1,259 @@
+//! Starts the real `wasmpod serve` on a temp socket (and a real registry), and CRI clients.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tempfile::TempDir;
+use tonic::transport::{Channel, Endpoint};
+
+pub type Rt = RuntimeServiceClient<Channel>;
+
+/// A `wasmpod serve` process on a socket in a temp dir, stopped by PID when dropped.
+pub struct Daemon {
+    pub dir: TempDir,
+    pub socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("wasmpod.sock");
+        Self::start_at(dir, socket).await
+    }
+
+    pub async fn start_at(dir: TempDir, socket: PathBuf) -> Self {
+        let mut d = Daemon {
+            dir,
+            socket,
+            child: None,
+        };
+        d.restart().await;
+        d
+    }
+
+    /// Starts the server (again) on the same state dir and socket; waits until it answers.
+    pub async fn restart(&mut self) {
+        let child = Command::new(wasmpod_tests::wasmpod_bin())
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .args(["serve", "--socket"])
+            .arg(&self.socket)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting wasmpod serve");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if let Ok(mut c) = self.try_runtime().await {
+                if c.version(cri::VersionRequest::default()).await.is_ok() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("wasmpod serve did not answer on {}", self.socket.display());
+    }
+
+    async fn channel(&self) -> Result<Channel, tonic::transport::Error> {
+        let socket = self.socket.clone();
+        Endpoint::try_from("http://[::]:50051")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_| {
+                let socket = socket.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(socket).await?,
+                    ))
+                }
+            }))
+            .await
+    }
+
+    async fn try_runtime(&self) -> Result<Rt, tonic::transport::Error> {
+        Ok(RuntimeServiceClient::new(self.channel().await?)
+            .max_decoding_message_size(32 << 20)
+            .max_encoding_message_size(32 << 20))
+    }
+
+    pub async fn runtime(&self) -> Rt {
+        self.try_runtime()
+            .await
+            .expect("connecting to the CRI socket")
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then the exit status (bounded wait).
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        // SAFETY: kill with a child's pid and a valid signal.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        for _ in 0..200 {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        panic!("wasmpod serve did not exit after SIGTERM");
+    }
+
+    pub fn stop(mut self) {
+        self.kill9();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub async fn image_client(d: &Daemon) -> ImageServiceClient<Channel> {
+    ImageServiceClient::new(d.channel().await.expect("connecting to the CRI socket"))
+}
+
+pub async fn run_pod(rt: &mut Rt, config: &cri::PodSandboxConfig) -> String {
+    rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(config.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .pod_sandbox_id
+}
+
+pub async fn create(
+    rt: &mut Rt,
+    pod: &str,
+    config: cri::ContainerConfig,
+    sandbox: &cri::PodSandboxConfig,
+) -> Result<String, tonic::Status> {
+    rt.create_container(cri::CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(config),
+        sandbox_config: Some(sandbox.clone()),
+    })
+    .await
+    .map(|r| r.into_inner().container_id)
+}
+
+/// Polls ContainerStatus until the container has exited (bounded: 30 s).
+pub async fn wait_exited(rt: &mut Rt, id: &str) -> cri::ContainerStatus {
+    for _ in 0..600 {
+        let st = rt
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        if st.state == cri::ContainerState::ContainerExited as i32 {
+            return st;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("container {id} did not exit");
+}
+
+/// Polls `cond` until it holds (bounded: 30 s).
+pub async fn wait_for(mut cond: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not reached");
+}
+
+/// Debian's docker-registry on a free loopback port, stopped by PID when dropped.
+pub struct Registry {
+    pub host: String,
+    child: Child,
+}
+
+impl Registry {
+    pub async fn start(dir: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let root = dir.join(format!("registry-{port}"));
+        std::fs::create_dir_all(&root).unwrap();
+        let config = root.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                root.join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting docker-registry (apt-get install docker-registry)");
+        let host = format!("127.0.0.1:{port}");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(&host).is_ok() {
+                return Registry { host, child };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("docker-registry did not start on {host}");
+    }
+
+    /// Pushes a bare `.wasm` as a Wasm OCI artifact the way an edge user would: import it
+    /// with wasmpod, export an OCI layout, copy it with skopeo. Returns the full reference.
+    pub fn push_wasm(&self, wasm: &Path, name: &str, work: &Path) -> String {
+        let state = work.join(format!("push-state-{}", name.replace(['/', ':'], "-")));
+        let archive = work.join(format!("{}.tar", name.replace(['/', ':'], "-")));
+        let run = |cmd: &mut Command| {
+            let out = cmd.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(wasmpod_tests::wasmpod(&state)
+            .args(["image", "import", "--tag", name])
+            .arg(wasm));
+        run(wasmpod_tests::wasmpod(&state)
+            .args(["image", "export", name])
+            .arg(&archive));
+        let reference = format!("{}/{name}", self.host);
+        run(Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci-archive:{}", archive.display()))
+            .arg(format!("docker://{reference}")));
+        reference
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
