@@ -121,3 +121,17 @@ fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
     Ok(listener)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_parses_and_typos_do_not() {
+        let shipped: ServeConfig = toml::from_str(include_str!("../../../dist/config.toml")).unwrap();
+        assert_eq!(shipped.socket.unwrap(), PathBuf::from("/run/wasmpod/wasmpod.sock"));
+        assert!(toml::from_str::<ServeConfig>("sokcet = \"/x\"").is_err());
+        let mirrors: ServeConfig = toml::from_str("[registry]\nmirrors = { \"docker.io\" = [\"m:5000\"] }").unwrap();
+        assert_eq!(mirrors.registry.mirrors["docker.io"], ["m:5000"]);
+    }
+}
