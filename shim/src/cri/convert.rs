@@ -276,3 +276,72 @@ pub fn check_selector(selector: &HashMap<String, String>) -> Result<(), Status> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Whatever bytes a client sends, decoding and conversion answer with a value or a status,
+    //! never a panic.
+    use super::*;
+    use prost::Message;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            "[a-z0-9-]{1,12}",
+            "(/|\\.\\./|[a-z]{1,4}/){0,6}[a-z.]{0,5}",
+            any::<String>(),
+        ]
+    }
+
+    prop_compose! {
+        fn container_request()(
+            name in text(), image in text(), attempt in any::<u32>(),
+            paths in prop::collection::vec((text(), text(), any::<bool>()), 0..4),
+            env in prop::collection::vec((text(), text()), 0..4),
+            log_path in text(), working_dir in text(), memory in any::<i64>(),
+            with_meta in any::<bool>(), with_image in any::<bool>(),
+        ) -> cri::ContainerConfig {
+            cri::ContainerConfig {
+                metadata: with_meta.then(|| cri::ContainerMetadata { name, attempt }),
+                image: with_image.then(|| cri::ImageSpec { image, ..Default::default() }),
+                mounts: paths.into_iter().map(|(h, c, ro)| cri::Mount { host_path: h, container_path: c, readonly: ro, ..Default::default() }).collect(),
+                envs: env.into_iter().map(|(key, value)| cri::KeyValue { key, value }).collect(),
+                log_path,
+                working_dir,
+                linux: Some(cri::LinuxContainerConfig {
+                    resources: Some(cri::LinuxContainerResources { memory_limit_in_bytes: memory, ..Default::default() }),
+                    security_context: None,
+                }),
+                ..Default::default()
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(req) = cri::CreateContainerRequest::decode(bytes.as_slice()) {
+                if let Some(c) = req.config { let _ = container_config(c); }
+            }
+            if let Ok(req) = cri::RunPodSandboxRequest::decode(bytes.as_slice()) {
+                if let Some(c) = req.config { let _ = pod_config(c); }
+            }
+        }
+
+        #[test]
+        fn structured_container_configs_never_panic(c in container_request()) {
+            let had_name = c.metadata.as_ref().is_some_and(|m| !m.name.is_empty());
+            match container_config(c) {
+                Ok(config) => prop_assert!(had_name && !config.image.is_empty()),
+                Err(status) => prop_assert_eq!(status.code(), tonic::Code::InvalidArgument),
+            }
+        }
+
+        #[test]
+        fn selectors_are_checked_not_trusted(k in any::<String>(), v in any::<String>()) {
+            let selector = HashMap::from([(k, v)]);
+            let _ = check_selector(&selector);
+        }
+    }
+}
