@@ -4,14 +4,20 @@
 //!
 //! - container start: create + start → first stdout line, module cached, in process (p50/p99);
 //! - stop: how long a spinning guest takes to die after its grace period;
-//! - density: RSS growth per idle pod across N idle pods in one process, and thread count.
+//! - density: RSS growth per idle pod across N idle pods in one process, and thread count;
+//! - through the CRI socket (`wasmpod serve`, state persistence on): RunPodSandbox +
+//!   CreateContainer + StartContainer → first log line, and ListContainers at 1,000/10,000.
+//!
+//! Build the server first: `cargo build --release -p wasmpod`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_cri::v1 as cri;
 use wasmpod_runtime::runtime::{Runtime, RuntimeOptions};
 use wasmpod_runtime::spec::{ContainerConfig, PodConfig};
+use wasmpod_tests::cri::{self as harness, Daemon};
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -19,28 +25,193 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let wasm = examples_dir().join("wasm");
     for name in ["hello.p1.wasm", "hello.p2.wasm", "forever.p1.wasm"] {
         if !wasm.join(name).exists() {
-            return Err(format!("{} missing: run examples/build.sh first", wasm.join(name).display()).into());
+            return Err(format!(
+                "{} missing: run examples/build.sh first",
+                wasm.join(name).display()
+            )
+            .into());
         }
     }
     let state = tempfile::tempdir()?;
-    let rt = Runtime::new(RuntimeOptions { state_dir: state.path().into(), ..Default::default() })?;
+    let rt = Runtime::new(RuntimeOptions {
+        state_dir: state.path().into(),
+        ..Default::default()
+    })?;
     let starts = if quick { 200 } else { 2000 };
     let idle = if quick { 200 } else { 1000 };
 
-    println!("wasmpod benchmark ({} cores, {})", cores(), if quick { "quick" } else { "full" });
+    println!(
+        "wasmpod benchmark ({} cores, {})",
+        cores(),
+        if quick { "quick" } else { "full" }
+    );
     println!();
     println!("| figure | value |");
     println!("|---|---|");
-    for (label, file) in [("p1 module", "hello.p1.wasm"), ("p2 component", "hello.p2.wasm")] {
+    for (label, file) in [
+        ("p1 module", "hello.p1.wasm"),
+        ("p2 component", "hello.p2.wasm"),
+    ] {
         let lat = start_latency(&rt, &wasm.join(file), starts).await?;
         println!("| container start ({label}, create+start → first line), n={starts} | p50 {} · p99 {} |", fmt(pct(&lat, 50)), fmt(pct(&lat, 99)));
     }
-    let kill = kill_latency(&rt, &wasm.join("forever.p2.wasm"), if quick { 5 } else { 20 }).await?;
-    println!("| spinning guest killed after grace (stop → exited, beyond grace) | p50 {} · max {} |", fmt(pct(&kill, 50)), fmt(*kill.last().unwrap()));
+    let kill = kill_latency(
+        &rt,
+        &wasm.join("forever.p2.wasm"),
+        if quick { 5 } else { 20 },
+    )
+    .await?;
+    println!(
+        "| spinning guest killed after grace (stop → exited, beyond grace) | p50 {} · max {} |",
+        fmt(pct(&kill, 50)),
+        fmt(*kill.last().unwrap())
+    );
     let (per_pod, threads) = density(&rt, &wasm.join("forever.p1.wasm"), idle).await?;
-    println!("| RSS per idle pod ({idle} pods, one container each) | {:.1} KiB |", per_pod / 1024.0);
+    println!(
+        "| RSS per idle pod ({idle} pods, one container each) | {:.1} KiB |",
+        per_pod / 1024.0
+    );
     println!("| threads with {idle} idle pods | {threads} |");
+
+    let bin = std::env::current_exe()?.with_file_name("wasmpod");
+    if !bin.exists() {
+        return Err(format!(
+            "{} missing: cargo build --release -p wasmpod",
+            bin.display()
+        )
+        .into());
+    }
+    let pods = if quick { 100 } else { 500 };
+    let lat = cri_pod_start(&bin, &wasm.join("hello.p1.wasm"), pods).await?;
+    println!(
+        "| CRI pod start (runp+create+start → first log line), n={pods} | p50 {} · p99 {} |",
+        fmt(pct(&lat, 50)),
+        fmt(pct(&lat, 99))
+    );
+    let counts: &[usize] = if quick { &[1000] } else { &[1000, 10_000] };
+    for (count, lat) in cri_list(&bin, &wasm.join("hello.p1.wasm"), counts).await? {
+        println!(
+            "| CRI ListContainers with {count} containers | p50 {} · p99 {} |",
+            fmt(pct(&lat, 50)),
+            fmt(pct(&lat, 99))
+        );
+    }
     Ok(())
+}
+
+fn pod_config(name: &str, logs: &Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            namespace: "bench".into(),
+            uid: name.into(),
+            attempt: 0,
+        }),
+        log_directory: logs.display().to_string(),
+        ..Default::default()
+    }
+}
+
+fn container_config(image: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "c".into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        log_path: "c/0.log".into(),
+        ..Default::default()
+    }
+}
+
+/// RunPodSandbox + CreateContainer + StartContainer → the first line in the log file.
+async fn cri_pod_start(
+    bin: &Path,
+    wasm: &Path,
+    n: usize,
+) -> Result<Vec<Duration>, Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("wasmpod.sock");
+    let logs = dir.path().join("logs");
+    let d = Daemon::start_bin(bin.to_path_buf(), dir, socket).await;
+    let mut rt = d.runtime().await;
+    let image = file_image(wasm);
+    let mut out = Vec::with_capacity(n);
+    for i in 0..=n {
+        let pod_logs = logs.join(format!("p{i}"));
+        std::fs::create_dir_all(&pod_logs)?;
+        let sandbox = pod_config(&format!("p{i}"), &pod_logs);
+        let log = pod_logs.join("c/0.log");
+        let t0 = Instant::now();
+        let pod = harness::run_pod(&mut rt, &sandbox).await;
+        let id = harness::create(&mut rt, &pod, container_config(&image), &sandbox).await?;
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+        while std::fs::metadata(&log).map_or(true, |m| m.len() == 0) {
+            tokio::time::sleep(Duration::from_micros(50)).await;
+        }
+        if i > 0 {
+            out.push(t0.elapsed());
+        }
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await?;
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+    }
+    d.stop();
+    out.sort();
+    Ok(out)
+}
+
+/// ListContainers latency once the server holds each of `counts` containers.
+async fn cri_list(
+    bin: &Path,
+    wasm: &Path,
+    counts: &[usize],
+) -> Result<Vec<(usize, Vec<Duration>)>, Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("wasmpod.sock");
+    let logs = dir.path().join("logs");
+    let d = Daemon::start_bin(bin.to_path_buf(), dir, socket).await;
+    let mut rt = d.runtime().await;
+    let image = file_image(wasm);
+    let mut made = 0;
+    let mut results = Vec::new();
+    for &count in counts {
+        while made < count {
+            let pod_logs = logs.join(format!("p{made}"));
+            std::fs::create_dir_all(&pod_logs)?;
+            let sandbox = pod_config(&format!("p{made}"), &pod_logs);
+            let pod = harness::run_pod(&mut rt, &sandbox).await;
+            harness::create(&mut rt, &pod, container_config(&image), &sandbox).await?;
+            made += 1;
+        }
+        let mut lat = Vec::new();
+        for _ in 0..50 {
+            let t0 = Instant::now();
+            let listed = rt
+                .list_containers(cri::ListContainersRequest::default())
+                .await?
+                .into_inner()
+                .containers
+                .len();
+            lat.push(t0.elapsed());
+            assert_eq!(listed, count);
+        }
+        lat.sort();
+        results.push((count, lat));
+    }
+    d.stop();
+    Ok(results)
 }
 
 fn examples_dir() -> PathBuf {
@@ -48,23 +219,39 @@ fn examples_dir() -> PathBuf {
 }
 
 fn file_image(path: &Path) -> String {
-    format!("file://{}", path.canonicalize().unwrap_or(path.to_path_buf()).display())
+    format!(
+        "file://{}",
+        path.canonicalize().unwrap_or(path.to_path_buf()).display()
+    )
 }
 
 /// Create + start → first stdout line, `n` times in one pod, the module compiled once before.
-async fn start_latency(rt: &Arc<Runtime>, wasm: &Path, n: usize) -> Result<Vec<Duration>, Box<dyn std::error::Error>> {
-    let pod = rt.run_pod(PodConfig { name: "bench-start".into(), ..Default::default() })?;
+async fn start_latency(
+    rt: &Arc<Runtime>,
+    wasm: &Path,
+    n: usize,
+) -> Result<Vec<Duration>, Box<dyn std::error::Error>> {
+    let pod = rt.run_pod(PodConfig {
+        name: "bench-start".into(),
+        ..Default::default()
+    })?;
     let image = file_image(wasm);
     let mut logs = rt.subscribe_logs();
     let mut out = Vec::with_capacity(n);
     for i in 0..=n {
-        let config = ContainerConfig { name: "c".into(), attempt: i as u32, image: image.clone(), ..Default::default() };
+        let config = ContainerConfig {
+            name: "c".into(),
+            attempt: i as u32,
+            image: image.clone(),
+            ..Default::default()
+        };
         let t0 = Instant::now();
         let id = rt.create_container(&pod, config).await?;
         rt.start_container(&id)?;
         loop {
             let line = logs.recv().await?;
-            if line.container.as_ref() == "c" && line.stream == wasmpod_runtime::log::Stream::Stdout {
+            if line.container.as_ref() == "c" && line.stream == wasmpod_runtime::log::Stream::Stdout
+            {
                 break;
             }
         }
@@ -82,9 +269,16 @@ async fn start_latency(rt: &Arc<Runtime>, wasm: &Path, n: usize) -> Result<Vec<D
 }
 
 /// Time from the end of a 100 ms grace period to the spinning guest having exited.
-async fn kill_latency(rt: &Arc<Runtime>, wasm: &Path, n: usize) -> Result<Vec<Duration>, Box<dyn std::error::Error>> {
+async fn kill_latency(
+    rt: &Arc<Runtime>,
+    wasm: &Path,
+    n: usize,
+) -> Result<Vec<Duration>, Box<dyn std::error::Error>> {
     let grace = Duration::from_millis(100);
-    let pod = rt.run_pod(PodConfig { name: "bench-kill".into(), ..Default::default() })?;
+    let pod = rt.run_pod(PodConfig {
+        name: "bench-kill".into(),
+        ..Default::default()
+    })?;
     let mut out = Vec::new();
     for i in 0..n {
         let config = ContainerConfig {
@@ -108,19 +302,47 @@ async fn kill_latency(rt: &Arc<Runtime>, wasm: &Path, n: usize) -> Result<Vec<Du
 }
 
 /// RSS growth per idle pod and the thread count once `n` pods each run an idle container.
-async fn density(rt: &Arc<Runtime>, wasm: &Path, n: usize) -> Result<(f64, usize), Box<dyn std::error::Error>> {
+async fn density(
+    rt: &Arc<Runtime>,
+    wasm: &Path,
+    n: usize,
+) -> Result<(f64, usize), Box<dyn std::error::Error>> {
     let image = file_image(wasm);
     // Warm up: compile once and let allocators settle, so the figure is per pod only.
-    let warm = rt.run_pod(PodConfig { name: "warm".into(), ..Default::default() })?;
-    let id = rt.create_container(&warm, ContainerConfig { name: "w".into(), image: image.clone(), ..Default::default() }).await?;
+    let warm = rt.run_pod(PodConfig {
+        name: "warm".into(),
+        ..Default::default()
+    })?;
+    let id = rt
+        .create_container(
+            &warm,
+            ContainerConfig {
+                name: "w".into(),
+                image: image.clone(),
+                ..Default::default()
+            },
+        )
+        .await?;
     rt.start_container(&id)?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = rss_bytes();
     let mut logs = rt.subscribe_logs();
     let mut pods = Vec::with_capacity(n);
     for i in 0..n {
-        let pod = rt.run_pod(PodConfig { name: format!("idle-{i}"), ..Default::default() })?;
-        let id = rt.create_container(&pod, ContainerConfig { name: "idle".into(), image: image.clone(), ..Default::default() }).await?;
+        let pod = rt.run_pod(PodConfig {
+            name: format!("idle-{i}"),
+            ..Default::default()
+        })?;
+        let id = rt
+            .create_container(
+                &pod,
+                ContainerConfig {
+                    name: "idle".into(),
+                    image: image.clone(),
+                    ..Default::default()
+                },
+            )
+            .await?;
         rt.start_container(&id)?;
         pods.push(pod);
     }
@@ -143,7 +365,11 @@ async fn density(rt: &Arc<Runtime>, wasm: &Path, n: usize) -> Result<(f64, usize
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
@@ -163,5 +389,7 @@ fn fmt(d: Duration) -> String {
 }
 
 fn cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }

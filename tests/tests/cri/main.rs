@@ -1,14 +1,12 @@
 //! End-to-end tests of `wasmpod serve`: the real binary on a temp socket, driven by a CRI
 //! client (the CRI proto through tonic) in the call sequences crictl and kubelet use.
 
-mod harness;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use harness::{Daemon, Registry};
 use k8s_cri::v1 as cri;
 use tonic::Code;
+use wasmpod_tests::cri::{self as harness, Daemon, Registry};
 use wasmpod_tests::{read_log, require_guests, stream_text, wasm};
 
 fn pod_config(name: &str, log_dir: &std::path::Path) -> cri::PodSandboxConfig {

@@ -1,4 +1,5 @@
-//! Starts the real `wasmpod serve` on a temp socket (and a real registry), and CRI clients.
+//! A CRI harness: the real `wasmpod serve` on a temp socket, CRI clients over it, and a real
+//! registry (Debian's docker-registry) on a free loopback port.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -17,6 +18,7 @@ pub type Rt = RuntimeServiceClient<Channel>;
 pub struct Daemon {
     pub dir: TempDir,
     pub socket: PathBuf,
+    bin: PathBuf,
     child: Option<Child>,
 }
 
@@ -28,9 +30,15 @@ impl Daemon {
     }
 
     pub async fn start_at(dir: TempDir, socket: PathBuf) -> Self {
+        Self::start_bin(crate::wasmpod_bin().to_path_buf(), dir, socket).await
+    }
+
+    /// Starts a given `wasmpod` binary (the benchmark uses the release build).
+    pub async fn start_bin(bin: PathBuf, dir: TempDir, socket: PathBuf) -> Self {
         let mut d = Daemon {
             dir,
             socket,
+            bin,
             child: None,
         };
         d.restart().await;
@@ -39,7 +47,7 @@ impl Daemon {
 
     /// Starts the server (again) on the same state dir and socket; waits until it answers.
     pub async fn restart(&mut self) {
-        let child = Command::new(wasmpod_tests::wasmpod_bin())
+        let child = Command::new(&self.bin)
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
             .args(["serve", "--socket"])
@@ -236,10 +244,10 @@ impl Registry {
                 String::from_utf8_lossy(&out.stderr)
             );
         };
-        run(wasmpod_tests::wasmpod(&state)
+        run(crate::wasmpod(&state)
             .args(["image", "import", "--tag", name])
             .arg(wasm));
-        run(wasmpod_tests::wasmpod(&state)
+        run(crate::wasmpod(&state)
             .args(["image", "export", name])
             .arg(&archive));
         let reference = format!("{}/{name}", self.host);
