@@ -1,1 +1,420 @@
+//! A small shared harness for the wasmpod integration tests (`tests/tests/*.rs`).
+//!
+//! Everything here drives real components: the `wasmpod-runtime` library in-process, the real
+//! guest programs built by `examples/build.sh`, and the real `wasmpod` binary. Nothing is
+//! mocked. Each test makes its own [`tempfile::TempDir`] for the state directory, volumes and
+//! host files.
 
+pub mod cri;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use wasmpod_runtime::error::Error;
+use wasmpod_runtime::exit::Exit;
+use wasmpod_runtime::runtime::{Runtime, RuntimeOptions};
+use wasmpod_runtime::spec::{
+    ContainerConfig, HostPathKind, Medium, MountSource, MountSpec, PodConfig, VolumeSource,
+    VolumeSpec,
+};
+
+/// The root of the cargo workspace (the directory holding `examples/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives inside the workspace")
+        .to_path_buf()
+}
+
+/// A file under `examples/` (a pod manifest, say).
+pub fn example(rel: &str) -> PathBuf {
+    workspace_root().join("examples").join(rel)
+}
+
+/// A guest built by `examples/build.sh`: `wasm("hello.p1")` is `examples/wasm/hello.p1.wasm`.
+/// Fails the test with a clear message when the guests have not been built.
+pub fn wasm(name: &str) -> PathBuf {
+    let path = example(&format!("wasm/{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run examples/build.sh first (it builds the guest programs the tests use)",
+        path.display()
+    );
+    path
+}
+
+/// Checks every example guest the suite uses is built, with the same clear message.
+pub fn require_guests() {
+    for name in [
+        "hello",
+        "writer",
+        "reader",
+        "exit-code",
+        "forever",
+        "fsprobe",
+    ] {
+        for kind in ["p1", "p2"] {
+            wasm(&format!("{name}.{kind}"));
+        }
+    }
+}
+
+/// Compiles WAT text to a `.wasm` file `name` in `dir` and returns its path.
+pub fn wat_file(dir: &Path, name: &str, wat_text: &str) -> PathBuf {
+    let bytes = wat::parse_str(wat_text).expect("the WAT fixture is valid");
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("writing the WAT fixture");
+    path
+}
+
+/// A WASI preview1 module calling `proc_exit(code)` from `_start`.
+pub fn wat_proc_exit(code: i32) -> String {
+    format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (call $exit (i32.const {code}))))"#
+    )
+}
+
+/// A runtime over `state` that runs local `.wasm` files.
+pub fn runtime(state: &Path) -> Arc<Runtime> {
+    Runtime::new(RuntimeOptions {
+        state_dir: state.to_path_buf(),
+        ..Default::default()
+    })
+    .expect("creating the runtime")
+}
+
+/// A pod config named `name` (also its hostname).
+pub fn pod(name: &str) -> PodConfig {
+    PodConfig {
+        name: name.to_owned(),
+        namespace: "default".to_owned(),
+        uid: format!("uid-{name}"),
+        hostname: name.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// A container running the `.wasm` file `image` with `args`.
+pub fn container(name: &str, image: &Path, args: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        name: name.to_owned(),
+        image: image.display().to_string(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+pub fn empty_dir(name: &str, medium: Medium, size_limit: Option<u64>) -> VolumeSpec {
+    VolumeSpec {
+        name: name.to_owned(),
+        source: VolumeSource::EmptyDir { medium, size_limit },
+    }
+}
+
+pub fn host_path(name: &str, path: &Path, kind: HostPathKind) -> VolumeSpec {
+    VolumeSpec {
+        name: name.to_owned(),
+        source: VolumeSource::HostPath {
+            path: path.to_path_buf(),
+            kind,
+        },
+    }
+}
+
+/// A mount of pod volume `volume` (optionally its `sub_path`) at `path`.
+pub fn mount(volume: &str, sub_path: Option<&str>, path: &str, read_only: bool) -> MountSpec {
+    MountSpec {
+        source: MountSource::Volume {
+            name: volume.to_owned(),
+            sub_path: sub_path.map(str::to_owned),
+        },
+        container_path: path.to_owned(),
+        read_only,
+    }
+}
+
+/// How one container run ended, with what it logged.
+#[derive(Debug)]
+pub struct Ran {
+    pub pod_id: String,
+    pub container_id: String,
+    pub exit: Exit,
+    pub log: Vec<LogRecord>,
+}
+
+impl Ran {
+    pub fn stdout(&self) -> String {
+        stream_text(&self.log, "stdout")
+    }
+    pub fn stderr(&self) -> String {
+        stream_text(&self.log, "stderr")
+    }
+}
+
+/// Creates a pod and one container in `rt`, runs it to the end and reads its log.
+/// The pod is left in place (its volumes too); the caller's TempDir cleans up.
+pub async fn run_container(
+    rt: &Arc<Runtime>,
+    pod_config: PodConfig,
+    config: ContainerConfig,
+) -> Result<Ran, Error> {
+    let pod_id = rt.run_pod(pod_config)?;
+    let container_id = rt.create_container(&pod_id, config).await?;
+    rt.start_container(&container_id)?;
+    let exit = within(
+        60,
+        "the container to exit",
+        rt.wait_container(&container_id),
+    )
+    .await?;
+    let c = rt.container(&container_id)?;
+    let log = read_log(
+        c.log_path
+            .as_deref()
+            .expect("runtime containers have a log"),
+    );
+    Ok(Ran {
+        pod_id,
+        container_id,
+        exit,
+        log,
+    })
+}
+
+/// Runs `image` with `args` and `mounts` over `volumes` in a fresh pod of `rt`.
+pub async fn run_guest(
+    rt: &Arc<Runtime>,
+    image: &Path,
+    args: &[&str],
+    volumes: Vec<VolumeSpec>,
+    mounts: Vec<MountSpec>,
+) -> Ran {
+    let mut p = pod("probe");
+    p.volumes = volumes;
+    let mut c = container("probe", image, args);
+    c.mounts = mounts;
+    run_container(rt, p, c)
+        .await
+        .unwrap_or_else(|e| panic!("running {}: {e}", image.display()))
+}
+
+/// A guard against hangs: fails the test if `fut` has not finished after `secs` seconds.
+/// This is not a speed check; the bounds are far above what any run needs.
+pub async fn within<F: Future>(secs: u64, what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("gave up waiting {secs}s for {what}"),
+    }
+}
+
+/// One record of a CRI-format log file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    pub time: String,
+    pub stream: String,
+    /// `F` (full line) or `P` (partial).
+    pub tag: String,
+    pub text: String,
+}
+
+/// Reads a CRI log file (`<RFC3339Nano> stdout|stderr F|P <text>` per line), checking every
+/// line's format. A missing file reads as no records.
+pub fn read_log(path: &Path) -> Vec<LogRecord> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => panic!("reading log {}: {e}", path.display()),
+    };
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "log {} does not end with a newline",
+        path.display()
+    );
+    text.lines().map(parse_log_line).collect()
+}
+
+/// Parses and checks one CRI log line.
+pub fn parse_log_line(line: &str) -> LogRecord {
+    let mut parts = line.splitn(4, ' ');
+    let (Some(time), Some(stream), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
+        panic!("not a CRI log line: {line:?}");
+    };
+    let text = parts.next().unwrap_or("");
+    assert!(is_rfc3339_nano(time), "bad timestamp in log line {line:?}");
+    assert!(
+        stream == "stdout" || stream == "stderr",
+        "bad stream in log line {line:?}"
+    );
+    assert!(tag == "F" || tag == "P", "bad tag in log line {line:?}");
+    LogRecord {
+        time: time.to_owned(),
+        stream: stream.to_owned(),
+        tag: tag.to_owned(),
+        text: text.to_owned(),
+    }
+}
+
+/// `2006-01-02T15:04:05.999999999Z07:00`, as Go's `time.RFC3339Nano` (which kubelet parses).
+pub fn is_rfc3339_nano(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| {
+        b.get(r.clone())
+            .is_some_and(|d| d.len() == r.len() && d.iter().all(u8::is_ascii_digit))
+    };
+    if !(digits(0..4)
+        && b.get(4) == Some(&b'-')
+        && digits(5..7)
+        && b.get(7) == Some(&b'-')
+        && digits(8..10)
+        && b.get(10) == Some(&b'T')
+        && digits(11..13)
+        && b.get(13) == Some(&b':')
+        && digits(14..16)
+        && b.get(16) == Some(&b':')
+        && digits(17..19))
+    {
+        return false;
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if !(1..=9).contains(&n) {
+            return false;
+        }
+        rest = &frac[n..];
+    }
+    rest == "Z"
+        || (rest.len() == 6
+            && (rest.starts_with('+') || rest.starts_with('-'))
+            && rest.as_bytes()[3] == b':')
+}
+
+/// The text of one stream's full and partial records, a newline after each full one.
+pub fn stream_text(log: &[LogRecord], stream: &str) -> String {
+    let mut out = String::new();
+    for r in log.iter().filter(|r| r.stream == stream) {
+        out.push_str(&r.text);
+        if r.tag == "F" {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// CPU time (user + system) this process has used so far.
+pub fn process_cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("reading /proc/self/stat");
+    // The command name (field 2) may hold spaces; the fields after it are space-separated.
+    let after = &stat[stat
+        .rfind(')')
+        .expect("stat has the command in parentheses")
+        + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the command.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / hz)
+}
+
+/// How many threads this process has.
+pub fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("reading /proc/self/task")
+        .count()
+}
+
+/// The real `wasmpod` binary of this build profile, built on first use (once per process).
+pub fn wasmpod_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // The test runs as <target>/<profile>/deps/<test>-<hash>.
+        let exe = std::env::current_exe().expect("the test executable's path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test executable lives in <target>/<profile>/deps");
+        let target_dir = profile_dir.parent().expect("<target>/<profile>");
+        let profile = profile_dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let bin = profile_dir.join("wasmpod");
+        // Always ask cargo: it is quick when the binary is up to date, and a stale binary
+        // would test old code.
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace_root())
+            .args(["build", "--quiet", "-p", "wasmpod", "--target-dir"])
+            .arg(target_dir);
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.args(["--profile", other]);
+            }
+        }
+        let status = cmd.status();
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) if bin.is_file() => {
+                eprintln!(
+                    "warning: `cargo build -p wasmpod` failed ({s}); using the existing binary"
+                )
+            }
+            other => panic!("building wasmpod with `cargo build -p wasmpod` failed: {other:?}"),
+        }
+        assert!(bin.is_file(), "{} was not built", bin.display());
+        bin
+    })
+}
+
+/// `wasmpod --state-dir <state>`, ready for more arguments.
+pub fn wasmpod(state: &Path) -> Command {
+    let mut cmd = Command::new(wasmpod_bin());
+    cmd.arg("--state-dir").arg(state);
+    cmd.env_remove("WASMPOD_STATE_DIR");
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
+/// Runs `cmd` to completion, capturing its output; kills it and fails the test if it has not
+/// finished after `secs` seconds (a hang guard, not a speed check).
+pub fn output_within(cmd: &mut Command, secs: u64) -> std::process::Output {
+    use std::process::Stdio;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning the command");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(out) => out.expect("waiting for the command"),
+        Err(_) => {
+            // SAFETY: kill has no memory-safety preconditions; pid is our own child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            panic!("{cmd:?} did not finish within {secs}s");
+        }
+    }
+}
+
+/// A manifest file `name` in `dir` with `yaml`.
+pub fn manifest_file(dir: &Path, name: &str, yaml: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, yaml).expect("writing the manifest");
+    path
+}

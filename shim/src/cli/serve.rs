@@ -72,6 +72,9 @@ impl ServeArgs {
     }
 }
 
+/// How long a stopping server waits for in-flight calls.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub async fn run(
     args: ServeArgs,
     config: ServeConfig,
@@ -81,9 +84,25 @@ pub async fn run(
     let rt = super::open_runtime(&state_dir)?;
     let listener = bind(&socket)?;
     tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "serving the CRI");
-    let served = crate::cri::serve(rt, listener, super::shutdown_signal()).await;
+    // In-flight calls get a moment to finish; idle client connections (kubelet keeps one open)
+    // do not hold the exit up.
+    let (stopping_tx, stopping) = tokio::sync::oneshot::channel();
+    let shutdown = async {
+        super::shutdown_signal().await;
+        let _ = stopping_tx.send(());
+    };
+    let served = tokio::select! {
+        served = crate::cri::serve(rt, listener, shutdown) => served.context("CRI server"),
+        _ = async {
+            let _ = stopping.await;
+            tokio::time::sleep(DRAIN).await;
+        } => {
+            tracing::info!("clients still connected after {DRAIN:?}; exiting");
+            Ok(())
+        }
+    };
     let _ = std::fs::remove_file(&socket);
-    served.context("CRI server")?;
+    served?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -128,10 +147,15 @@ mod tests {
 
     #[test]
     fn the_shipped_config_parses_and_typos_do_not() {
-        let shipped: ServeConfig = toml::from_str(include_str!("../../../dist/config.toml")).unwrap();
-        assert_eq!(shipped.socket.unwrap(), PathBuf::from("/run/wasmpod/wasmpod.sock"));
+        let shipped: ServeConfig =
+            toml::from_str(include_str!("../../../dist/config.toml")).unwrap();
+        assert_eq!(
+            shipped.socket.unwrap(),
+            PathBuf::from("/run/wasmpod/wasmpod.sock")
+        );
         assert!(toml::from_str::<ServeConfig>("sokcet = \"/x\"").is_err());
-        let mirrors: ServeConfig = toml::from_str("[registry]\nmirrors = { \"docker.io\" = [\"m:5000\"] }").unwrap();
+        let mirrors: ServeConfig =
+            toml::from_str("[registry]\nmirrors = { \"docker.io\" = [\"m:5000\"] }").unwrap();
         assert_eq!(mirrors.registry.mirrors["docker.io"], ["m:5000"]);
     }
 }

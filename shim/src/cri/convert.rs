@@ -282,8 +282,8 @@ mod fuzz {
     //! Whatever bytes a client sends, decoding and conversion answer with a value or a status,
     //! never a panic.
     use super::*;
-    use prost::Message;
     use proptest::prelude::*;
+    use prost::Message;
 
     fn text() -> impl Strategy<Value = String> {
         prop_oneof![

@@ -862,3 +862,46 @@ async fn socket_is_private_and_a_stale_one_is_replaced() {
     d2.stop();
     d.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_record_is_quarantined_not_fatal() {
+    require_guests();
+    let mut d = Daemon::start().await;
+    let mut rt = d.runtime().await;
+    let logs = d.dir.path().join("logs/q");
+    std::fs::create_dir_all(&logs).unwrap();
+    let sandbox = pod_config("q", &logs);
+    let pod = harness::run_pod(&mut rt, &sandbox).await;
+    let id = harness::create(
+        &mut rt,
+        &pod,
+        container_config("ok", &file_image("hello.p1"), &[]),
+        &sandbox,
+    )
+    .await
+    .unwrap();
+    assert!(d.terminate().success());
+
+    let db = d.dir.path().join("state/state.redb");
+    let store = wasmpod_runtime::state::StateStore::open(&db).unwrap();
+    store
+        .put_raw_container("deadbeef", b"{ this is not a record")
+        .unwrap();
+    drop(store);
+
+    d.restart().await;
+    let mut rt = d.runtime().await;
+    let ids: Vec<String> = rt
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(ids, [id]);
+    assert!(d.terminate().success());
+    let store = wasmpod_runtime::state::StateStore::open(&db).unwrap();
+    assert_eq!(store.quarantined().unwrap(), ["deadbeef"]);
+}
