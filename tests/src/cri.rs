@@ -221,14 +221,15 @@ impl Registry {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting docker-registry (apt-get install docker-registry)");
-        let host = format!("127.0.0.1:{port}");
+        // Owned by the guard at once, so every path below stops and reaps it.
+        let registry = Registry { host: format!("127.0.0.1:{port}"), child };
         for _ in 0..200 {
-            if std::net::TcpStream::connect(&host).is_ok() {
-                return Registry { host, child };
+            if std::net::TcpStream::connect(&registry.host).is_ok() {
+                return registry;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("docker-registry did not start on {host}");
+        panic!("docker-registry did not start on {}", registry.host);
     }
 
     /// Pushes a bare `.wasm` as a Wasm OCI artifact the way an edge user would: import it

@@ -303,7 +303,7 @@ mod fuzz {
             with_meta in any::<bool>(), with_image in any::<bool>(),
         ) -> cri::ContainerConfig {
             cri::ContainerConfig {
-                metadata: with_meta.then(|| cri::ContainerMetadata { name, attempt }),
+                metadata: with_meta.then_some(cri::ContainerMetadata { name, attempt }),
                 image: with_image.then(|| cri::ImageSpec { image, ..Default::default() }),
                 mounts: paths.into_iter().map(|(h, c, ro)| cri::Mount { host_path: h, container_path: c, readonly: ro, ..Default::default() }).collect(),
                 envs: env.into_iter().map(|(key, value)| cri::KeyValue { key, value }).collect(),
