@@ -96,7 +96,117 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             fmt(pct(&lat, 99))
         );
     }
+
+    let sizes: &[(&str, usize)] = if quick {
+        &[("100 KiB", 100 << 10), ("2 MiB", 2 << 20)]
+    } else {
+        &[
+            ("100 KiB", 100 << 10),
+            ("2 MiB", 2 << 20),
+            ("20 MiB", 20 << 20),
+        ]
+    };
+    for &(label, size) in sizes {
+        let f = image_figures(size).await?;
+        println!(
+            "| pull + AOT, {label} module ({} functions) | {} |",
+            f.functions,
+            fmt(f.pull)
+        );
+        println!(
+            "| container start, {label}: with AOT artifact / compiling | {} / {} (×{:.0}) |",
+            fmt(f.start_with_artifact),
+            fmt(f.start_compiling),
+            f.start_compiling.as_secs_f64() / f.start_with_artifact.as_secs_f64().max(1e-9)
+        );
+    }
     Ok(())
+}
+
+struct ImageFigures {
+    functions: usize,
+    pull: Duration,
+    start_with_artifact: Duration,
+    start_compiling: Duration,
+}
+
+/// A preview1 module of about `size` bytes of real code: `_start` returns at once, the
+/// rest are functions the compiler must still translate.
+fn generated_module(size: usize) -> (Vec<u8>, usize) {
+    let per_function = 160;
+    let n = (size / per_function).max(1);
+    let mut wat =
+        String::from("(module\n (memory (export \"memory\") 1)\n (func (export \"_start\"))\n");
+    for i in 0..n {
+        wat.push_str(&format!(
+            " (func (export \"f{i}\") (param i32) (result i32) local.get 0"
+        ));
+        for k in 0..20 {
+            wat.push_str(&format!(
+                " i32.const {} i32.add i32.const {} i32.xor",
+                i * 31 + k,
+                k + 7
+            ));
+        }
+        wat.push_str(")\n");
+    }
+    wat.push(')');
+    (wat::parse_str(&wat).expect("generated WAT is valid"), n)
+}
+
+/// Pull (with AOT) of a generated module from a real registry, then container start on a
+/// fresh runtime with the artifact on disk versus with it deleted (so it compiles).
+async fn image_figures(size: usize) -> Result<ImageFigures, Box<dyn std::error::Error>> {
+    let work = tempfile::tempdir()?;
+    let (bytes, functions) = generated_module(size);
+    let module = work.path().join("app.wasm");
+    std::fs::write(&module, &bytes)?;
+    let registry = wasmpod_tests::cri::Registry::start(work.path()).await;
+    let name = registry.push_wasm(&module, &format!("bench/app{size}:1"), work.path());
+
+    let state = work.path().join("state");
+    let open = || {
+        Runtime::new(RuntimeOptions {
+            state_dir: state.clone(),
+            ..Default::default()
+        })
+    };
+    let rt = open()?;
+    let t0 = Instant::now();
+    rt.images().pull(&name, &Default::default(), None).await?;
+    let pull = t0.elapsed();
+    drop(rt);
+
+    let start = |rt: Arc<Runtime>| {
+        let name = name.clone();
+        async move {
+            let pod = rt.run_pod(PodConfig {
+                name: "img".into(),
+                ..Default::default()
+            })?;
+            let t0 = Instant::now();
+            let config = ContainerConfig {
+                name: "c".into(),
+                image: name,
+                ..Default::default()
+            };
+            let id = rt.create_container(&pod, config).await?;
+            rt.start_container(&id)?;
+            rt.wait_container(&id).await?;
+            let took = t0.elapsed();
+            rt.remove_pod(&pod).await?;
+            Ok::<_, Box<dyn std::error::Error>>(took)
+        }
+    };
+    let start_with_artifact = start(open()?).await?;
+    std::fs::remove_dir_all(state.join("aot"))?;
+    let start_compiling = start(open()?).await?;
+    Ok(ImageFigures {
+        functions,
+        pull,
+        start_with_artifact,
+        start_compiling,
+    })
 }
 
 fn pod_config(name: &str, logs: &Path) -> cri::PodSandboxConfig {
