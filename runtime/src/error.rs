@@ -73,9 +73,9 @@ impl Error {
             std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::InvalidInput => {
                 ErrorKind::InvalidArgument
             }
-            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
-                ErrorKind::ResourceExhausted
-            }
+            std::io::ErrorKind::StorageFull
+            | std::io::ErrorKind::QuotaExceeded
+            | std::io::ErrorKind::FileTooLarge => ErrorKind::ResourceExhausted,
             _ => ErrorKind::Internal,
         };
         Self::new(kind, format!("{what}: {err}"))

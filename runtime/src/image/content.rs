@@ -123,7 +123,15 @@ impl ContentStore {
         }
         let mut ingest = Ingest::new(self, digest, size)?;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| Error::internal(format!("downloading {digest}: {e}")))?;
+            let chunk = chunk.map_err(|e| {
+                let text = e.to_string();
+                let kind = if text.to_ascii_lowercase().contains("digest") {
+                    crate::error::ErrorKind::InvalidArgument
+                } else {
+                    crate::error::ErrorKind::Unavailable
+                };
+                Error::new(kind, format!("downloading {digest}: {text}"))
+            })?;
             ingest.write(&chunk)?;
             progress(ingest.written);
         }

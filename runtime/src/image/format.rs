@@ -207,6 +207,16 @@ impl RunConfig {
     }
 }
 
+/// Whether an image config names the content of its layers (docker/OCI `rootfs.diff_ids`, the
+/// Wasm artifact's `layerDigests`), so that its digest identifies the image.
+pub fn config_pins_layers(config: &[u8]) -> bool {
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(config) else {
+        return false;
+    };
+    let non_empty = |v: &serde_json::Value| v.as_array().is_some_and(|a| !a.is_empty());
+    non_empty(&json["rootfs"]["diff_ids"]) || non_empty(&json["layerDigests"])
+}
+
 /// How an image carries its Wasm, and which layer holds it (for the non-tar formats).
 pub fn classify(config: &Descriptor, layers: &[Descriptor]) -> Result<(WasmFormat, Option<usize>)> {
     let find = |types: &[&str]| {

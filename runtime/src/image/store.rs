@@ -302,6 +302,7 @@ impl ImageStore {
     ) -> Result<ImageRecord> {
         let (config, layers) = self.image_manifest(manifest)?;
         for d in std::iter::once(&config).chain(&layers) {
+            check_digest(&d.digest)?;
             match self.content.size(&d.digest) {
                 Some(size) if size == d.size => {}
                 Some(size) => {
@@ -319,8 +320,17 @@ impl ImageStore {
                 config.size
             )));
         }
-        let run = RunConfig::parse(&self.content.read(&config.digest)?)?;
+        let config_bytes = self.content.read(&config.digest)?;
+        let run = RunConfig::parse(&config_bytes)?;
         let (format, wasm_layer) = format::classify(&config, &layers)?;
+        // The id is the config digest, as containerd and CRI-O have it, when the config pins
+        // the layers (diff_ids, layerDigests); some Wasm tools push a bare `{}` config shared
+        // by unrelated images, and those are named by their manifest instead.
+        let id = if format::config_pins_layers(&config_bytes) {
+            config.digest.clone()
+        } else {
+            manifest.to_owned()
+        };
         let mut run = run;
         let wasm_digest = match wasm_layer {
             Some(i) => {
@@ -329,7 +339,7 @@ impl ImageStore {
                 }
                 layers[i].digest.clone()
             }
-            None => self.unpack_compat(&config.digest, &layers, &run).await?,
+            None => self.unpack_compat(&id, &layers, &run).await?,
         };
         let wasm = Wasm::File {
             path: self.content.path(&wasm_digest)?,
@@ -345,7 +355,7 @@ impl ImageStore {
             .sum::<u64>()
             + self.content.size(top).unwrap_or(0);
         let record = ImageRecord {
-            id: config.digest.clone(),
+            id,
             repo_tags: names.iter().filter(|n| !n.contains('@')).cloned().collect(),
             repo_digests: names.iter().filter(|n| n.contains('@')).cloned().collect(),
             manifest_digest: top.to_owned(),
@@ -383,29 +393,30 @@ impl ImageStore {
             .root
             .join("rootfs")
             .join(format!(".tmp-{}", rand::random::<u64>()));
-        let rootfs2 = rootfs.clone();
         let wasm = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
-            if !rootfs2.exists() {
-                std::fs::create_dir_all(&tmp).map_err(|e| Error::io(tmp.display(), e))?;
-                let unpacked = unpack::unpack(&tmp, &paths, limits);
-                if let Err(e) = unpacked {
-                    let _ = std::fs::remove_dir_all(&tmp);
-                    return Err(e);
+            if rootfs.exists() {
+                return read_wasm(&rootfs, &work_dir, &entry);
+            }
+            // Unpacked and checked aside; only an image whose Wasm is there is published.
+            let unpacked = std::fs::create_dir_all(&tmp)
+                .map_err(|e| Error::io(tmp.display(), e))
+                .and_then(|()| unpack::unpack(&tmp, &paths, limits))
+                .and_then(|()| read_wasm(&tmp, &work_dir, &entry));
+            match unpacked {
+                Ok(wasm) => {
+                    if std::fs::rename(&tmp, &rootfs).is_err() {
+                        let _ = std::fs::remove_dir_all(&tmp); // another import won the race
+                    }
+                    Ok(wasm)
                 }
-                if std::fs::rename(&tmp, &rootfs2).is_err() {
-                    let _ = std::fs::remove_dir_all(&tmp); // another import won the race
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    Err(e)
                 }
             }
-            read_in_rootfs(&rootfs2, &work_dir, &entry)
         })
         .await
         .map_err(|e| Error::internal(format!("unpacking: {e}")))??;
-        GuestKind::detect(&wasm).map_err(|e| {
-            Error::invalid(format!(
-                "image has no Wasm in it: its entrypoint {} is not Wasm ({e})",
-                run.entrypoint[0]
-            ))
-        })?;
         self.content.put(&wasm)
     }
 
@@ -604,6 +615,18 @@ impl ImageSource for ImageStore {
             })
         })
     }
+}
+
+/// Reads the entrypoint's file inside the root filesystem (never following a link out) and
+/// checks it is Wasm.
+fn read_wasm(rootfs: &Path, work_dir: &str, entry: &str) -> Result<Vec<u8>> {
+    let wasm = read_in_rootfs(rootfs, work_dir, entry)?;
+    GuestKind::detect(&wasm).map_err(|e| {
+        Error::invalid(format!(
+            "image has no Wasm in it: its entrypoint {entry} is not Wasm ({e})"
+        ))
+    })?;
+    Ok(wasm)
 }
 
 /// Reads the entrypoint's file inside the root filesystem, never following a link out.

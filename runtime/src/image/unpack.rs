@@ -81,10 +81,13 @@ impl<R: Read> Read for Capped<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         if n as u64 > self.budget.bytes_left {
-            return Err(std::io::Error::other(format!(
-                "layers expand past {} bytes (a decompression bomb?)",
-                self.budget.max_bytes
-            )));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                format!(
+                    "layers expand past {} bytes (a decompression bomb?)",
+                    self.budget.max_bytes
+                ),
+            ));
         }
         self.budget.bytes_left -= n as u64;
         Ok(n)
@@ -150,6 +153,7 @@ fn unpack_layer(
                     .unwrap_or_default()
                     .into_owned();
                 check_symlink(&path, &target)?;
+                check_no_link_in_parents(root, &path)?;
                 remove_any(root, &path)?;
                 root.symlink(&target, &path).map_err(|e| io_at(&path, e))?;
             }
@@ -227,6 +231,26 @@ fn check_symlink(link: &Path, target: &Path) -> Result<()> {
         }
         if depth < 0 {
             return Err(leads_out());
+        }
+    }
+    Ok(())
+}
+
+/// A symlink's depth check holds only if its parents are real directories: refuse one placed
+/// through another symlink (`d/l -> ..` then `d/l/l2 -> ..` would point above the root).
+fn check_no_link_in_parents(root: &Dir, path: &Path) -> Result<()> {
+    let mut prefix = PathBuf::new();
+    for c in path.parent().into_iter().flat_map(Path::components) {
+        prefix.push(c);
+        if root
+            .symlink_metadata(&prefix)
+            .is_ok_and(|m| m.file_type().is_symlink())
+        {
+            return Err(Error::invalid(format!(
+                "symlink {} leads outside the image: it is placed through the symlink {}",
+                path.display(),
+                prefix.display()
+            )));
         }
     }
     Ok(())
