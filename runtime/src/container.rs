@@ -99,10 +99,9 @@ pub(crate) struct Observer {
 
 impl Observer {
     pub(crate) fn changed(&self, c: &Container, kind: EventKind) {
-        let sync = match kind {
-            EventKind::Created => Sync::Now,
-            _ => Sync::Soon,
-        };
+        // Written through to the OS at once (a killed daemon loses nothing), synced to the
+        // disk by the next pod-level write.
+        let sync = Sync::Soon;
         if kind == EventKind::Deleted {
             if let Err(e) = self.state.remove_container(&c.id) {
                 tracing::error!(container = %c.id, "persisting removal: {e}");

@@ -90,7 +90,7 @@ impl ContainerLog {
         }
         let mut rest = buf.split_off(start);
         while rest.len() > MAX_LINE {
-            let tail = rest.split_off(MAX_LINE);
+            let tail = rest.split_off(cut_point(&rest));
             inner.record(stream, &rest, true);
             rest = tail;
         }
@@ -133,30 +133,49 @@ impl Inner {
     /// Records a complete line, cutting it into partial records when it is too long.
     fn record_long(&mut self, stream: Stream, mut line: &[u8]) {
         while line.len() > MAX_LINE {
-            self.record(stream, &line[..MAX_LINE], true);
-            line = &line[MAX_LINE..];
+            let cut = cut_point(line);
+            self.record(stream, &line[..cut], true);
+            line = &line[cut..];
         }
         self.record(stream, line, false);
     }
 
+    /// Writes one record. The file gets the guest's bytes as they are; live subscribers get
+    /// text (invalid UTF-8 replaced).
     fn record(&mut self, stream: Stream, text: &[u8], partial: bool) {
-        let text = String::from_utf8_lossy(text);
-        let text = text.strip_suffix('\r').unwrap_or(&text);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
         if let Some(file) = self.file.as_mut() {
             let ts = Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true);
             let tag = if partial { 'P' } else { 'F' };
+            let mut record = format!("{ts} {} {tag} ", stream.as_str()).into_bytes();
+            record.extend_from_slice(text);
+            record.push(b'\n');
             // A full disk must not stop the guest: the record is lost, the guest goes on.
-            let _ = writeln!(file, "{ts} {} {tag} {text}", stream.as_str());
+            let _ = file.write_all(&record);
         }
         if let Some(live) = &self.live {
             let _ = live.send(LogLine {
                 pod: self.pod.clone(),
                 container: self.container.clone(),
                 stream,
-                text: text.to_owned(),
+                text: String::from_utf8_lossy(text).into_owned(),
                 partial,
             });
         }
+    }
+}
+
+/// Where to cut an over-long line: at [`MAX_LINE`], moved back to the start of a UTF-8
+/// character so that both records stay valid text.
+fn cut_point(bytes: &[u8]) -> usize {
+    let mut cut = MAX_LINE;
+    while cut > MAX_LINE - 4 && bytes.get(cut).is_some_and(|b| b & 0xC0 == 0x80) {
+        cut -= 1;
+    }
+    if cut == MAX_LINE - 4 {
+        MAX_LINE // not UTF-8 text: cut anywhere
+    } else {
+        cut
     }
 }
 

@@ -112,9 +112,9 @@ struct RawPodSpec {
     hostname: Option<String>,
     #[serde(default)]
     host_network: bool,
-    #[serde(default)]
+    #[serde(default, rename = "hostPID")]
     host_pid: bool,
-    #[serde(default)]
+    #[serde(default, rename = "hostIPC")]
     host_ipc: bool,
 }
 

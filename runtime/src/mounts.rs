@@ -71,6 +71,14 @@ impl GuestFs {
             });
         }
         for (i, (parent, files)) in file_parents.into_iter().enumerate() {
+            // A preopen has one set of permissions: a read-only file beside a writable one
+            // could not be kept read-only, so that layout is refused rather than weakened.
+            if files.iter().any(|f| f.read_only) && files.iter().any(|f| !f.read_only) {
+                return Err(Error::invalid(format!(
+                    "file mounts in {parent} mix readOnly and writable files; wasmpod enforces \
+                     readOnly per directory: mount them in different directories"
+                )));
+            }
             let dir = staging.join(format!("files-{i}"));
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
             for f in &files {
@@ -88,8 +96,8 @@ impl GuestFs {
         Ok(fs)
     }
 
-    /// Links the file in (a shared inode); read-only files in a writable staging directory and
-    /// files on other filesystems are copied.
+    /// Links the file in (a shared inode); read-only files (their directory is preopened
+    /// read-only) and files on other filesystems are copied.
     fn stage(&mut self, mount: &ResolvedMount, staged: &Path) -> Result<()> {
         let _ = std::fs::remove_file(staged);
         if !mount.read_only && std::fs::hard_link(&mount.host, staged).is_ok() {

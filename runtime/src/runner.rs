@@ -319,10 +319,7 @@ impl Supervisor<'_> {
                 c.stop(Duration::ZERO, ExitReason::Evicted, &message).await
             }
             _ => {
-                let message = format!(
-                    "did not exit within its {}s grace period",
-                    self.grace.as_secs()
-                );
+                let message = format!("did not exit within its {:?} grace period", self.grace);
                 c.stop(self.grace, ExitReason::Killed, &message).await
             }
         }

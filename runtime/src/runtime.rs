@@ -307,9 +307,11 @@ impl Runtime {
         .into_iter()
         .chain(config.args.iter().cloned())
         .collect();
-        let mut env = vec![("HOSTNAME".to_owned(), pod.config.hostname.clone())];
-        env.extend(image.env.iter().cloned());
-        env.extend(config.env.iter().cloned());
+        let env = merge_env(
+            std::iter::once(("HOSTNAME".to_owned(), pod.config.hostname.clone()))
+                .chain(image.env.iter().cloned())
+                .chain(config.env.iter().cloned()),
+        );
         let config = ContainerConfig {
             working_dir: config.working_dir.or_else(|| image.working_dir.clone()),
             ..config
@@ -455,6 +457,19 @@ fn log_path(log_dir: &Path, config: &ContainerConfig) -> Result<PathBuf> {
         )));
     }
     Ok(path)
+}
+
+/// Environment in order of definition where a later definition of a name replaces the
+/// earlier one in place (the container's env over the image's over HOSTNAME), as in Kubernetes.
+fn merge_env(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (k, v) in vars {
+        match out.iter_mut().find(|(name, _)| *name == k) {
+            Some(slot) => slot.1 = v,
+            None => out.push((k, v)),
+        }
+    }
+    out
 }
 
 /// A 64-hex-digit id, as container runtimes use.

@@ -42,8 +42,10 @@ pub struct StateStore {
     db: Database,
 }
 
-/// How soon a write must be on disk: creations and removals before the call returns;
-/// state changes may lag (a lost one is repaired at restart, when running becomes exited).
+/// How soon a write must be on disk. `Now` syncs before returning (pods); `Soon` hands the
+/// write to the OS without waiting for the disk (container records): a killed daemon loses
+/// nothing, a power cut may lose the last container changes, which a restart reports as
+/// exited anyway.
 #[derive(Clone, Copy)]
 pub enum Sync {
     Now,

@@ -222,7 +222,10 @@ impl Registry {
             .spawn()
             .expect("starting docker-registry (apt-get install docker-registry)");
         // Owned by the guard at once, so every path below stops and reaps it.
-        let registry = Registry { host: format!("127.0.0.1:{port}"), child };
+        let registry = Registry {
+            host: format!("127.0.0.1:{port}"),
+            child,
+        };
         for _ in 0..200 {
             if std::net::TcpStream::connect(&registry.host).is_ok() {
                 return registry;

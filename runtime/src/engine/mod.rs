@@ -252,11 +252,19 @@ impl Engine {
             }
         };
         let compiled = match code {
-            Code::Module(module) => Compiled::Module(
-                self.p1_linker
-                    .instantiate_pre(&module)
-                    .map_err(link_error)?,
-            ),
+            Code::Module(module) => {
+                let start = module.get_export("_start");
+                if !matches!(start, Some(wasmtime::ExternType::Func(_))) {
+                    return Err(Error::invalid(
+                        "module does not export a _start function (a WASI preview1 command)",
+                    ));
+                }
+                Compiled::Module(
+                    self.p1_linker
+                        .instantiate_pre(&module)
+                        .map_err(link_error)?,
+                )
+            }
             Code::Component(component) => {
                 let pre = self
                     .p2_linker

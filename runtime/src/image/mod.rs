@@ -54,8 +54,32 @@ pub trait ImageSource: Send + Sync {
 }
 
 /// Images that are `.wasm` files on this machine: `file:///path/app.wasm` or an absolute path.
+/// A file's digest is remembered by (device, inode, size, mtime), so a start with an unchanged
+/// file finds its compiled program without reading the file again.
 #[derive(Debug, Default)]
-pub struct LocalFiles;
+pub struct LocalFiles {
+    digests: std::sync::Mutex<std::collections::HashMap<PathBuf, (FileKey, String)>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+impl FileKey {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        }
+    }
+}
 
 /// Refuses Wasm files larger than this: no real program is, and reading one would waste memory.
 pub const MAX_WASM_SIZE: u64 = 512 << 20;
@@ -85,13 +109,34 @@ impl ImageSource for LocalFiles {
                     meta.len()
                 )));
             }
-            let wasm = tokio::fs::read(&path)
-                .await
-                .map_err(|e| Error::io(format!("image file {}", path.display()), e))?;
+            let key = FileKey::of(&meta);
+            let known = {
+                let digests = self.digests.lock().unwrap_or_else(|e| e.into_inner());
+                digests
+                    .get(&path)
+                    .filter(|(k, _)| *k == key)
+                    .map(|(_, d)| d.clone())
+            };
+            let wasm = match known {
+                Some(digest) => Wasm::File {
+                    path: path.clone(),
+                    digest,
+                },
+                None => {
+                    let bytes: std::sync::Arc<[u8]> = tokio::fs::read(&path)
+                        .await
+                        .map_err(|e| Error::io(format!("image file {}", path.display()), e))?
+                        .into();
+                    let digest = crate::engine::sha256_digest(&bytes);
+                    let mut digests = self.digests.lock().unwrap_or_else(|e| e.into_inner());
+                    digests.insert(path.clone(), (key, digest));
+                    Wasm::Bytes(bytes)
+                }
+            };
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
             Ok(Image {
                 reference: format!("file://{}", path.display()),
-                wasm: Wasm::Bytes(wasm.into()),
+                wasm,
                 entrypoint: name.into_iter().collect(),
                 env: Vec::new(),
                 working_dir: None,

@@ -65,6 +65,7 @@ pub struct ImageStore {
     engine: Arc<Engine>,
     registries: RegistryConfig,
     limits: UnpackLimits,
+    local: LocalFiles,
     /// One pull per reference at a time; a second waits and finds the blobs there.
     pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Pulls and imports hold it shared, removal exclusively, so garbage collection never
@@ -95,6 +96,7 @@ impl ImageStore {
             engine,
             registries,
             limits,
+            local: LocalFiles::default(),
             pulls: Mutex::default(),
             gc: tokio::sync::RwLock::new(()),
         })
@@ -593,7 +595,7 @@ impl ImageSource for ImageStore {
     fn resolve<'a>(&'a self, reference: &'a str) -> ImageFuture<'a> {
         Box::pin(async move {
             if reference.starts_with("file://") || reference.starts_with('/') {
-                return LocalFiles.resolve(reference).await;
+                return self.local.resolve(reference).await;
             }
             let record = self.get(reference)?.ok_or_else(|| {
                 Error::not_found(format!(

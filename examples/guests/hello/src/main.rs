@@ -10,6 +10,9 @@ fn main() {
     println!("GREETING={greeting}");
     let args: Vec<String> = env::args().skip(1).collect();
     println!("args: {}", args.join(" "));
+    // wasmpod passes workingDir as PWD (and wasi:cli initial-cwd); wasi-libc itself starts
+    // every program in `/`, so a Rust guest sees it here rather than in current_dir.
+    println!("PWD={}", env::var("PWD").unwrap_or_else(|_| "(unset)".to_string()));
     match env::current_dir() {
         Ok(dir) => println!("cwd: {}", dir.display()),
         Err(_) => println!("cwd: (none)"),

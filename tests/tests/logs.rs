@@ -1,0 +1,270 @@
+//! Container logs (CRI format, both streams, partial lines, where the file goes) and what a
+//! guest is given: args, env, working directory.
+
+use wasmpod_runtime::exit::ExitReason;
+use wasmpod_runtime::spec::{HostPathKind, Medium};
+use wasmpod_tests::*;
+
+async fn hello_log(kind: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = runtime(&tmp.path().join("state"));
+    let mut p = pod("hello");
+    p.volumes = vec![empty_dir("data", Medium::Disk, None)];
+    let mut c = container(
+        "hello",
+        &wasm(&format!("hello.{kind}")),
+        &["from", "a pod", "--flag"],
+    );
+    c.env = vec![("GREETING".into(), format!("hi from {kind}"))];
+    c.mounts = vec![mount("data", None, "/data", false)];
+    let ran = run_container(&rt, p, c).await.unwrap();
+    assert_eq!(
+        (ran.exit.code, ran.exit.reason),
+        (0, ExitReason::Completed),
+        "{:?}",
+        ran.exit
+    );
+
+    // Every line was checked against `<RFC3339Nano> stdout|stderr F|P <text>` by read_log.
+    let full: Vec<(&str, &str, &str)> = ran
+        .log
+        .iter()
+        .map(|r| (r.stream.as_str(), r.tag.as_str(), r.text.as_str()))
+        .collect();
+    let stdout: Vec<_> = full.iter().filter(|r| r.0 == "stdout").collect();
+    assert_eq!(
+        stdout,
+        [
+            &("stdout", "F", "Hello from wasmpod!"),
+            &("stdout", "F", format!("GREETING=hi from {kind}").as_str()),
+            &("stdout", "F", "args: from a pod --flag"),
+            &("stdout", "F", "PWD=(unset)"),
+            &("stdout", "F", "cwd: /"),
+        ],
+        "{kind}: {full:?}"
+    );
+    let stderr: Vec<_> = full.iter().filter(|r| r.0 == "stderr").collect();
+    assert_eq!(
+        stderr,
+        [&("stderr", "F", "hello: done")],
+        "{kind}: {full:?}"
+    );
+
+    // The raw file holds exactly those lines, timestamps in order.
+    let path = rt
+        .container(&ran.container_id)
+        .unwrap()
+        .log_path
+        .clone()
+        .unwrap();
+    let raw = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(raw.lines().count(), 6, "{raw}");
+    assert!(
+        raw.lines()
+            .any(|l| l.ends_with(" stdout F Hello from wasmpod!")),
+        "{raw}"
+    );
+    let times: Vec<_> = ran.log.iter().map(|r| r.time.clone()).collect();
+    let mut sorted = times.clone();
+    sorted.sort();
+    assert_eq!(times, sorted, "timestamps are in order");
+    // The default place, as kubelet lays logs out: <log dir>/<name>/<attempt>.log.
+    assert!(path.ends_with("hello/0.log"), "{}", path.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_p1_logs_both_streams_with_args_and_env() {
+    hello_log("p1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_p2_logs_both_streams_with_args_and_env() {
+    hello_log("p2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_args_or_env_the_guest_sees_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = runtime(&tmp.path().join("state"));
+    let ran = run_guest(&rt, &wasm("hello.p1"), &[], vec![], vec![]).await;
+    let out = ran.stdout();
+    assert!(out.contains("GREETING=(unset)\n"), "{out}");
+    assert!(out.contains("args: \n"), "{out}");
+}
+
+/// workingDir reaches the guest as PWD (and `wasi:cli/environment.initial-cwd` for
+/// components). wasi-libc starts every program in `/` whatever the host says, so relative
+/// paths of C/Rust guests still resolve from `/` (a limitation the README states).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn working_dir_reaches_the_guest_as_pwd() {
+    for kind in ["p1", "p2"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = runtime(&tmp.path().join("state"));
+        let mut p = pod("cwd");
+        p.volumes = vec![empty_dir("data", Medium::Disk, None)];
+        let mut c = container("cwd", &wasm(&format!("hello.{kind}")), &[]);
+        c.working_dir = Some("/data".into());
+        c.mounts = vec![mount("data", None, "/data", false)];
+        let ran = run_container(&rt, p, c).await.unwrap();
+        assert_eq!(ran.exit.code, 0, "{kind}: {:?}", ran.exit);
+        assert!(
+            ran.stdout().contains("\nPWD=/data\n"),
+            "{kind}:\n{}",
+            ran.stdout()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lines_become_partial_records_and_a_last_unterminated_line_is_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = runtime(&tmp.path().join("state"));
+    let host = tmp.path().join("files");
+    std::fs::create_dir(&host).unwrap();
+    let max = wasmpod_runtime::log::MAX_LINE;
+    let long = "x".repeat(2 * max + 100);
+    std::fs::write(host.join("long"), format!("{long}\nshort\r\nno newline")).unwrap();
+    let ran = run_guest(
+        &rt,
+        &wasm("fsprobe.p1"),
+        &["read", "/files/long"],
+        vec![host_path("files", &host, HostPathKind::Directory)],
+        vec![mount("files", None, "/files", true)],
+    )
+    .await;
+    assert_eq!(ran.exit.code, 0, "{:?}", ran.exit);
+    let recs: Vec<(&str, &str, usize)> = ran
+        .log
+        .iter()
+        .map(|r| (r.stream.as_str(), r.tag.as_str(), r.text.len()))
+        .collect();
+    assert_eq!(
+        recs,
+        [
+            ("stdout", "P", max),
+            ("stdout", "P", max),
+            ("stdout", "F", 100),
+            ("stdout", "F", 5),
+            ("stdout", "F", 10),
+        ]
+    );
+    assert_eq!(ran.log[3].text, "short", "CR of CRLF is dropped");
+    assert_eq!(ran.log[4].text, "no newline");
+    // Reassembled, the partial records give back the line.
+    assert_eq!(
+        ran.stdout(),
+        format!("{long}\nshort\nno newline\n"),
+        "partials join into the full line"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_directory_and_log_path_are_honoured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = runtime(&tmp.path().join("state"));
+    let logs = tmp.path().join("kubelet-logs");
+    let mut p = pod("logs");
+    p.log_directory = Some(logs.clone());
+    let mut c = container("named", &wasm("hello.p1"), &[]);
+    c.log_path = Some("named/custom.log".into());
+    let ran = run_container(&rt, p, c).await.unwrap();
+    assert_eq!(ran.exit.code, 0);
+    let path = logs.join("named/custom.log");
+    assert_eq!(
+        rt.container(&ran.container_id).unwrap().log_path.as_deref(),
+        Some(path.as_path())
+    );
+    let recs = read_log(&path);
+    assert_eq!(recs.len(), 5, "{recs:?}");
+
+    // A log path leading out of the log directory is refused.
+    let pod_id = rt.run_pod(pod("logs2")).unwrap();
+    for bad in ["../escape.log", "/tmp/abs.log"] {
+        let mut c = container("bad", &wasm("hello.p1"), &[]);
+        c.log_path = Some(bad.into());
+        let err = rt.create_container(&pod_id, c).await.unwrap_err();
+        assert_eq!(
+            err.kind,
+            wasmpod_runtime::error::ErrorKind::InvalidArgument,
+            "{bad}: {err}"
+        );
+        assert!(err.message.contains("log path"), "{bad}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_subscribers_get_every_line_with_pod_and_container() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = runtime(&tmp.path().join("state"));
+    let mut live = rt.subscribe_logs();
+    let ran = run_container(
+        &rt,
+        pod("live-pod"),
+        container("live-c", &wasm("hello.p2"), &[]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ran.exit.code, 0);
+    let mut got = Vec::new();
+    while let Ok(line) = live.try_recv() {
+        got.push(line);
+    }
+    assert_eq!(got.len(), ran.log.len(), "{got:?}");
+    for (line, rec) in got.iter().zip(&ran.log) {
+        assert_eq!(&*line.pod, "live-pod");
+        assert_eq!(&*line.container, "live-c");
+        assert_eq!(line.stream.as_str(), rec.stream);
+        assert_eq!(line.text, rec.text);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_env_names_the_last_one_wins() {
+    // Kubernetes (and containerd building the OCI spec) let a later env entry with the same
+    // name replace an earlier one.
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = runtime(&tmp.path().join("state"));
+    let p = pod("env-pod");
+    let mut c = container("env", &wasm("hello.p1"), &[]);
+    c.env = vec![
+        ("GREETING".into(), "first".into()),
+        ("GREETING".into(), "second".into()),
+    ];
+    let ran = run_container(&rt, p, c).await.unwrap();
+    assert!(
+        ran.stdout().contains("GREETING=second\n"),
+        "the last definition wins, as in Kubernetes: {}",
+        ran.stdout()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_line_cut_inside_a_utf8_character_is_kept_intact() {
+    // The cut into partial records falls inside a two-byte character: the records must still
+    // join back into the guest's text (CRI log readers concatenate P records byte-wise).
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = runtime(&tmp.path().join("state"));
+    let host = tmp.path().join("files");
+    std::fs::create_dir(&host).unwrap();
+    let max = wasmpod_runtime::log::MAX_LINE;
+    let line = format!("{}{}", "x".repeat(max - 1), "é".repeat(8));
+    std::fs::write(host.join("utf8"), format!("{line}\n")).unwrap();
+    let ran = run_guest(
+        &rt,
+        &wasm("fsprobe.p1"),
+        &["read", "/files/utf8"],
+        vec![host_path("files", &host, HostPathKind::Directory)],
+        vec![mount("files", None, "/files", true)],
+    )
+    .await;
+    assert_eq!(ran.exit.code, 0, "{:?}", ran.exit);
+    assert_eq!(ran.log.len(), 2, "one partial and one full record");
+    assert_eq!(ran.log[0].tag, "P");
+    assert!(
+        !ran.stdout().contains('\u{fffd}'),
+        "the character cut in two became replacement characters: ...{:?} | {:?}",
+        &ran.log[0].text[ran.log[0].text.len() - 8..],
+        &ran.log[1].text
+    );
+    assert_eq!(ran.stdout(), format!("{line}\n"));
+}
