@@ -175,7 +175,7 @@ async fn log_directory_and_log_path_are_honoured() {
         Some(path.as_path())
     );
     let recs = read_log(&path);
-    assert_eq!(recs.len(), 5, "{recs:?}");
+    assert_eq!(recs.len(), 6, "{recs:?}");
 
     // A log path leading out of the log directory is refused.
     let pod_id = rt.run_pod(pod("logs2")).unwrap();
