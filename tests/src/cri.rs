@@ -1,6 +1,7 @@
 //! A CRI harness: the real `wasmpod serve` on a temp socket, CRI clients over it, and a real
 //! registry (Debian's docker-registry) on a free loopback port.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
@@ -158,19 +159,96 @@ pub async fn create(
     .map(|r| r.into_inner().container_id)
 }
 
+/// A sandbox config as kubelet sends it, with a label and an annotation to check they are kept.
+pub fn pod_config(name: &str, log_dir: &std::path::Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 1,
+        }),
+        hostname: name.into(),
+        log_directory: log_dir.display().to_string(),
+        labels: HashMap::from([("app".into(), name.into())]),
+        annotations: HashMap::from([("note".into(), "kept as is".into())]),
+        ..Default::default()
+    }
+}
+
+/// A container config as kubelet sends it, logging to `<name>/0.log`.
+pub fn container_config(name: &str, image: &str, args: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        envs: vec![cri::KeyValue {
+            key: "GREETING".into(),
+            value: "from the CRI".into(),
+        }],
+        labels: HashMap::from([("tier".into(), "wasm".into())]),
+        annotations: HashMap::from([("a".into(), "b".into())]),
+        log_path: format!("{name}/0.log"),
+        ..Default::default()
+    }
+}
+
+/// A sandbox of the daemon with its own log directory.
+pub struct TestPod {
+    pub sandbox: cri::PodSandboxConfig,
+    pub id: String,
+    pub logs: PathBuf,
+}
+
+impl TestPod {
+    /// CreateContainer in this sandbox.
+    pub async fn create(
+        &self,
+        rt: &mut Rt,
+        config: cri::ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        create(rt, &self.id, config, &self.sandbox).await
+    }
+}
+
+pub async fn new_pod(d: &Daemon, rt: &mut Rt, name: &str) -> TestPod {
+    let logs = d.dir.path().join("logs").join(name);
+    std::fs::create_dir_all(&logs).unwrap();
+    let sandbox = pod_config(name, &logs);
+    let id = run_pod(rt, &sandbox).await;
+    TestPod { sandbox, id, logs }
+}
+
+pub async fn start(rt: &mut Rt, id: &str) {
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .unwrap();
+}
+
+pub async fn status(rt: &mut Rt, id: &str) -> cri::ContainerStatus {
+    rt.container_status(cri::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+    .unwrap()
+}
+
 /// Polls ContainerStatus until the container has exited (bounded: 30 s).
 pub async fn wait_exited(rt: &mut Rt, id: &str) -> cri::ContainerStatus {
     for _ in 0..600 {
-        let st = rt
-            .container_status(cri::ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
+        let st = status(rt, id).await;
         if st.state == cri::ContainerState::ContainerExited as i32 {
             return st;
         }

@@ -65,22 +65,13 @@ impl ContentStore {
 
     /// Stores a file's content; when `expected` is given the content must have that digest.
     pub fn put_file(&self, path: &Path, expected: Option<&str>) -> Result<String> {
-        use std::io::Read;
-        let open = || std::fs::File::open(path).map_err(|e| Error::io(path.display(), e));
         let mut hasher = Sha256::new();
         let mut size = 0u64;
-        let mut file = open()?;
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = file
-                .read(&mut buf)
-                .map_err(|e| Error::io(path.display(), e))?;
-            if n == 0 {
-                break;
-            }
-            size += n as u64;
-            hasher.update(&buf[..n]);
-        }
+        read_chunks(path, |chunk| {
+            size += chunk.len() as u64;
+            hasher.update(chunk);
+            Ok(())
+        })?;
         let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
         if let Some(expected) = expected.filter(|e| **e != digest) {
             return Err(Error::invalid(format!(
@@ -88,17 +79,9 @@ impl ContentStore {
             )));
         }
         if !self.contains(&digest) {
+            // Read again through the ingest, which checks the digest once more.
             let mut ingest = Ingest::new(self, &digest, size)?;
-            let mut file = open()?;
-            loop {
-                let n = file
-                    .read(&mut buf)
-                    .map_err(|e| Error::io(path.display(), e))?;
-                if n == 0 {
-                    break;
-                }
-                ingest.write(&buf[..n])?;
-            }
+            read_chunks(path, |chunk| ingest.write(chunk))?;
             ingest.commit()?;
         }
         Ok(digest)
@@ -157,6 +140,22 @@ impl ContentStore {
             .filter_map(|e| e.file_name().into_string().ok())
             .map(|hex| format!("sha256:{hex}"))
             .collect()
+    }
+}
+
+/// Feeds a file to `f` in 64 KiB chunks.
+fn read_chunks(path: &Path, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path.display(), e))?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match file
+            .read(&mut buf)
+            .map_err(|e| Error::io(path.display(), e))?
+        {
+            0 => return Ok(()),
+            n => f(&buf[..n])?,
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The CRI RuntimeService over [`Runtime`]: conversion and status mapping only.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -12,6 +13,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 use wasmpod_runtime::container::{Container, EventKind};
 use wasmpod_runtime::error::ErrorKind;
+use wasmpod_runtime::pod::Pod;
 use wasmpod_runtime::runtime::Runtime;
 
 use super::convert::{self, nanos, status};
@@ -35,6 +37,38 @@ fn unimplemented(what: &str) -> Status {
 }
 
 impl RuntimeApi {
+    /// Containers whose id and pod id start with the filter's and whose labels match.
+    fn select_containers(
+        &self,
+        id: &str,
+        pod: &str,
+        selector: &HashMap<String, String>,
+    ) -> std::result::Result<Vec<Arc<Container>>, Status> {
+        convert::check_selector(selector)?;
+        Ok(self
+            .rt
+            .containers()
+            .into_iter()
+            .filter(|c| c.id.starts_with(id) && c.pod_id.starts_with(pod))
+            .filter(|c| convert::matches(&c.config.labels, selector))
+            .collect())
+    }
+
+    /// Pods whose id starts with the filter's and whose labels match.
+    fn select_pods(
+        &self,
+        id: &str,
+        selector: &HashMap<String, String>,
+    ) -> std::result::Result<Vec<Arc<Pod>>, Status> {
+        convert::check_selector(selector)?;
+        Ok(self
+            .rt
+            .pods()
+            .into_iter()
+            .filter(|p| p.id.starts_with(id) && convert::matches(&p.config.labels, selector))
+            .collect())
+    }
+
     fn container_stats(&self, c: &Container) -> cri::ContainerStats {
         let usage = c.usage();
         let now = nanos(SystemTime::now());
@@ -83,7 +117,7 @@ impl RuntimeApi {
         }
     }
 
-    fn pod_stats(&self, pod: &wasmpod_runtime::pod::Pod) -> cri::PodSandboxStats {
+    fn pod_stats(&self, pod: &Pod) -> cri::PodSandboxStats {
         let containers: Vec<_> = pod
             .container_ids()
             .iter()
@@ -240,23 +274,11 @@ impl RuntimeService for RuntimeApi {
         r: Request<cri::ListPodSandboxRequest>,
     ) -> Result<cri::ListPodSandboxResponse> {
         let filter = r.into_inner().filter.unwrap_or_default();
-        convert::check_selector(&filter.label_selector)?;
         let items = self
-            .rt
-            .pods()
+            .select_pods(&filter.id, &filter.label_selector)?
             .iter()
             .map(|p| convert::pod_sandbox(p))
-            .filter(|p| filter.id.is_empty() || p.id.starts_with(&filter.id))
             .filter(|p| filter.state.as_ref().is_none_or(|s| s.state == p.state))
-            .filter(|p| {
-                convert::matches(
-                    &p.labels
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
-                    &filter.label_selector,
-                )
-            })
             .collect();
         Ok(Response::new(cri::ListPodSandboxResponse { items }))
     }
@@ -315,16 +337,9 @@ impl RuntimeService for RuntimeApi {
         r: Request<cri::ListContainersRequest>,
     ) -> Result<cri::ListContainersResponse> {
         let filter = r.into_inner().filter.unwrap_or_default();
-        convert::check_selector(&filter.label_selector)?;
         let containers = self
-            .rt
-            .containers()
+            .select_containers(&filter.id, &filter.pod_sandbox_id, &filter.label_selector)?
             .iter()
-            .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
-            .filter(|c| {
-                filter.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&filter.pod_sandbox_id)
-            })
-            .filter(|c| convert::matches(&c.config.labels, &filter.label_selector))
             .map(|c| convert::container(c))
             .filter(|c| filter.state.as_ref().is_none_or(|s| s.state == c.state))
             .collect();
@@ -399,16 +414,9 @@ impl RuntimeService for RuntimeApi {
         r: Request<cri::ListContainerStatsRequest>,
     ) -> Result<cri::ListContainerStatsResponse> {
         let filter = r.into_inner().filter.unwrap_or_default();
-        convert::check_selector(&filter.label_selector)?;
         let stats = self
-            .rt
-            .containers()
+            .select_containers(&filter.id, &filter.pod_sandbox_id, &filter.label_selector)?
             .iter()
-            .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
-            .filter(|c| {
-                filter.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&filter.pod_sandbox_id)
-            })
-            .filter(|c| convert::matches(&c.config.labels, &filter.label_selector))
             .map(|c| self.container_stats(c))
             .collect();
         Ok(Response::new(cri::ListContainerStatsResponse { stats }))
@@ -432,13 +440,9 @@ impl RuntimeService for RuntimeApi {
         r: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<cri::ListPodSandboxStatsResponse> {
         let filter = r.into_inner().filter.unwrap_or_default();
-        convert::check_selector(&filter.label_selector)?;
         let stats = self
-            .rt
-            .pods()
+            .select_pods(&filter.id, &filter.label_selector)?
             .iter()
-            .filter(|p| filter.id.is_empty() || p.id.starts_with(&filter.id))
-            .filter(|p| convert::matches(&p.config.labels, &filter.label_selector))
             .map(|p| self.pod_stats(p))
             .collect();
         Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))

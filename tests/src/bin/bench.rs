@@ -419,42 +419,13 @@ async fn density(
 ) -> Result<(f64, usize), Box<dyn std::error::Error>> {
     let image = file_image(wasm);
     // Warm up: compile once and let allocators settle, so the figure is per pod only.
-    let warm = rt.run_pod(PodConfig {
-        name: "warm".into(),
-        ..Default::default()
-    })?;
-    let id = rt
-        .create_container(
-            &warm,
-            ContainerConfig {
-                name: "w".into(),
-                image: image.clone(),
-                ..Default::default()
-            },
-        )
-        .await?;
-    rt.start_container(&id)?;
+    let warm = start_one(rt, "warm", &image).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = rss_bytes();
     let mut logs = rt.subscribe_logs();
     let mut pods = Vec::with_capacity(n);
     for i in 0..n {
-        let pod = rt.run_pod(PodConfig {
-            name: format!("idle-{i}"),
-            ..Default::default()
-        })?;
-        let id = rt
-            .create_container(
-                &pod,
-                ContainerConfig {
-                    name: "idle".into(),
-                    image: image.clone(),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        rt.start_container(&id)?;
-        pods.push(pod);
+        pods.push(start_one(rt, &format!("idle-{i}"), &image).await?);
     }
     // Each guest prints `tick 1` and then sleeps: wait until all are asleep.
     let mut first_ticks = 0;
@@ -471,6 +442,26 @@ async fn density(
         rt.remove_pod(pod).await?;
     }
     Ok(((after.saturating_sub(before)) as f64 / n as f64, threads))
+}
+
+/// A pod named `name` running one container `idle` of `image`; returns the pod id.
+async fn start_one(
+    rt: &Arc<Runtime>,
+    name: &str,
+    image: &str,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let pod = rt.run_pod(PodConfig {
+        name: name.into(),
+        ..Default::default()
+    })?;
+    let config = ContainerConfig {
+        name: "idle".into(),
+        image: image.into(),
+        ..Default::default()
+    };
+    let id = rt.create_container(&pod, config).await?;
+    rt.start_container(&id)?;
+    Ok(pod)
 }
 
 fn rss_bytes() -> u64 {

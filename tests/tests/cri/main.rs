@@ -6,46 +6,10 @@ use std::time::Duration;
 
 use k8s_cri::v1 as cri;
 use tonic::Code;
-use wasmpod_tests::cri::{self as harness, Daemon, Registry};
+use wasmpod_tests::cri::{
+    self as harness, container_config, pod_config, Daemon, Registry, TestPod,
+};
 use wasmpod_tests::{read_log, require_guests, stream_text, wasm};
-
-fn pod_config(name: &str, log_dir: &std::path::Path) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 1,
-        }),
-        hostname: name.into(),
-        log_directory: log_dir.display().to_string(),
-        labels: HashMap::from([("app".into(), name.into())]),
-        annotations: HashMap::from([("note".into(), "kept as is".into())]),
-        ..Default::default()
-    }
-}
-
-fn container_config(name: &str, image: &str, args: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        args: args.iter().map(|a| a.to_string()).collect(),
-        envs: vec![cri::KeyValue {
-            key: "GREETING".into(),
-            value: "from the CRI".into(),
-        }],
-        labels: HashMap::from([("tier".into(), "wasm".into())]),
-        annotations: HashMap::from([("a".into(), "b".into())]),
-        log_path: format!("{name}/0.log"),
-        ..Default::default()
-    }
-}
 
 fn file_image(name: &str) -> String {
     format!("file://{}", wasm(name).display())
@@ -106,11 +70,7 @@ async fn crictl_sequence_runs_a_pod_to_completion() {
         .unwrap()
         .into_inner()
         .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: ctr.clone(),
-    })
-    .await
-    .unwrap();
+    harness::start(&mut rt, &ctr).await;
     let status = harness::wait_exited(&mut rt, &ctr).await;
     assert_eq!(status.exit_code, 0);
     assert_eq!(status.reason, "Completed");
@@ -293,10 +253,11 @@ async fn kubelet_pod_with_shared_empty_dir_and_file_mounts() {
     std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
     let term = d.dir.path().join("kubelet/termination-log");
     std::fs::write(&term, "").unwrap();
-    let logs = d.dir.path().join("logs/pair");
-    std::fs::create_dir_all(&logs).unwrap();
-    let sandbox = pod_config("pair", &logs);
-    let pod = harness::run_pod(&mut rt, &sandbox).await;
+    let TestPod {
+        sandbox,
+        id: pod,
+        logs,
+    } = harness::new_pod(&d, &mut rt, "pair").await;
     let mount = |host: &std::path::Path, path: &str, ro: bool| cri::Mount {
         host_path: host.display().to_string(),
         container_path: path.into(),
@@ -337,11 +298,7 @@ async fn kubelet_pod_with_shared_empty_dir_and_file_mounts() {
         let id = harness::create(&mut rt, &pod, config, &sandbox)
             .await
             .unwrap();
-        rt.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
+        harness::start(&mut rt, &id).await;
         ids.push(id);
     }
     for id in &ids {
@@ -386,10 +343,11 @@ async fn log_rotation_reopen_and_events_and_stats() {
         .await
         .unwrap()
         .into_inner();
-    let logs = d.dir.path().join("logs/tick");
-    std::fs::create_dir_all(&logs).unwrap();
-    let sandbox = pod_config("tick", &logs);
-    let pod = harness::run_pod(&mut rt, &sandbox).await;
+    let TestPod {
+        sandbox,
+        id: pod,
+        logs,
+    } = harness::new_pod(&d, &mut rt, "tick").await;
     let id = harness::create(
         &mut rt,
         &pod,
@@ -398,11 +356,7 @@ async fn log_rotation_reopen_and_events_and_stats() {
     )
     .await
     .unwrap();
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
+    harness::start(&mut rt, &id).await;
     let log = logs.join("ticker/0.log");
     harness::wait_for(|| stream_text(&read_log(&log), "stdout").contains("tick 1")).await;
 
@@ -480,33 +434,17 @@ async fn state_survives_a_killed_daemon() {
     require_guests();
     let mut d = Daemon::start().await;
     let mut rt = d.runtime().await;
-    let logs = d.dir.path().join("logs/keep");
-    std::fs::create_dir_all(&logs).unwrap();
-    let sandbox = pod_config("keep", &logs);
-    let pod = harness::run_pod(&mut rt, &sandbox).await;
-    let id = harness::create(
-        &mut rt,
-        &pod,
-        container_config("ticker", &file_image("forever.p1"), &[]),
-        &sandbox,
-    )
-    .await
-    .unwrap();
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
-    let before = rt
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: false,
-        })
+    let tp = harness::new_pod(&d, &mut rt, "keep").await;
+    let pod = tp.id.clone();
+    let id = tp
+        .create(
+            &mut rt,
+            container_config("ticker", &file_image("forever.p1"), &[]),
+        )
         .await
-        .unwrap()
-        .into_inner()
-        .status
         .unwrap();
+    harness::start(&mut rt, &id).await;
+    let before = harness::status(&mut rt, &id).await;
     assert_eq!(before.state, cri::ContainerState::ContainerRunning as i32);
 
     d.kill9();
@@ -522,16 +460,7 @@ async fn state_survives_a_killed_daemon() {
         pods.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
         [pod.as_str()]
     );
-    let after = rt
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let after = harness::status(&mut rt, &id).await;
     assert_eq!(after.created_at, before.created_at);
     assert_eq!(after.started_at, before.started_at);
     assert_eq!(after.state, cri::ContainerState::ContainerExited as i32);
@@ -594,10 +523,11 @@ async fn bad_requests_get_precise_statuses() {
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("name"), "{}", e.message());
 
-    let logs = d.dir.path().join("logs/bad");
-    std::fs::create_dir_all(&logs).unwrap();
-    let sandbox = pod_config("bad", &logs);
-    let pod = harness::run_pod(&mut rt, &sandbox).await;
+    let TestPod {
+        sandbox,
+        id: pod,
+        logs,
+    } = harness::new_pod(&d, &mut rt, "bad").await;
     let e = harness::create(
         &mut rt,
         "no-such-pod",
@@ -785,18 +715,12 @@ async fn image_service_pulls_lists_and_removes() {
 
     // A container from the pulled image, by name.
     let mut rt = d.runtime().await;
-    let logs = d.dir.path().join("logs/img");
-    std::fs::create_dir_all(&logs).unwrap();
-    let sandbox = pod_config("img", &logs);
-    let pod = harness::run_pod(&mut rt, &sandbox).await;
-    let id = harness::create(&mut rt, &pod, container_config("app", &name, &[]), &sandbox)
+    let tp = harness::new_pod(&d, &mut rt, "img").await;
+    let id = tp
+        .create(&mut rt, container_config("app", &name, &[]))
         .await
         .unwrap();
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
+    harness::start(&mut rt, &id).await;
     let st = harness::wait_exited(&mut rt, &id).await;
     assert_eq!(st.exit_code, 0, "{}", st.message);
     assert_eq!(st.image_ref, pulled.image_ref);
@@ -868,18 +792,14 @@ async fn a_corrupt_record_is_quarantined_not_fatal() {
     require_guests();
     let mut d = Daemon::start().await;
     let mut rt = d.runtime().await;
-    let logs = d.dir.path().join("logs/q");
-    std::fs::create_dir_all(&logs).unwrap();
-    let sandbox = pod_config("q", &logs);
-    let pod = harness::run_pod(&mut rt, &sandbox).await;
-    let id = harness::create(
-        &mut rt,
-        &pod,
-        container_config("ok", &file_image("hello.p1"), &[]),
-        &sandbox,
-    )
-    .await
-    .unwrap();
+    let tp = harness::new_pod(&d, &mut rt, "q").await;
+    let id = tp
+        .create(
+            &mut rt,
+            container_config("ok", &file_image("hello.p1"), &[]),
+        )
+        .await
+        .unwrap();
     assert!(d.terminate().success());
 
     let db = d.dir.path().join("state/state.redb");
