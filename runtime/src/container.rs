@@ -99,14 +99,11 @@ pub(crate) struct Observer {
 
 impl Observer {
     pub(crate) fn changed(&self, c: &Container, kind: EventKind) {
-        // Written through to the OS at once (a killed daemon loses nothing), synced to the
-        // disk by the next pod-level write.
-        let sync = Sync::Soon;
         if kind == EventKind::Deleted {
             if let Err(e) = self.state.remove_container(&c.id) {
                 tracing::error!(container = %c.id, "persisting removal: {e}");
             }
-        } else if let Err(e) = self.state.put_container(&c.record(), sync) {
+        } else if let Err(e) = self.state.put_container(&c.record(), Sync::Soon) {
             tracing::error!(container = %c.id, "persisting state: {e}");
         }
         let _ = self.events.send(ContainerEvent {

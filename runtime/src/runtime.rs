@@ -156,7 +156,7 @@ impl Runtime {
                 state: pod.state(),
                 ip: None,
             },
-            Sync::Now,
+            Sync::Soon,
         )
     }
 

@@ -42,10 +42,10 @@ pub struct StateStore {
     db: Database,
 }
 
-/// How soon a write must be on disk. `Now` syncs before returning (pods); `Soon` hands the
-/// write to the OS without waiting for the disk (container records): a killed daemon loses
-/// nothing, a power cut may lose the last container changes, which a restart reports as
-/// exited anyway.
+/// How soon a write must be on disk. `Soon`, used on the request path, hands the write to
+/// the OS without waiting for the disk: a daemon killed with -9 loses nothing, a power cut may
+/// lose the last changes (kubelet reconciles them). `Now` syncs before returning; restore uses
+/// it once for what the restart changed.
 #[derive(Clone, Copy)]
 pub enum Sync {
     Now,

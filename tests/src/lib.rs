@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use wasmpod_runtime::error::Error;
-use wasmpod_runtime::exit::Exit;
+use wasmpod_runtime::exit::{Exit, ExitReason};
 use wasmpod_runtime::runtime::{Runtime, RuntimeOptions};
 use wasmpod_runtime::spec::{
     ContainerConfig, HostPathKind, Medium, MountSource, MountSpec, PodConfig, VolumeSource,
@@ -87,6 +87,15 @@ pub fn runtime(state: &Path) -> Arc<Runtime> {
         ..Default::default()
     })
     .expect("creating the runtime")
+}
+
+/// A fresh temporary directory and a runtime whose state lives in its `state` subdirectory,
+/// leaving the rest of the directory free for the test's host files. Keep the directory alive
+/// as long as the runtime.
+pub fn temp_runtime() -> (tempfile::TempDir, Arc<Runtime>) {
+    let tmp = tempfile::tempdir().expect("creating a temporary directory");
+    let rt = runtime(&tmp.path().join("state"));
+    (tmp, rt)
 }
 
 /// A pod config named `name` (also its hostname).
@@ -185,6 +194,28 @@ pub async fn run_container(
         exit,
         log,
     })
+}
+
+/// Creates pod `pod_name` in `rt` with `config` in it and starts the container, without
+/// waiting for it: for tests that watch, stop or kill a running guest. Returns its id.
+pub async fn start_in_new_pod(
+    rt: &Arc<Runtime>,
+    pod_name: &str,
+    config: ContainerConfig,
+) -> String {
+    let pod_id = rt.run_pod(pod(pod_name)).expect("creating the pod");
+    let id = rt
+        .create_container(&pod_id, config)
+        .await
+        .expect("creating the container");
+    rt.start_container(&id).expect("starting the container");
+    id
+}
+
+/// Checks an exit's code and reason together, showing the whole exit (its message) on failure.
+#[track_caller]
+pub fn assert_exit(exit: &Exit, code: i32, reason: ExitReason) {
+    assert_eq!((exit.code, exit.reason), (code, reason), "{exit:?}");
 }
 
 /// Runs `image` with `args` and `mounts` over `volumes` in a fresh pod of `rt`.
@@ -334,12 +365,14 @@ pub fn thread_count() -> usize {
 pub fn wasmpod_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        // The test runs as <target>/<profile>/deps/<test>-<hash>.
         let exe = std::env::current_exe().expect("the test executable's path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test executable lives in <target>/<profile>/deps");
+        // Tests live in <target>/<profile>/deps, binaries (the bench) in <target>/<profile>.
+        let dir = exe.parent().expect("the executable has a directory");
+        let profile_dir = if dir.ends_with("deps") {
+            dir.parent().expect("deps has a parent")
+        } else {
+            dir
+        };
         let target_dir = profile_dir.parent().expect("<target>/<profile>");
         let profile = profile_dir
             .file_name()
@@ -376,6 +409,11 @@ pub fn wasmpod_bin() -> &'static Path {
         assert!(bin.is_file(), "{} was not built", bin.display());
         bin
     })
+}
+
+/// A process's captured output as text (invalid UTF-8 replaced, so a failure still shows).
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// `wasmpod --state-dir <state>`, ready for more arguments.
@@ -417,4 +455,22 @@ pub fn manifest_file(dir: &Path, name: &str, yaml: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, yaml).expect("writing the manifest");
     path
+}
+
+/// Declares two tests, `$p1` and `$p2`, running the async case `$case("p1")` and `$case("p2")`:
+/// most checks must hold for the preview1 module and the preview2 component of a guest alike,
+/// and a test of its own for each build names which one failed.
+#[macro_export]
+macro_rules! p1_and_p2_tests {
+    ($case:ident => $p1:ident, $p2:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $p1() {
+            $case("p1").await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $p2() {
+            $case("p2").await;
+        }
+    };
 }
