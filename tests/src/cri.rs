@@ -71,8 +71,10 @@ impl Daemon {
 
     async fn channel(&self) -> Result<Channel, tonic::transport::Error> {
         let socket = self.socket.clone();
+        // Adaptive flow-control windows, as kubelet's grpc-go client has.
         Endpoint::try_from("http://[::]:50051")
             .unwrap()
+            .http2_adaptive_window(true)
             .connect_with_connector(tower::service_fn(move |_| {
                 let socket = socket.clone();
                 async move {

@@ -29,7 +29,10 @@ pub async fn serve(
     let images = ImageServiceServer::new(image_service::ImageApi { rt })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
+    // Large lists (ListContainers at 10,000) must not crawl through 64 KiB flow-control
+    // windows: let them grow with the connection's bandwidth-delay product, as grpc-go does.
     tonic::transport::Server::builder()
+        .http2_adaptive_window(Some(true))
         .add_service(runtime)
         .add_service(images)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
