@@ -220,6 +220,29 @@ mod tests {
     }
 
     #[test]
+    fn registry_statuses_become_error_kinds() {
+        let server = |code| OciDistributionError::ServerError {
+            code,
+            url: "https://r/v2/x/manifests/1".into(),
+            message: "m".into(),
+        };
+        for (code, kind) in [
+            (401, ErrorKind::Unauthenticated),
+            (403, ErrorKind::PermissionDenied),
+            (404, ErrorKind::NotFound),
+            (429, ErrorKind::Unavailable),
+            (503, ErrorKind::Unavailable),
+        ] {
+            let e = registry_error("pulling x", server(code));
+            assert_eq!(e.kind, kind, "{code}: {e}");
+            assert!(e.message.starts_with("pulling x"), "{e}");
+        }
+        assert!(registry_error("p", server(403))
+            .message
+            .contains("may not pull"));
+    }
+
+    #[test]
     fn mirrors_come_first() {
         let config = RegistryConfig {
             mirrors: HashMap::from([("docker.io".into(), vec!["127.0.0.1:5001".into()])]),
