@@ -450,6 +450,16 @@ pub fn output_within(cmd: &mut Command, secs: u64) -> std::process::Output {
     }
 }
 
+/// The text of a Pod manifest named `name` with `restart_policy`; `spec` goes on under `spec:`
+/// (each of its lines indented two spaces, the first starting on a new line). The header is the
+/// same in every test; only what the pod holds differs.
+pub fn pod_yaml(name: &str, restart_policy: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\n\
+         spec:\n  restartPolicy: {restart_policy}{spec}"
+    )
+}
+
 /// A manifest file `name` in `dir` with `yaml`.
 pub fn manifest_file(dir: &Path, name: &str, yaml: &str) -> PathBuf {
     let path = dir.join(name);

@@ -12,10 +12,6 @@ use wasmpod_runtime::runtime::Runtime;
 use wasmpod_runtime::spec::{ContainerConfig, Medium, VolumeSpec};
 use wasmpod_tests::*;
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 /// Runs `wasmpod run` on `yaml`; returns (exit code, stdout, stderr).
 fn cli_run(dir: &Path, yaml: &str) -> (Option<i32>, String, String) {
     let manifest = manifest_file(dir, "pod.yaml", yaml);
@@ -82,20 +78,19 @@ fn a_deployment_is_not_a_pod() {
 fn unknown_fields_warn_but_the_pod_runs() {
     require_guests();
     let tmp = tempfile::tempdir().unwrap();
-    let yaml = format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: extra}}
-spec:
-  restartPolicy: Never
+    let yaml = pod_yaml(
+        "extra",
+        "Never",
+        &format!(
+            r#"
   nodeSelector: {{disk: ssd}}
   containers:
     - name: hello
       image: {}
       livenessProbe: {{exec: {{command: [x]}}}}
 "#,
-        wasm("hello.p1").display()
+            wasm("hello.p1").display()
+        ),
     );
     let m = parse(&yaml).unwrap();
     assert_eq!(m.warnings.len(), 2, "{:?}", m.warnings);
@@ -195,9 +190,13 @@ fn invalid_and_truncated_wasm_through_the_cli() {
         (&garbage, "not a WebAssembly binary"),
         (&truncated, "invalid WebAssembly"),
     ] {
-        let yaml = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: x}}\nspec:\n  restartPolicy: Never\n  containers: [{{name: broken, image: {}}}]\n",
-            file.display()
+        let yaml = pod_yaml(
+            "x",
+            "Never",
+            &format!(
+                "\n  containers: [{{name: broken, image: {}}}]\n",
+                file.display()
+            ),
         );
         let (code, stdout, stderr) = cli_run(tmp.path(), &yaml);
         assert_eq!(code, Some(1), "{stderr}");
@@ -258,12 +257,8 @@ struct Bystander {
 impl Bystander {
     async fn start(state: &Path) -> Self {
         let rt = runtime(state);
-        let pod_id = rt.run_pod(pod("bystander")).unwrap();
-        let id = rt
-            .create_container(&pod_id, container("ticker", &wasm("forever.p1"), &[]))
-            .await
-            .unwrap();
-        rt.start_container(&id).unwrap();
+        let ticker = container("ticker", &wasm("forever.p1"), &[]);
+        let id = start_in_new_pod(&rt, "bystander", ticker).await;
         Self { rt, id }
     }
 
@@ -303,33 +298,31 @@ async fn bad_containers_fail_at_creation_and_leave_a_running_pod_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let by = Bystander::start(&tmp.path().join("state")).await;
 
-    // Garbage bytes.
-    let garbage = tmp.path().join("garbage.wasm");
-    std::fs::write(&garbage, [0xde, 0xad, 0xbe, 0xef].repeat(64)).unwrap();
-    let err = by
-        .create_fails(container("junk", &garbage, &[]), None)
-        .await;
-    assert_eq!(err.kind, ErrorKind::InvalidArgument, "{err}");
-    assert!(err.message.contains("container junk"), "{err}");
-    assert!(
-        err.message.contains(&garbage.display().to_string()),
-        "{err}"
-    );
-    assert!(err.message.contains("not a WebAssembly binary"), "{err}");
-
-    // The first 20 bytes of a real module.
-    let truncated = tmp.path().join("truncated.wasm");
-    std::fs::write(&truncated, &std::fs::read(wasm("hello.p1")).unwrap()[..20]).unwrap();
-    let err = by
-        .create_fails(container("cut", &truncated, &[]), None)
-        .await;
-    assert_eq!(err.kind, ErrorKind::InvalidArgument, "{err}");
-    assert!(err.message.contains("container cut"), "{err}");
-    assert!(
-        err.message.contains(&truncated.display().to_string()),
-        "{err}"
-    );
-    assert!(err.message.contains("invalid WebAssembly"), "{err}");
+    // Garbage bytes, and the first 20 bytes of a real module: refused, naming the container,
+    // the file and what is wrong with it.
+    let hello = std::fs::read(wasm("hello.p1")).unwrap();
+    for (name, file, bytes, want) in [
+        (
+            "junk",
+            "garbage.wasm",
+            [0xde, 0xad, 0xbe, 0xef].repeat(64),
+            "not a WebAssembly binary",
+        ),
+        (
+            "cut",
+            "truncated.wasm",
+            hello[..20].to_vec(),
+            "invalid WebAssembly",
+        ),
+    ] {
+        let path = tmp.path().join(file);
+        std::fs::write(&path, bytes).unwrap();
+        let err = by.create_fails(container(name, &path, &[]), None).await;
+        assert_eq!(err.kind, ErrorKind::InvalidArgument, "{err}");
+        assert!(err.message.contains(&format!("container {name}")), "{err}");
+        assert!(err.message.contains(&path.display().to_string()), "{err}");
+        assert!(err.message.contains(want), "{err}");
+    }
 
     // Only the magic: too short to tell what it is.
     let stub = tmp.path().join("stub.wasm");
@@ -425,7 +418,7 @@ async fn bad_containers_fail_at_creation_and_leave_a_running_pod_alone() {
     )
     .await
     .unwrap();
-    assert_eq!((ran.exit.code, ran.exit.reason), (0, ExitReason::Completed));
+    assert_exit(&ran.exit, 0, ExitReason::Completed);
     by.rt
         .stop_container(&by.id, std::time::Duration::ZERO)
         .await
@@ -438,8 +431,7 @@ async fn module_without_start_is_refused_at_creation() {
     // A core module that is not a WASI command (no `_start`, e.g. a reactor or a library)
     // cannot run; like a component without wasi:cli/run, it should be refused when the
     // container is created, not fail later as if it had trapped.
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (tmp, rt) = temp_runtime();
     let lib = wat_file(
         tmp.path(),
         "reactor.wasm",
@@ -464,8 +456,7 @@ async fn module_without_start_is_refused_at_creation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_container_names_and_missing_pods_are_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (_tmp, rt) = temp_runtime();
     let pod_id = rt.run_pod(pod("dups")).unwrap();
     rt.create_container(&pod_id, container("same", &wasm("hello.p1"), &[]))
         .await

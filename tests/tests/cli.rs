@@ -2,26 +2,39 @@
 //! summary, exit status, SIGTERM handling, and its help.
 
 use std::io::{BufRead, BufReader};
-use std::process::Stdio;
+use std::path::Path;
+use std::process::{Child, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use wasmpod_tests::*;
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+/// `wasmpod run <flags> examples/<manifest>` over `state`, to the end.
+fn run_example(state: &Path, flags: &[&str], manifest: &str) -> Output {
+    output_within(
+        wasmpod(state).arg("run").args(flags).arg(example(manifest)),
+        120,
+    )
+}
+
+/// `wasmpod run <manifest>` over `state`, started with its output piped, for tests that
+/// signal it while it runs.
+fn spawn_run(state: &Path, manifest: &Path) -> Child {
+    wasmpod(state)
+        .arg("run")
+        .arg(manifest)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 #[test]
 fn run_hello_prefixes_lines_and_prints_a_summary() {
     require_guests();
     let state = tempfile::tempdir().unwrap();
-    let out = output_within(
-        wasmpod(state.path())
-            .arg("run")
-            .arg(example("hello/pod.yaml")),
-        120,
-    );
+    let out = run_example(state.path(), &[], "hello/pod.yaml");
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
@@ -71,12 +84,7 @@ fn run_hello_prefixes_lines_and_prints_a_summary() {
     );
 
     // --no-summary leaves it out.
-    let out = output_within(
-        wasmpod(state.path())
-            .args(["run", "--no-summary"])
-            .arg(example("hello/pod.yaml")),
-        120,
-    );
+    let out = run_example(state.path(), &["--no-summary"], "hello/pod.yaml");
     assert_eq!(out.status.code(), Some(0));
     assert!(!text(&out.stderr).contains("CONTAINER"));
 }
@@ -85,12 +93,7 @@ fn run_hello_prefixes_lines_and_prints_a_summary() {
 fn run_exit_codes_exits_with_the_containers_code() {
     require_guests();
     let state = tempfile::tempdir().unwrap();
-    let out = output_within(
-        wasmpod(state.path())
-            .arg("run")
-            .arg(example("exit-codes/pod.yaml")),
-        120,
-    );
+    let out = run_example(state.path(), &[], "exit-codes/pod.yaml");
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
     assert!(stdout.contains("fail | exiting with 3"), "{stdout}");
@@ -120,14 +123,7 @@ fn run_from_the_manifest_directory_with_a_relative_path() {
 fn sigterm_stops_the_forever_pod_with_137() {
     require_guests();
     let state = tempfile::tempdir().unwrap();
-    let mut child = wasmpod(state.path())
-        .arg("run")
-        .arg(example("forever/pod.yaml"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(state.path(), &example("forever/pod.yaml"));
     let pid = child.id() as libc::pid_t;
     let stdout = child.stdout.take().unwrap();
     let stderr = child.stderr.take().unwrap();
@@ -237,14 +233,7 @@ fn a_second_sigterm_exits_at_once_with_130() {
             wasm("forever.p1").display()
         ),
     );
-    let mut child = wasmpod(&dir.path().join("state"))
-        .arg("run")
-        .arg(&manifest)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&dir.path().join("state"), &manifest);
     let pid = child.id() as libc::pid_t;
     let stdout = child.stdout.take().unwrap();
     let stderr = child.stderr.take().unwrap();

@@ -90,6 +90,13 @@ impl Layout {
         ran
     }
 
+    /// Runs each escape attempt of `attempts` as [`Layout::denied`] does.
+    async fn all_denied(&self, kind: &str, attempts: &[&[&str]]) {
+        for args in attempts {
+            self.denied(kind, args).await;
+        }
+    }
+
     fn assert_outside_untouched(&self, what: &str) {
         let secret = self.secret();
         assert_eq!(
@@ -124,118 +131,96 @@ async fn dot_dot(kind: &str) {
     // The setup is sound: a file inside the volume is readable.
     let ran = l.probe(kind, &["read", "/data/inside.txt"]).await;
     assert_eq!(ran.stdout(), "inside\n", "{:?}", ran.log);
-    l.denied(kind, &["read", "/data/../secret"]).await;
-    l.denied(kind, &["write", "/data/../secret", "pwned"]).await;
-    l.denied(kind, &["write", "/data/../outside/new", "x"])
-        .await;
-    l.denied(kind, &["ls", "/data/.."]).await;
-    l.denied(kind, &["read", "/data/sub/../../secret"]).await;
+    l.all_denied(
+        kind,
+        &[
+            &["read", "/data/../secret"],
+            &["write", "/data/../secret", "pwned"],
+            &["write", "/data/../outside/new", "x"],
+            &["ls", "/data/.."],
+            &["read", "/data/sub/../../secret"],
+        ],
+    )
+    .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dot_dot_is_denied_p1() {
-    dot_dot("p1").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dot_dot_is_denied_p2() {
-    dot_dot("p2").await;
-}
+p1_and_p2_tests!(dot_dot => dot_dot_is_denied_p1, dot_dot_is_denied_p2);
 
 async fn planted_symlinks(kind: &str) {
     let l = Layout::new();
-    l.denied(kind, &["read", "/data/abs-link"]).await;
-    l.denied(kind, &["write", "/data/abs-link", "pwned"]).await;
-    l.denied(kind, &["append", "/data/abs-link", "pwned"]).await;
-    l.denied(kind, &["read", "/data/rel-link"]).await;
-    l.denied(kind, &["write", "/data/rel-link", "pwned"]).await;
-    l.denied(kind, &["ls", "/data/rel-dir"]).await;
-    l.denied(kind, &["write", "/data/rel-dir/new", "x"]).await;
-    l.denied(kind, &["ls", "/data/abs-dir"]).await;
-    l.denied(kind, &["write", "/data/abs-dir/new", "x"]).await;
-    l.denied(kind, &["mkdir", "/data/abs-dir/new"]).await;
+    l.all_denied(
+        kind,
+        &[
+            &["read", "/data/abs-link"],
+            &["write", "/data/abs-link", "pwned"],
+            &["append", "/data/abs-link", "pwned"],
+            &["read", "/data/rel-link"],
+            &["write", "/data/rel-link", "pwned"],
+            &["ls", "/data/rel-dir"],
+            &["write", "/data/rel-dir/new", "x"],
+            &["ls", "/data/abs-dir"],
+            &["write", "/data/abs-dir/new", "x"],
+            &["mkdir", "/data/abs-dir/new"],
+        ],
+    )
+    .await;
     // The links themselves are visible (not followed) as links.
     let ran = l.probe(kind, &["stat", "/data/abs-link"]).await;
     assert_eq!(ran.stdout(), "symlink\n", "{:?}", ran.log);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn planted_symlinks_are_not_followed_out_p1() {
-    planted_symlinks("p1").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn planted_symlinks_are_not_followed_out_p2() {
-    planted_symlinks("p2").await;
-}
+p1_and_p2_tests!(
+    planted_symlinks =>
+    planted_symlinks_are_not_followed_out_p1,
+    planted_symlinks_are_not_followed_out_p2
+);
 
 async fn trailing_slash(kind: &str) {
     let l = Layout::new();
-    l.denied(kind, &["read", "/data/rel-link/"]).await;
-    l.denied(kind, &["read", "/data/abs-link/"]).await;
-    l.denied(kind, &["ls", "/data/rel-dir/"]).await;
-    l.denied(kind, &["ls", "/data/abs-dir/"]).await;
-    l.denied(kind, &["write", "/data/rel-link/", "x"]).await;
+    l.all_denied(
+        kind,
+        &[
+            &["read", "/data/rel-link/"],
+            &["read", "/data/abs-link/"],
+            &["ls", "/data/rel-dir/"],
+            &["ls", "/data/abs-dir/"],
+            &["write", "/data/rel-link/", "x"],
+        ],
+    )
+    .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trailing_slash_does_not_follow_links_out_p1() {
-    trailing_slash("p1").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trailing_slash_does_not_follow_links_out_p2() {
-    trailing_slash("p2").await;
-}
+p1_and_p2_tests!(
+    trailing_slash =>
+    trailing_slash_does_not_follow_links_out_p1,
+    trailing_slash_does_not_follow_links_out_p2
+);
 
 async fn guest_made_symlinks(kind: &str) {
     let l = Layout::new();
     let secret = l.secret().display().to_string();
-    // An absolute target: either making it or reading through it must fail.
-    l.denied(
-        kind,
-        &["symlink", &secret, "/data/mine", "--", "read", "/data/mine"],
-    )
-    .await;
-    l.denied(
-        kind,
-        &[
-            "symlink",
-            &secret,
+    // Absolute targets, and relative ones leading out: either making the link or going
+    // through it must fail.
+    for (target, link, then) in [
+        (secret.as_str(), "/data/mine", vec!["read", "/data/mine"]),
+        (
+            secret.as_str(),
             "/data/mine2",
-            "--",
-            "write",
-            "/data/mine2",
-            "pwned",
-        ],
-    )
-    .await;
-    // A relative target leading out.
-    l.denied(
-        kind,
-        &[
-            "symlink",
-            "../secret",
-            "/data/mine3",
-            "--",
-            "read",
-            "/data/mine3",
-        ],
-    )
-    .await;
-    l.denied(
-        kind,
-        &[
-            "symlink",
+            vec!["write", "/data/mine2", "pwned"],
+        ),
+        ("../secret", "/data/mine3", vec!["read", "/data/mine3"]),
+        (
             "../outside",
             "/data/mine4",
-            "--",
-            "write",
-            "/data/mine4/x",
-            "x",
-        ],
-    )
-    .await;
+            vec!["write", "/data/mine4/x", "x"],
+        ),
+    ] {
+        let args: Vec<&str> = ["symlink", target, link, "--"]
+            .into_iter()
+            .chain(then)
+            .collect();
+        l.denied(kind, &args).await;
+    }
     // A link inside the volume works: the guest can make ordinary symlinks.
     let ran = l
         .probe(
@@ -254,15 +239,11 @@ async fn guest_made_symlinks(kind: &str) {
     assert_eq!(ran.stdout(), "inside\n");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn guest_made_symlinks_do_not_lead_out_p1() {
-    guest_made_symlinks("p1").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn guest_made_symlinks_do_not_lead_out_p2() {
-    guest_made_symlinks("p2").await;
-}
+p1_and_p2_tests!(
+    guest_made_symlinks =>
+    guest_made_symlinks_do_not_lead_out_p1,
+    guest_made_symlinks_do_not_lead_out_p2
+);
 
 async fn hard_links(kind: &str) {
     let l = Layout::new();
@@ -284,15 +265,11 @@ async fn hard_links(kind: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hard_links_to_outside_are_denied_p1() {
-    hard_links("p1").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hard_links_to_outside_are_denied_p2() {
-    hard_links("p2").await;
-}
+p1_and_p2_tests!(
+    hard_links =>
+    hard_links_to_outside_are_denied_p1,
+    hard_links_to_outside_are_denied_p2
+);
 
 /// Creating a container whose subPath leads out of the volume fails with InvalidArgument,
 /// and nothing is created outside.

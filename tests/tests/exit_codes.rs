@@ -1,32 +1,44 @@
 //! How a guest's end becomes an exit code and reason: `proc_exit`, a normal return, a trap,
 //! preview1 modules and preview2 components.
 
+use std::path::Path;
+use std::sync::Arc;
+
 use wasmpod_runtime::exit::{ExitReason, TRAP_CODE};
+use wasmpod_runtime::runtime::Runtime;
 use wasmpod_tests::*;
+
+/// Compiles `wat_text` to `<dir>/<name>` and runs it in `rt`, without arguments or mounts.
+async fn run_wat(rt: &Arc<Runtime>, dir: &Path, name: &str, wat_text: &str) -> Ran {
+    let image = wat_file(dir, name, wat_text);
+    run_guest(rt, &image, &[], vec![], vec![]).await
+}
+
+/// Runs the example guest `name` (`exit-code.p1`, say) with `args` in a fresh runtime.
+async fn run_example(name: &str, args: &[&str]) -> Ran {
+    let (_tmp, rt) = temp_runtime();
+    run_guest(&rt, &wasm(name), args, vec![], vec![]).await
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proc_exit_code_is_reported_as_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
-    let image = wat_file(tmp.path(), "exit42.wasm", &wat_proc_exit(42));
-    let ran = run_guest(&rt, &image, &[], vec![], vec![]).await;
-    assert_eq!(ran.exit.code, 42, "{:?}", ran.exit);
-    assert_eq!(ran.exit.reason, ExitReason::Error);
+    let (tmp, rt) = temp_runtime();
+    let ran = run_wat(&rt, tmp.path(), "exit42.wasm", &wat_proc_exit(42)).await;
+    assert_exit(&ran.exit, 42, ExitReason::Error);
     assert!(!ran.exit.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proc_exit_zero_and_normal_return_complete() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
-    let returns = wat_file(
+    let (tmp, rt) = temp_runtime();
+    let ran = run_wat(
+        &rt,
         tmp.path(),
         "return.wasm",
         r#"(module (memory (export "memory") 1) (func (export "_start")))"#,
-    );
-    let ran = run_guest(&rt, &returns, &[], vec![], vec![]).await;
-    assert_eq!(ran.exit.code, 0, "{:?}", ran.exit);
-    assert_eq!(ran.exit.reason, ExitReason::Completed);
+    )
+    .await;
+    assert_exit(&ran.exit, 0, ExitReason::Completed);
     assert!(ran.exit.success());
     assert!(
         ran.log.is_empty(),
@@ -34,26 +46,20 @@ async fn proc_exit_zero_and_normal_return_complete() {
         ran.log
     );
 
-    let exit0 = wat_file(tmp.path(), "exit0.wasm", &wat_proc_exit(0));
-    let ran = run_guest(&rt, &exit0, &[], vec![], vec![]).await;
-    assert_eq!(
-        (ran.exit.code, ran.exit.reason),
-        (0, ExitReason::Completed),
-        "{:?}",
-        ran.exit
-    );
+    let ran = run_wat(&rt, tmp.path(), "exit0.wasm", &wat_proc_exit(0)).await;
+    assert_exit(&ran.exit, 0, ExitReason::Completed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trap_is_134_with_message_in_exit_and_log() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
-    let image = wat_file(
+    let (tmp, rt) = temp_runtime();
+    let ran = run_wat(
+        &rt,
         tmp.path(),
         "trap.wasm",
         r#"(module (memory (export "memory") 1) (func (export "_start") unreachable))"#,
-    );
-    let ran = run_guest(&rt, &image, &[], vec![], vec![]).await;
+    )
+    .await;
     assert_eq!(ran.exit.code, TRAP_CODE);
     assert_eq!(ran.exit.code, 134);
     assert_eq!(ran.exit.reason, ExitReason::Error);
@@ -78,9 +84,9 @@ async fn trap_is_134_with_message_in_exit_and_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trap_after_output_keeps_the_output() {
     // A guest that prints, then traps: its output is logged before the trap message.
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
-    let image = wat_file(
+    let (tmp, rt) = temp_runtime();
+    let ran = run_wat(
+        &rt,
         tmp.path(),
         "print-trap.wasm",
         r#"(module
@@ -92,14 +98,9 @@ async fn trap_after_output_keeps_the_output() {
     (i32.store (i32.const 4) (i32.const 16))
     (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
     unreachable))"#,
-    );
-    let ran = run_guest(&rt, &image, &[], vec![], vec![]).await;
-    assert_eq!(
-        (ran.exit.code, ran.exit.reason),
-        (134, ExitReason::Error),
-        "{:?}",
-        ran.exit
-    );
+    )
+    .await;
+    assert_exit(&ran.exit, 134, ExitReason::Error);
     assert_eq!(ran.stdout(), "before the trap\n");
     let first_stderr = ran.log.iter().position(|r| r.stream == "stderr").unwrap();
     let stdout_at = ran.log.iter().position(|r| r.stream == "stdout").unwrap();
@@ -108,15 +109,8 @@ async fn trap_after_output_keeps_the_output() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2_component_hello_completes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
-    let ran = run_guest(&rt, &wasm("hello.p2"), &[], vec![], vec![]).await;
-    assert_eq!(
-        (ran.exit.code, ran.exit.reason),
-        (0, ExitReason::Completed),
-        "{:?}",
-        ran.exit
-    );
+    let ran = run_example("hello.p2", &[]).await;
+    assert_exit(&ran.exit, 0, ExitReason::Completed);
     assert!(
         ran.stdout().contains("Hello from wasmpod!"),
         "{}",
@@ -126,8 +120,7 @@ async fn p2_component_hello_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p1_exit_code_guest_reports_its_code() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (_tmp, rt) = temp_runtime();
     for code in [3, 0, 125] {
         let arg = code.to_string();
         let ran = run_guest(&rt, &wasm("exit-code.p1"), &[&arg], vec![], vec![]).await;
@@ -147,15 +140,8 @@ async fn p1_exit_status_of_126_or_more_is_refused_by_wasi() {
     // wasmtime's WASI preview1 refuses `proc_exit` statuses outside 0..126 (126 and up mean
     // "could not run" / "killed by signal" for shells) and traps instead. The container then
     // ends like any trap: 134, reason Error, with wasmtime's message.
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
-    let ran = run_guest(&rt, &wasm("exit-code.p1"), &["255"], vec![], vec![]).await;
-    assert_eq!(
-        (ran.exit.code, ran.exit.reason),
-        (TRAP_CODE, ExitReason::Error),
-        "{:?}",
-        ran.exit
-    );
+    let ran = run_example("exit-code.p1", &["255"]).await;
+    assert_exit(&ran.exit, TRAP_CODE, ExitReason::Error);
     assert!(
         ran.exit.message.contains("invalid exit status"),
         "{:?}",
@@ -168,31 +154,18 @@ async fn p2_exit_code_is_only_success_or_failure() {
     // wasi:cli@0.2 `exit` takes a `result` (ok or err), not a number: wasi-libc maps any
     // non-zero status to `err`, which the host can only report as 1. So `exit(7)` in a
     // preview2 component shows as 1; `exit(0)` as 0.
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (_tmp, rt) = temp_runtime();
     let ran = run_guest(&rt, &wasm("exit-code.p2"), &["7"], vec![], vec![]).await;
-    assert_eq!(
-        (ran.exit.code, ran.exit.reason),
-        (1, ExitReason::Error),
-        "{:?}",
-        ran.exit
-    );
+    assert_exit(&ran.exit, 1, ExitReason::Error);
     assert_eq!(ran.stdout(), "exiting with 7\n");
     let ran = run_guest(&rt, &wasm("exit-code.p2"), &["0"], vec![], vec![]).await;
-    assert_eq!(
-        (ran.exit.code, ran.exit.reason),
-        (0, ExitReason::Completed),
-        "{:?}",
-        ran.exit
-    );
+    assert_exit(&ran.exit, 0, ExitReason::Completed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_cannot_start_twice() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
-    let image = wat_file(tmp.path(), "exit5.wasm", &wat_proc_exit(5));
-    let ran = run_guest(&rt, &image, &[], vec![], vec![]).await;
+    let (tmp, rt) = temp_runtime();
+    let ran = run_wat(&rt, tmp.path(), "exit5.wasm", &wat_proc_exit(5)).await;
     assert_eq!(ran.exit.code, 5);
     let err = rt.start_container(&ran.container_id).unwrap_err();
     assert_eq!(

@@ -5,9 +5,25 @@ use wasmpod_runtime::exit::ExitReason;
 use wasmpod_runtime::spec::{HostPathKind, Medium};
 use wasmpod_tests::*;
 
+/// Runs a guest whose stdout is exactly `output` (fsprobe.p1 reading it from a host file), so a
+/// test can choose the bytes the log writer gets.
+async fn guest_printing(output: &str) -> Ran {
+    let (tmp, rt) = temp_runtime();
+    let host = tmp.path().join("files");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("output"), output).unwrap();
+    run_guest(
+        &rt,
+        &wasm("fsprobe.p1"),
+        &["read", "/files/output"],
+        vec![host_path("files", &host, HostPathKind::Directory)],
+        vec![mount("files", None, "/files", true)],
+    )
+    .await
+}
+
 async fn hello_log(kind: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (_tmp, rt) = temp_runtime();
     let mut p = pod("hello");
     p.volumes = vec![empty_dir("data", Medium::Disk, None)];
     let mut c = container(
@@ -18,12 +34,7 @@ async fn hello_log(kind: &str) {
     c.env = vec![("GREETING".into(), format!("hi from {kind}"))];
     c.mounts = vec![mount("data", None, "/data", false)];
     let ran = run_container(&rt, p, c).await.unwrap();
-    assert_eq!(
-        (ran.exit.code, ran.exit.reason),
-        (0, ExitReason::Completed),
-        "{:?}",
-        ran.exit
-    );
+    assert_exit(&ran.exit, 0, ExitReason::Completed);
 
     // Every line was checked against `<RFC3339Nano> stdout|stderr F|P <text>` by read_log.
     let full: Vec<(&str, &str, &str)> = ran
@@ -72,20 +83,15 @@ async fn hello_log(kind: &str) {
     assert!(path.ends_with("hello/0.log"), "{}", path.display());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hello_p1_logs_both_streams_with_args_and_env() {
-    hello_log("p1").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hello_p2_logs_both_streams_with_args_and_env() {
-    hello_log("p2").await;
-}
+p1_and_p2_tests!(
+    hello_log =>
+    hello_p1_logs_both_streams_with_args_and_env,
+    hello_p2_logs_both_streams_with_args_and_env
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_args_or_env_the_guest_sees_none() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (_tmp, rt) = temp_runtime();
     let ran = run_guest(&rt, &wasm("hello.p1"), &[], vec![], vec![]).await;
     let out = ran.stdout();
     assert!(out.contains("GREETING=(unset)\n"), "{out}");
@@ -98,8 +104,7 @@ async fn without_args_or_env_the_guest_sees_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn working_dir_reaches_the_guest_as_pwd() {
     for kind in ["p1", "p2"] {
-        let tmp = tempfile::tempdir().unwrap();
-        let rt = runtime(&tmp.path().join("state"));
+        let (_tmp, rt) = temp_runtime();
         let mut p = pod("cwd");
         p.volumes = vec![empty_dir("data", Medium::Disk, None)];
         let mut c = container("cwd", &wasm(&format!("hello.{kind}")), &[]);
@@ -117,21 +122,9 @@ async fn working_dir_reaches_the_guest_as_pwd() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_lines_become_partial_records_and_a_last_unterminated_line_is_kept() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
-    let host = tmp.path().join("files");
-    std::fs::create_dir(&host).unwrap();
     let max = wasmpod_runtime::log::MAX_LINE;
     let long = "x".repeat(2 * max + 100);
-    std::fs::write(host.join("long"), format!("{long}\nshort\r\nno newline")).unwrap();
-    let ran = run_guest(
-        &rt,
-        &wasm("fsprobe.p1"),
-        &["read", "/files/long"],
-        vec![host_path("files", &host, HostPathKind::Directory)],
-        vec![mount("files", None, "/files", true)],
-    )
-    .await;
+    let ran = guest_printing(&format!("{long}\nshort\r\nno newline")).await;
     assert_eq!(ran.exit.code, 0, "{:?}", ran.exit);
     let recs: Vec<(&str, &str, usize)> = ran
         .log
@@ -160,8 +153,7 @@ async fn long_lines_become_partial_records_and_a_last_unterminated_line_is_kept(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_directory_and_log_path_are_honoured() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (tmp, rt) = temp_runtime();
     let logs = tmp.path().join("kubelet-logs");
     let mut p = pod("logs");
     p.log_directory = Some(logs.clone());
@@ -194,8 +186,7 @@ async fn log_directory_and_log_path_are_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_subscribers_get_every_line_with_pod_and_container() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (_tmp, rt) = temp_runtime();
     let mut live = rt.subscribe_logs();
     let ran = run_container(
         &rt,
@@ -222,8 +213,7 @@ async fn live_subscribers_get_every_line_with_pod_and_container() {
 async fn duplicate_env_names_the_last_one_wins() {
     // Kubernetes (and containerd building the OCI spec) let a later env entry with the same
     // name replace an earlier one.
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (_tmp, rt) = temp_runtime();
     let p = pod("env-pod");
     let mut c = container("env", &wasm("hello.p1"), &[]);
     c.env = vec![
@@ -242,21 +232,9 @@ async fn duplicate_env_names_the_last_one_wins() {
 async fn a_long_line_cut_inside_a_utf8_character_is_kept_intact() {
     // The cut into partial records falls inside a two-byte character: the records must still
     // join back into the guest's text (CRI log readers concatenate P records byte-wise).
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
-    let host = tmp.path().join("files");
-    std::fs::create_dir(&host).unwrap();
     let max = wasmpod_runtime::log::MAX_LINE;
     let line = format!("{}{}", "x".repeat(max - 1), "é".repeat(8));
-    std::fs::write(host.join("utf8"), format!("{line}\n")).unwrap();
-    let ran = run_guest(
-        &rt,
-        &wasm("fsprobe.p1"),
-        &["read", "/files/utf8"],
-        vec![host_path("files", &host, HostPathKind::Directory)],
-        vec![mount("files", None, "/files", true)],
-    )
-    .await;
+    let ran = guest_printing(&format!("{line}\n")).await;
     assert_eq!(ran.exit.code, 0, "{:?}", ran.exit);
     assert_eq!(ran.log.len(), 2, "one partial and one full record");
     assert_eq!(ran.log[0].tag, "P");

@@ -1,6 +1,10 @@
 //! Memory limits: a guest that grows its memory past `memory_limit` ends OOMKilled.
 
+use std::path::Path;
+use std::sync::Arc;
+
 use wasmpod_runtime::exit::ExitReason;
+use wasmpod_runtime::runtime::Runtime;
 use wasmpod_tests::*;
 
 /// Grows memory one page (64 KiB) at a time until memory.grow fails (-1), then traps, as a
@@ -12,14 +16,28 @@ const GROW_UNTIL_REFUSED: &str = r#"(module
       (br_if $grow (i32.ne (memory.grow (i32.const 1)) (i32.const -1))))
     unreachable))"#;
 
+/// Runs `image` without arguments under `memory_limit`, as container `name` of pod `name`.
+async fn run_limited(
+    rt: &Arc<Runtime>,
+    name: &str,
+    image: &Path,
+    memory_limit: Option<u64>,
+) -> Ran {
+    let mut c = container(name, image, &[]);
+    c.memory_limit = memory_limit;
+    run_container(rt, pod(name), c).await.unwrap()
+}
+
+/// Compiles `wat_text` and runs it in a fresh runtime under `memory_limit`.
+async fn run_wat_limited(wat_text: &str, memory_limit: Option<u64>) -> Ran {
+    let (tmp, rt) = temp_runtime();
+    let image = wat_file(tmp.path(), "guest.wasm", wat_text);
+    run_limited(&rt, "guest", &image, memory_limit).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn growing_past_the_limit_is_oom_killed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
-    let image = wat_file(tmp.path(), "grow.wasm", GROW_UNTIL_REFUSED);
-    let mut c = container("hog", &image, &[]);
-    c.memory_limit = Some(2 << 20);
-    let ran = run_container(&rt, pod("oom"), c).await.unwrap();
+    let ran = run_wat_limited(GROW_UNTIL_REFUSED, Some(2 << 20)).await;
     assert_eq!(ran.exit.reason, ExitReason::OomKilled, "{:?}", ran.exit);
     assert_ne!(ran.exit.code, 0);
     assert!(ran.exit.message.contains("memory limit"), "{:?}", ran.exit);
@@ -35,60 +53,32 @@ async fn growing_past_the_limit_is_oom_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_limit_the_same_guest_is_an_ordinary_trap() {
     // Bounded by the module's own maximum (64 pages), so it does not take the host's memory.
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
-    let image = wat_file(
-        tmp.path(),
-        "grow-max.wasm",
-        &GROW_UNTIL_REFUSED.replace(
-            "(memory (export \"memory\") 1)",
-            "(memory (export \"memory\") 1 64)",
-        ),
+    let bounded = GROW_UNTIL_REFUSED.replace(
+        "(memory (export \"memory\") 1)",
+        "(memory (export \"memory\") 1 64)",
     );
-    let ran = run_container(&rt, pod("nolimit"), container("grow", &image, &[]))
-        .await
-        .unwrap();
-    assert_eq!(
-        (ran.exit.code, ran.exit.reason),
-        (134, ExitReason::Error),
-        "{:?}",
-        ran.exit
-    );
+    let ran = run_wat_limited(&bounded, None).await;
+    assert_exit(&ran.exit, 134, ExitReason::Error);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_within_reach_lets_the_guest_finish() {
     // The module grows to 16 pages (1 MiB) and exits 0; a 2 MiB limit does not get in its way.
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
-    let image = wat_file(
-        tmp.path(),
-        "grow16.wasm",
-        r#"(module
+    let grow16 = r#"(module
   (memory (export "memory") 1)
   (func (export "_start")
-    (if (i32.eq (memory.grow (i32.const 15)) (i32.const -1)) (then unreachable))))"#,
-    );
-    let mut c = container("fits", &image, &[]);
-    c.memory_limit = Some(2 << 20);
-    let ran = run_container(&rt, pod("fits"), c).await.unwrap();
-    assert_eq!(
-        (ran.exit.code, ran.exit.reason),
-        (0, ExitReason::Completed),
-        "{:?}",
-        ran.exit
-    );
+    (if (i32.eq (memory.grow (i32.const 15)) (i32.const -1)) (then unreachable))))"#;
+    let ran = run_wat_limited(grow16, Some(2 << 20)).await;
+    assert_exit(&ran.exit, 0, ExitReason::Completed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_whose_initial_memory_exceeds_the_limit_is_oom_killed() {
     // The Rust guests start with more than 64 KiB of memory.
     for kind in ["p1", "p2"] {
-        let tmp = tempfile::tempdir().unwrap();
-        let rt = runtime(&tmp.path().join("state"));
-        let mut c = container("small", &wasm(&format!("hello.{kind}")), &[]);
-        c.memory_limit = Some(64 << 10);
-        let ran = run_container(&rt, pod("small"), c).await.unwrap();
+        let (_tmp, rt) = temp_runtime();
+        let hello = wasm(&format!("hello.{kind}"));
+        let ran = run_limited(&rt, "small", &hello, Some(64 << 10)).await;
         assert_eq!(
             ran.exit.reason,
             ExitReason::OomKilled,
@@ -107,14 +97,15 @@ async fn a_guest_whose_initial_memory_exceeds_the_limit_is_oom_killed() {
 async fn the_limit_applies_to_each_run_afresh() {
     // Two runs of the same configuration in one runtime: both within the limit. (Usage from
     // one run must not count against the next.)
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (_tmp, rt) = temp_runtime();
     for i in 0..2 {
-        let mut c = container("hello", &wasm("hello.p1"), &[]);
-        c.memory_limit = Some(16 << 20);
-        let ran = run_container(&rt, pod(&format!("again-{i}")), c)
-            .await
-            .unwrap();
+        let ran = run_limited(
+            &rt,
+            &format!("again-{i}"),
+            &wasm("hello.p1"),
+            Some(16 << 20),
+        )
+        .await;
         assert_eq!(ran.exit.code, 0, "run {i}: {:?}", ran.exit);
     }
 }

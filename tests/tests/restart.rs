@@ -43,65 +43,92 @@ fn manifest(yaml: &str, logs: &Path) -> PodManifest {
     m
 }
 
-async fn run(
-    yaml: &str,
-    logs: &Path,
-    shutdown: impl std::future::Future<Output = ()>,
-    opts: &RunnerOptions,
-) -> PodReport {
-    let state = tempfile::tempdir().unwrap();
-    let rt = runtime(state.path());
-    within(
-        60,
-        "the pod to finish",
-        runner::run_pod(&rt, manifest(yaml, logs), shutdown, opts),
-    )
-    .await
-    .unwrap()
+/// One test's setup: a log directory for the pod, fast back-off options, and the events the
+/// runner reports through them.
+struct Harness {
+    logs: tempfile::TempDir,
+    opts: RunnerOptions,
+    events: Events,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let (opts, events) = options();
+        Self {
+            logs: tempfile::tempdir().unwrap(),
+            opts,
+            events,
+        }
+    }
+
+    /// The records of `<log dir>/<rel>` (`<name>/<attempt>.log`).
+    fn log(&self, rel: &str) -> Vec<LogRecord> {
+        read_log(&self.logs.path().join(rel))
+    }
+
+    /// A shutdown signal that fires once the runner has reported `n` restarts.
+    fn after_restarts(&self, n: usize) -> impl std::future::Future<Output = ()> {
+        let mut restarts = self.events.restarts.clone();
+        async move {
+            restarts.wait_for(|count| *count >= n).await.unwrap();
+        }
+    }
+
+    /// Runs the pod in a fresh runtime until `shutdown` or until it ends by itself.
+    async fn run(&self, yaml: &str, shutdown: impl std::future::Future<Output = ()>) -> PodReport {
+        let state = tempfile::tempdir().unwrap();
+        let rt = runtime(state.path());
+        within(
+            60,
+            "the pod to finish",
+            runner::run_pod(&rt, manifest(yaml, self.logs.path()), shutdown, &self.opts),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Runs the pod until all its containers are done (no shutdown).
+    async fn run_to_end(&self, yaml: &str) -> PodReport {
+        self.run(yaml, std::future::pending()).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_failure_restarts_a_failing_container_until_shutdown() {
-    let logs = tempfile::tempdir().unwrap();
-    let (opts, events) = options();
-    let mut restarts = events.restarts.clone();
-    let shutdown = async move {
-        restarts.wait_for(|n| *n >= 3).await.unwrap();
-    };
-    let report = run(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: crashy}
-spec:
-  restartPolicy: OnFailure
+    let h = Harness::new();
+    let shutdown = h.after_restarts(3);
+    let report = h
+        .run(
+            &pod_yaml(
+                "crashy",
+                "OnFailure",
+                r#"
   containers:
     - {name: fail, image: exit-code.p1.wasm, args: ["4"]}
 "#,
-        logs.path(),
-        shutdown,
-        &opts,
-    )
-    .await;
+            ),
+            shutdown,
+        )
+        .await;
     let c = &report.containers[0];
     assert!(
         c.restarts >= 2,
         "restarted at least twice: {c:?} {:?}",
-        events.all
+        h.events.all
     );
     let exit = c.exit.as_ref().unwrap();
-    assert_eq!((exit.code, exit.reason), (4, ExitReason::Error));
+    assert_exit(exit, 4, ExitReason::Error);
     assert_eq!(report.exit_code(), 4);
     // Each attempt logs to its own file: <name>/<attempt>.log.
     for attempt in 0..=c.restarts.min(2) {
-        let log = read_log(&logs.path().join(format!("fail/{attempt}.log")));
+        let log = h.log(&format!("fail/{attempt}.log"));
         assert_eq!(
             stream_text(&log, "stdout"),
             "exiting with 4\n",
             "attempt {attempt}"
         );
     }
-    let all = events.all.lock().unwrap();
+    let all = h.events.all.lock().unwrap();
     let restarting: Vec<_> = all
         .iter()
         .filter(|(_, m)| m.contains("restarting"))
@@ -116,53 +143,41 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_failure_does_not_restart_success() {
-    let logs = tempfile::tempdir().unwrap();
-    let (opts, events) = options();
-    let report = run(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: fine}
-spec:
-  restartPolicy: OnFailure
+    let h = Harness::new();
+    let report = h
+        .run_to_end(&pod_yaml(
+            "fine",
+            "OnFailure",
+            r#"
   containers:
     - {name: ok, image: exit-code.p2.wasm, args: ["0"]}
 "#,
-        logs.path(),
-        std::future::pending(),
-        &opts,
-    )
-    .await;
+        ))
+        .await;
     let c = &report.containers[0];
-    assert_eq!(c.restarts, 0, "{:?}", events.all);
+    assert_eq!(c.restarts, 0, "{:?}", h.events.all);
     assert_eq!(c.exit.as_ref().unwrap().reason, ExitReason::Completed);
     assert_eq!(report.exit_code(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn always_restarts_even_a_successful_container() {
-    let logs = tempfile::tempdir().unwrap();
-    let (opts, events) = options();
-    let mut restarts = events.restarts.clone();
+    let h = Harness::new();
     // The shutdown may land during the back-off after the 3rd exit: 2 restarts done by then.
-    let shutdown = async move {
-        restarts.wait_for(|n| *n >= 3).await.unwrap();
-    };
-    let report = run(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: again}
-spec:
-  restartPolicy: Always
+    let shutdown = h.after_restarts(3);
+    let report = h
+        .run(
+            &pod_yaml(
+                "again",
+                "Always",
+                r#"
   containers:
     - {name: hello, image: hello.p1.wasm}
 "#,
-        logs.path(),
-        shutdown,
-        &opts,
-    )
-    .await;
+            ),
+            shutdown,
+        )
+        .await;
     let c = &report.containers[0];
     assert!(c.restarts >= 2, "{c:?}");
     assert_eq!(c.exit.as_ref().unwrap().code, 0);
@@ -171,45 +186,36 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_does_not_restart_and_reports_the_code() {
-    let logs = tempfile::tempdir().unwrap();
-    let (opts, events) = options();
-    let report = run(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: once}
-spec:
-  restartPolicy: Never
+    let h = Harness::new();
+    let report = h
+        .run_to_end(&pod_yaml(
+            "once",
+            "Never",
+            r#"
   containers:
     - {name: fail, image: exit-code.p1.wasm, args: ["5"]}
 "#,
-        logs.path(),
-        std::future::pending(),
-        &opts,
-    )
-    .await;
+        ))
+        .await;
     let c = &report.containers[0];
     assert_eq!(c.restarts, 0);
     let exit = c.exit.as_ref().unwrap();
-    assert_eq!((exit.code, exit.reason), (5, ExitReason::Error));
+    assert_exit(exit, 5, ExitReason::Error);
     assert_eq!(report.exit_code(), 5);
-    assert_eq!(*events.restarts.borrow(), 0, "{:?}", events.all);
-    assert!(!logs.path().join("fail/1.log").exists());
+    assert_eq!(*h.events.restarts.borrow(), 0, "{:?}", h.events.all);
+    assert!(!h.logs.path().join("fail/1.log").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_containers_run_in_order_before_the_app() {
-    let logs = tempfile::tempdir().unwrap();
-    let (opts, _events) = options();
+    let h = Harness::new();
     // init-a makes the file; init-b must see it (it reads before appending); the app must
     // see both, so it ran after both.
-    let report = run(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: inits}
-spec:
-  restartPolicy: Never
+    let report = h
+        .run_to_end(&pod_yaml(
+            "inits",
+            "Never",
+            r#"
   volumes: [{name: data, emptyDir: {}}]
   initContainers:
     - name: init-a
@@ -226,11 +232,8 @@ spec:
       args: [read, /data/order]
       volumeMounts: [{name: data, mountPath: /data, readOnly: true}]
 "#,
-        logs.path(),
-        std::future::pending(),
-        &opts,
-    )
-    .await;
+        ))
+        .await;
     let names: Vec<_> = report
         .containers
         .iter()
@@ -240,24 +243,21 @@ spec:
     for c in &report.containers {
         assert_eq!(c.exit.as_ref().unwrap().code, 0, "{c:?}");
     }
-    let app = read_log(&logs.path().join("app/0.log"));
+    let app = h.log("app/0.log");
     assert_eq!(stream_text(&app, "stdout"), "ab\n");
-    let b = read_log(&logs.path().join("init-b/0.log"));
+    let b = h.log("init-b/0.log");
     assert_eq!(stream_text(&b, "stdout"), "a\n");
     assert_eq!(report.exit_code(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_init_container_with_never_stops_the_pod() {
-    let logs = tempfile::tempdir().unwrap();
-    let (opts, _events) = options();
-    let report = run(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: badinit}
-spec:
-  restartPolicy: Never
+    let h = Harness::new();
+    let report = h
+        .run_to_end(&pod_yaml(
+            "badinit",
+            "Never",
+            r#"
   initContainers:
     - {name: first, image: exit-code.p1.wasm, args: ["9"]}
     - {name: second, image: hello.p1.wasm}
@@ -265,17 +265,14 @@ spec:
     - {name: app, image: hello.p1.wasm}
     - {name: app2, image: hello.p2.wasm}
 "#,
-        logs.path(),
-        std::future::pending(),
-        &opts,
-    )
-    .await;
+        ))
+        .await;
     let first = &report.containers[0];
     assert_eq!(first.exit.as_ref().unwrap().code, 9);
     assert_eq!(first.restarts, 0);
     for c in &report.containers[1..] {
         assert!(c.exit.is_none(), "{} never ran: {c:?}", c.name);
-        let log = read_log(&logs.path().join(&c.name).join("0.log"));
+        let log = h.log(&format!("{}/0.log", c.name));
         assert!(
             log.is_empty(),
             "{} logged nothing: it never ran: {log:?}",
@@ -287,29 +284,23 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_init_container_with_on_failure_is_retried() {
-    let logs = tempfile::tempdir().unwrap();
-    let (opts, events) = options();
-    let mut restarts = events.restarts.clone();
-    let shutdown = async move {
-        restarts.wait_for(|n| *n >= 2).await.unwrap();
-    };
-    let report = run(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: retryinit}
-spec:
-  restartPolicy: OnFailure
+    let h = Harness::new();
+    let shutdown = h.after_restarts(2);
+    let report = h
+        .run(
+            &pod_yaml(
+                "retryinit",
+                "OnFailure",
+                r#"
   initContainers:
     - {name: init, image: exit-code.p1.wasm, args: ["2"]}
   containers:
     - {name: app, image: hello.p1.wasm}
 "#,
-        logs.path(),
-        shutdown,
-        &opts,
-    )
-    .await;
+            ),
+            shutdown,
+        )
+        .await;
     assert!(report.containers[0].restarts >= 1, "{report:?}");
     assert!(report.containers[1].exit.is_none(), "{report:?}");
     assert_eq!(report.exit_code(), 2);
@@ -317,17 +308,14 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_exit_code_is_the_first_failure() {
-    let logs = tempfile::tempdir().unwrap();
-    let (opts, _events) = options();
+    let h = Harness::new();
     // "late" fails after its 1 s timeout, "early" fails at once: the pod's code is early's,
     // although late comes first in the manifest.
-    let report = run(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: codes}
-spec:
-  restartPolicy: Never
+    let report = h
+        .run_to_end(&pod_yaml(
+            "codes",
+            "Never",
+            r#"
   volumes: [{name: data, emptyDir: {}}]
   containers:
     - name: late
@@ -337,11 +325,8 @@ spec:
     - {name: fine, image: hello.p2.wasm}
     - {name: early, image: exit-code.p1.wasm, args: ["6"]}
 "#,
-        logs.path(),
-        std::future::pending(),
-        &opts,
-    )
-    .await;
+        ))
+        .await;
     let codes: Vec<_> = report
         .containers
         .iter()
@@ -351,52 +336,45 @@ spec:
     assert_eq!(report.exit_code(), 6);
 
     // All succeed: 0.
-    let report = run(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: allgood}
-spec:
-  restartPolicy: Never
+    let report = h
+        .run_to_end(&pod_yaml(
+            "allgood",
+            "Never",
+            r#"
   containers:
     - {name: a, image: hello.p1.wasm}
     - {name: b, image: hello.p2.wasm}
     - {name: c, image: exit-code.p2.wasm, args: ["0"]}
 "#,
-        logs.path(),
-        std::future::pending(),
-        &opts,
-    )
-    .await;
+        ))
+        .await;
     assert_eq!(report.exit_code(), 0, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_gives_the_grace_period_then_kills() {
-    let logs = tempfile::tempdir().unwrap();
-    let (opts, events) = options();
+    let h = Harness::new();
     let (tx, mut rx) = watch::channel(false);
     let state = tempfile::tempdir().unwrap();
     let rt = runtime(state.path());
     let mut live = rt.subscribe_logs();
     let m = manifest(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: forever}
-spec:
-  restartPolicy: Always
+        &pod_yaml(
+            "forever",
+            "Always",
+            r#"
   terminationGracePeriodSeconds: 0
   containers:
     - {name: ticker, image: forever.p1.wasm}
     - {name: spinner, image: forever.p2.wasm, args: ["--spin"]}
 "#,
-        logs.path(),
+        ),
+        h.logs.path(),
     );
     let shutdown = async move {
         rx.wait_for(|v| *v).await.unwrap();
     };
-    let run = runner::run_pod(&rt, m, shutdown, &opts);
+    let run = runner::run_pod(&rt, m, shutdown, &h.opts);
     let trigger = async {
         // Shut down once both guests have printed.
         let mut seen = std::collections::HashSet::new();
@@ -420,14 +398,14 @@ spec:
     }
     assert_eq!(report.exit_code(), 137);
     assert!(
-        events
+        h.events
             .all
             .lock()
             .unwrap()
             .iter()
             .any(|(n, m)| n == "pod" && m.contains("stopping")),
         "{:?}",
-        events.all
+        h.events.all
     );
     // The pod is removed once run_pod returns.
     assert!(rt.pods().is_empty());

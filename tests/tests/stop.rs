@@ -18,12 +18,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Creates and starts `image args` in a new pod; waits until its first stdout line.
 async fn start_and_wait_for_output(rt: &Arc<Runtime>, image: &str, args: &[&str]) -> String {
     let mut live = rt.subscribe_logs();
-    let pod_id = rt.run_pod(pod("stop")).unwrap();
-    let id = rt
-        .create_container(&pod_id, container("guest", &wasm(image), args))
-        .await
-        .unwrap();
-    rt.start_container(&id).unwrap();
+    let id = start_in_new_pod(rt, "stop", container("guest", &wasm(image), args)).await;
     within(30, "the guest's first line", async {
         loop {
             let line = live.recv().await.unwrap();
@@ -33,11 +28,16 @@ async fn start_and_wait_for_output(rt: &Arc<Runtime>, image: &str, args: &[&str]
         }
     })
     .await;
-    assert!(matches!(
-        rt.container(&id).unwrap().state(),
-        ContainerState::Running { .. }
-    ));
+    assert!(is_running(rt, &id));
     id
+}
+
+/// Whether container `id` is running (started, not yet exited).
+fn is_running(rt: &Arc<Runtime>, id: &str) -> bool {
+    matches!(
+        rt.container(id).unwrap().state(),
+        ContainerState::Running { .. }
+    )
 }
 
 /// CPU time the process uses over about a second, with nothing of ours meant to run.
@@ -47,17 +47,27 @@ async fn idle_cpu_over_a_second() -> Duration {
     process_cpu_time() - before
 }
 
+/// Fails if the process used half a second of CPU in the second after `event` (a kill, say):
+/// a thread would still be running a guest.
+async fn assert_idle_after(event: &str) {
+    let cpu = idle_cpu_over_a_second().await;
+    assert!(
+        cpu < Duration::from_millis(500),
+        "{cpu:?} of CPU used in the second after {event}"
+    );
+}
+
+/// Stops container `id` with `grace`, failing the test if that hangs.
+async fn stop(rt: &Arc<Runtime>, id: &str, grace: Duration) {
+    within(30, "stop_container", rt.stop_container(id, grace))
+        .await
+        .unwrap();
+}
+
 async fn killed_after_grace(image: &str, args: &[&str]) {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (_tmp, rt) = temp_runtime();
     let id = start_and_wait_for_output(&rt, image, args).await;
-    within(
-        30,
-        "stop_container",
-        rt.stop_container(&id, Duration::from_millis(200)),
-    )
-    .await
-    .unwrap();
+    stop(&rt, &id, Duration::from_millis(200)).await;
     let c = rt.container(&id).unwrap();
     let ContainerState::Exited { exit, .. } = c.state() else {
         panic!("{image}: stop_container returned before the guest exited");
@@ -73,11 +83,7 @@ async fn killed_after_grace(image: &str, args: &[&str]) {
     assert!(last.text.starts_with("wasmpod: "), "{log:?}");
     assert!(last.text.contains("grace period"), "{log:?}");
     // Once killed, nothing of the guest runs on: the process is (nearly) idle.
-    let cpu = idle_cpu_over_a_second().await;
-    assert!(
-        cpu < Duration::from_millis(500),
-        "{image}: {cpu:?} of CPU used in the second after the kill: a thread still runs the guest"
-    );
+    assert_idle_after(&format!("the kill of {image}")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,40 +108,23 @@ async fn spinning_p1_guest_is_killed_after_grace_and_stops_using_cpu() {
 async fn spinning_wat_loop_is_killed() {
     // A loop with no call at all, not even to the Rust standard library.
     let _serial = SERIAL.lock().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (tmp, rt) = temp_runtime();
     let image = wat_file(
         tmp.path(),
         "loop.wasm",
         r#"(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))"#,
     );
-    let pod_id = rt.run_pod(pod("loop")).unwrap();
-    let id = rt
-        .create_container(&pod_id, container("loop", &image, &[]))
-        .await
-        .unwrap();
-    rt.start_container(&id).unwrap();
-    within(
-        30,
-        "stop_container",
-        rt.stop_container(&id, Duration::from_millis(200)),
-    )
-    .await
-    .unwrap();
+    let id = start_in_new_pod(&rt, "loop", container("loop", &image, &[])).await;
+    stop(&rt, &id, Duration::from_millis(200)).await;
     let exit = rt.wait_container(&id).await.unwrap();
-    assert_eq!((exit.code, exit.reason), (137, ExitReason::Killed));
-    let cpu = idle_cpu_over_a_second().await;
-    assert!(
-        cpu < Duration::from_millis(500),
-        "{cpu:?} of CPU used in the second after the kill"
-    );
+    assert_exit(&exit, 137, ExitReason::Killed);
+    assert_idle_after("the kill").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_exiting_within_its_grace_is_not_killed() {
     let _serial = SERIAL.lock().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (_tmp, rt) = temp_runtime();
     // The reader polls for a file a writer in the same pod fills, then exits 0 by itself:
     // stopping it with a long grace waits for that instead of killing it.
     let mut p = pod("graceful");
@@ -157,41 +146,25 @@ async fn guest_exiting_within_its_grace_is_not_killed() {
     .await
     .unwrap();
     let exit = rt.wait_container(&reader).await.unwrap();
-    assert_eq!(
-        (exit.code, exit.reason),
-        (0, ExitReason::Completed),
-        "{exit:?}"
-    );
+    assert_exit(&exit, 0, ExitReason::Completed);
 
     // hello stopped right after it started: it finishes on its own.
-    let pod_id = rt.run_pod(pod("hello")).unwrap();
-    let id = rt
-        .create_container(&pod_id, container("hello", &wasm("hello.p2"), &[]))
-        .await
-        .unwrap();
-    rt.start_container(&id).unwrap();
+    let id = start_in_new_pod(&rt, "hello", container("hello", &wasm("hello.p2"), &[])).await;
     rt.stop_container(&id, Duration::from_secs(30))
         .await
         .unwrap();
     let exit = rt.wait_container(&id).await.unwrap();
-    assert_eq!(
-        (exit.code, exit.reason),
-        (0, ExitReason::Completed),
-        "{exit:?}"
-    );
+    assert_exit(&exit, 0, ExitReason::Completed);
     assert!(exit.message.is_empty(), "{exit:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_grace_kills_at_once() {
     let _serial = SERIAL.lock().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (_tmp, rt) = temp_runtime();
     for (image, args) in [("forever.p1", &[][..]), ("forever.p2", &["--spin"][..])] {
         let id = start_and_wait_for_output(&rt, image, args).await;
-        within(30, "stop_container", rt.stop_container(&id, Duration::ZERO))
-            .await
-            .unwrap();
+        stop(&rt, &id, Duration::ZERO).await;
         let exit = rt.wait_container(&id).await.unwrap();
         assert_eq!(
             (exit.code, exit.reason),
@@ -204,19 +177,12 @@ async fn zero_grace_kills_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_one_container_leaves_its_neighbour_running() {
     let _serial = SERIAL.lock().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (_tmp, rt) = temp_runtime();
     let a = start_and_wait_for_output(&rt, "forever.p1", &[]).await;
     let b = start_and_wait_for_output(&rt, "forever.p2", &["--spin"]).await;
     rt.stop_container(&b, Duration::ZERO).await.unwrap();
     assert_eq!(rt.wait_container(&b).await.unwrap().code, 137);
-    assert!(
-        matches!(
-            rt.container(&a).unwrap().state(),
-            ContainerState::Running { .. }
-        ),
-        "the other container still runs"
-    );
+    assert!(is_running(&rt, &a), "the other container still runs");
     // It keeps ticking after its neighbour died.
     let mut live = rt.subscribe_logs();
     within(30, "another tick", async {
@@ -234,7 +200,7 @@ async fn stopping_one_container_leaves_its_neighbour_running() {
         .await
         .unwrap();
     let exit = rt.wait_container(&a).await.unwrap();
-    assert_eq!((exit.code, exit.reason), (137, ExitReason::Killed));
+    assert_exit(&exit, 137, ExitReason::Killed);
     rt.stop_container(&a, Duration::ZERO).await.unwrap();
     assert_eq!(rt.wait_container(&a).await.unwrap(), exit);
 }
@@ -242,19 +208,14 @@ async fn stopping_one_container_leaves_its_neighbour_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_running_container_kills_it() {
     let _serial = SERIAL.lock().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (_tmp, rt) = temp_runtime();
     let id = start_and_wait_for_output(&rt, "forever.p2", &["--spin"]).await;
     let c = rt.container(&id).unwrap();
     rt.remove_container(&id).await.unwrap();
     assert!(rt.container(&id).is_err(), "the container is gone");
     let exit = c.wait().await;
-    assert_eq!((exit.code, exit.reason), (137, ExitReason::Killed));
-    let cpu = idle_cpu_over_a_second().await;
-    assert!(
-        cpu < Duration::from_millis(500),
-        "{cpu:?} of CPU used in the second after the removal"
-    );
+    assert_exit(&exit, 137, ExitReason::Killed);
+    assert_idle_after("the removal").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,8 +223,7 @@ async fn spinning_guests_do_not_starve_others() {
     // More spinning guests than worker threads: a short guest started after them still gets
     // to run and finish (each spinner yields at every epoch tick).
     let _serial = SERIAL.lock().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (_tmp, rt) = temp_runtime();
     let mut spinners = Vec::new();
     for _ in 0..4 {
         spinners.push(start_and_wait_for_output(&rt, "forever.p1", &["--spin"]).await);
@@ -279,18 +239,11 @@ async fn spinning_guests_do_not_starve_others() {
     )
     .await
     .unwrap();
-    assert_eq!((ran.exit.code, ran.exit.reason), (0, ExitReason::Completed));
+    assert_exit(&ran.exit, 0, ExitReason::Completed);
     for id in &spinners {
-        assert!(matches!(
-            rt.container(id).unwrap().state(),
-            ContainerState::Running { .. }
-        ));
+        assert!(is_running(&rt, id));
         rt.stop_container(id, Duration::ZERO).await.unwrap();
         assert_eq!(rt.wait_container(id).await.unwrap().code, 137);
     }
-    let cpu = idle_cpu_over_a_second().await;
-    assert!(
-        cpu < Duration::from_millis(500),
-        "{cpu:?} of CPU used in the second after killing the spinners"
-    );
+    assert_idle_after("killing the spinners").await;
 }

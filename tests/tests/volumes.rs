@@ -1,6 +1,7 @@
 //! Volumes: emptyDir (disk and memory, shared, sizeLimit eviction), hostPath kinds, readOnly
 //! mounts, subPath, and single-file mounts.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -8,7 +9,8 @@ use wasmpod_runtime::error::ErrorKind;
 use wasmpod_runtime::exit::ExitReason;
 use wasmpod_runtime::manifest::PodManifest;
 use wasmpod_runtime::runner::{self, RunnerOptions};
-use wasmpod_runtime::spec::{HostPathKind, Medium};
+use wasmpod_runtime::runtime::Runtime;
+use wasmpod_runtime::spec::{HostPathKind, Medium, MountSpec, VolumeSpec};
 use wasmpod_tests::*;
 
 /// The errnos (WASI numbering) a write to a read-only mount may fail with:
@@ -24,10 +26,40 @@ fn assert_read_only_error(ran: &Ran, what: &str) {
     );
 }
 
+/// Runs fsprobe.`kind` with `args` over one volume and its one mount.
+async fn fsprobe(
+    rt: &Arc<Runtime>,
+    kind: &str,
+    args: &[&str],
+    volume: VolumeSpec,
+    mount: MountSpec,
+) -> Ran {
+    run_guest(
+        rt,
+        &wasm(&format!("fsprobe.{kind}")),
+        args,
+        vec![volume],
+        vec![mount],
+    )
+    .await
+}
+
+/// Makes host directory `<tmp>/<name>` holding `files` (paths relative to it, with their
+/// parents, and contents) for a test to mount.
+fn host_dir(tmp: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = tmp.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    for (rel, contents) in files {
+        let path = dir.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+    }
+    dir
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_volume_example_writer_and_reader_side_by_side() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (tmp, rt) = temp_runtime();
     let mut manifest = PodManifest::from_file(&example("shared-volume/pod.yaml")).unwrap();
     let logs = tmp.path().join("logs");
     manifest.pod.log_directory = Some(logs.clone());
@@ -74,8 +106,7 @@ async fn shared_volume_example_writer_and_reader_side_by_side() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_empty_dir_lives_in_dev_shm_while_the_pod_runs() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (_tmp, rt) = temp_runtime();
     let mut p = pod("shm");
     p.volumes = vec![empty_dir("cache", Medium::Memory, None)];
     let pod_id = rt.run_pod(p).unwrap();
@@ -114,8 +145,7 @@ async fn memory_empty_dir_lives_in_dev_shm_while_the_pod_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_dir_over_size_limit_evicts_every_container() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (tmp, rt) = temp_runtime();
     let writer = wasm("writer.p1");
     let ticker = wasm("forever.p1");
     let yaml = format!(
@@ -180,14 +210,11 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_path_directory_is_shared_with_the_host() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
-    let host = tmp.path().join("host");
-    std::fs::create_dir(&host).unwrap();
-    std::fs::write(host.join("in.txt"), "from the host").unwrap();
-    let ran = run_guest(
+    let (tmp, rt) = temp_runtime();
+    let host = host_dir(tmp.path(), "host", &[("in.txt", "from the host")]);
+    let ran = fsprobe(
         &rt,
-        &wasm("fsprobe.p1"),
+        "p1",
         &[
             "read",
             "/host/in.txt",
@@ -196,8 +223,8 @@ async fn host_path_directory_is_shared_with_the_host() {
             "/host/out.txt",
             "from the guest",
         ],
-        vec![host_path("h", &host, HostPathKind::Directory)],
-        vec![mount("h", None, "/host", false)],
+        host_path("h", &host, HostPathKind::Directory),
+        mount("h", None, "/host", false),
     )
     .await;
     assert_eq!(ran.exit.code, 0, "{:?}", ran.log);
@@ -231,15 +258,14 @@ async fn host_path_directory_is_shared_with_the_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_path_directory_or_create_makes_the_directory() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (tmp, rt) = temp_runtime();
     let made = tmp.path().join("made/on/demand");
-    let ran = run_guest(
+    let ran = fsprobe(
         &rt,
-        &wasm("fsprobe.p2"),
+        "p2",
         &["write", "/made/file", "hi"],
-        vec![host_path("m", &made, HostPathKind::DirectoryOrCreate)],
-        vec![mount("m", None, "/made", false)],
+        host_path("m", &made, HostPathKind::DirectoryOrCreate),
+        mount("m", None, "/made", false),
     )
     .await;
     assert_eq!(ran.exit.code, 0, "{:?}", ran.log);
@@ -249,16 +275,15 @@ async fn host_path_directory_or_create_makes_the_directory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_path_file_is_mounted_as_a_single_file() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (tmp, rt) = temp_runtime();
     let file = tmp.path().join("app.conf");
     std::fs::write(&file, "key=value\n").unwrap();
-    let ran = run_guest(
+    let ran = fsprobe(
         &rt,
-        &wasm("fsprobe.p1"),
+        "p1",
         &["read", "/config/app.conf", "--", "ls", "/config"],
-        vec![host_path("conf", &file, HostPathKind::File)],
-        vec![mount("conf", None, "/config/app.conf", true)],
+        host_path("conf", &file, HostPathKind::File),
+        mount("conf", None, "/config/app.conf", true),
     )
     .await;
     assert_eq!(ran.exit.code, 0, "{:?}", ran.log);
@@ -274,12 +299,12 @@ async fn host_path_file_is_mounted_as_a_single_file() {
     let err = rt.run_pod(p).unwrap_err();
     assert!(err.message.contains("not a file"), "{err}");
     let new = tmp.path().join("created.txt");
-    let ran = run_guest(
+    let ran = fsprobe(
         &rt,
-        &wasm("fsprobe.p1"),
+        "p1",
         &["stat", "/x/created.txt"],
-        vec![host_path("f", &new, HostPathKind::FileOrCreate)],
-        vec![mount("f", None, "/x/created.txt", true)],
+        host_path("f", &new, HostPathKind::FileOrCreate),
+        mount("f", None, "/x/created.txt", true),
     )
     .await;
     assert_eq!(ran.exit.code, 0, "{:?}", ran.log);
@@ -288,11 +313,8 @@ async fn host_path_file_is_mounted_as_a_single_file() {
 }
 
 async fn read_only_directory_mount(kind: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
-    let host = tmp.path().join("ro");
-    std::fs::create_dir(&host).unwrap();
-    std::fs::write(host.join("keep.txt"), "original").unwrap();
+    let (tmp, rt) = temp_runtime();
+    let host = host_dir(tmp.path(), "ro", &[("keep.txt", "original")]);
     let probe = wasm(&format!("fsprobe.{kind}"));
     let vols = || vec![host_path("ro", &host, HostPathKind::Directory)];
     let mounts = || vec![mount("ro", None, "/ro", true)];
@@ -323,26 +345,19 @@ async fn read_only_directory_mount(kind: &str) {
     assert_eq!(names, ["keep.txt"], "{kind}: nothing was created");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_only_mount_refuses_writes_p1() {
-    read_only_directory_mount("p1").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_only_mount_refuses_writes_p2() {
-    read_only_directory_mount("p2").await;
-}
+p1_and_p2_tests!(
+    read_only_directory_mount =>
+    read_only_mount_refuses_writes_p1,
+    read_only_mount_refuses_writes_p2
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sub_path_mounts_a_subdirectory_and_creates_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
-    let host = tmp.path().join("vol");
-    std::fs::create_dir(&host).unwrap();
-    std::fs::write(host.join("top.txt"), "top").unwrap();
-    let ran = run_guest(
+    let (tmp, rt) = temp_runtime();
+    let host = host_dir(tmp.path(), "vol", &[("top.txt", "top")]);
+    let ran = fsprobe(
         &rt,
-        &wasm("fsprobe.p1"),
+        "p1",
         &[
             "write",
             "/sub/inner.txt",
@@ -354,8 +369,8 @@ async fn sub_path_mounts_a_subdirectory_and_creates_it() {
             "exists",
             "/sub/top.txt",
         ],
-        vec![host_path("v", &host, HostPathKind::Directory)],
-        vec![mount("v", Some("a/b"), "/sub", false)],
+        host_path("v", &host, HostPathKind::Directory),
+        mount("v", Some("a/b"), "/sub", false),
     )
     .await;
     assert_eq!(ran.exit.code, 0, "{:?}", ran.log);
@@ -395,17 +410,14 @@ async fn sub_path_mounts_a_subdirectory_and_creates_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sub_path_to_a_file_mounts_that_file() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
-    let host = tmp.path().join("vol");
-    std::fs::create_dir_all(host.join("conf")).unwrap();
-    std::fs::write(host.join("conf/app.ini"), "[app]\n").unwrap();
-    let ran = run_guest(
+    let (tmp, rt) = temp_runtime();
+    let host = host_dir(tmp.path(), "vol", &[("conf/app.ini", "[app]\n")]);
+    let ran = fsprobe(
         &rt,
-        &wasm("fsprobe.p1"),
+        "p1",
         &["read", "/etc/app.ini"],
-        vec![host_path("v", &host, HostPathKind::Directory)],
-        vec![mount("v", Some("conf/app.ini"), "/etc/app.ini", true)],
+        host_path("v", &host, HostPathKind::Directory),
+        mount("v", Some("conf/app.ini"), "/etc/app.ini", true),
     )
     .await;
     assert_eq!(ran.exit.code, 0, "{:?}", ran.log);
@@ -415,8 +427,7 @@ async fn sub_path_to_a_file_mounts_that_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_file_mount_at_etc_hosts() {
     for kind in ["p1", "p2"] {
-        let tmp = tempfile::tempdir().unwrap();
-        let rt = runtime(&tmp.path().join("state"));
+        let (tmp, rt) = temp_runtime();
         let hosts = tmp.path().join("hosts");
         std::fs::write(&hosts, "127.0.0.1 localhost\n10.0.0.7 my-pod\n").unwrap();
         let vols = || vec![host_path("hosts", &hosts, HostPathKind::File)];
@@ -442,8 +453,7 @@ async fn read_only_file_mount_at_etc_hosts() {
 }
 
 async fn termination_log(host_dir: &std::path::Path, kind: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (_tmp, rt) = temp_runtime();
     let term = host_dir.join("termination-log");
     std::fs::write(&term, "").unwrap();
     let ran = run_guest(
@@ -487,8 +497,7 @@ async fn read_only_and_writable_file_mounts_in_one_directory_are_refused() {
     // File mounts of one directory share one preopen, which has one set of permissions: a
     // readOnly file beside a writable one could not stay read-only, so the layout is refused
     // at creation, naming the directory, and nothing on the host changes.
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
+    let (tmp, rt) = temp_runtime();
     let ro = tmp.path().join("ro.conf");
     let rw = tmp.path().join("rw.state");
     std::fs::write(&ro, "read only").unwrap();
@@ -523,17 +532,14 @@ async fn read_only_and_writable_file_mounts_in_one_directory_are_refused() {
 async fn writable_sub_path_file_mount_is_written_back() {
     // A subPath naming a file, mounted writable: the guest's write reaches the file in the
     // volume (the mount source is a pinned descriptor, so it is staged as a copy).
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
-    let host = tmp.path().join("vol");
-    std::fs::create_dir_all(host.join("state")).unwrap();
-    std::fs::write(host.join("state/counter"), "1").unwrap();
-    let ran = run_guest(
+    let (tmp, rt) = temp_runtime();
+    let host = host_dir(tmp.path(), "vol", &[("state/counter", "1")]);
+    let ran = fsprobe(
         &rt,
-        &wasm("fsprobe.p2"),
+        "p2",
         &["read", "/var/counter", "--", "write", "/var/counter", "2"],
-        vec![host_path("v", &host, HostPathKind::Directory)],
-        vec![mount("v", Some("state/counter"), "/var/counter", false)],
+        host_path("v", &host, HostPathKind::Directory),
+        mount("v", Some("state/counter"), "/var/counter", false),
     )
     .await;
     assert_eq!(ran.exit.code, 0, "{:?}", ran.log);
@@ -547,14 +553,9 @@ async fn writable_sub_path_file_mount_is_written_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nested_directory_mounts_each_show_their_own_volume() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(&tmp.path().join("state"));
-    let outer = tmp.path().join("outer");
-    let inner = tmp.path().join("inner");
-    std::fs::create_dir(&outer).unwrap();
-    std::fs::create_dir(&inner).unwrap();
-    std::fs::write(outer.join("o.txt"), "outer").unwrap();
-    std::fs::write(inner.join("i.txt"), "inner").unwrap();
+    let (tmp, rt) = temp_runtime();
+    let outer = host_dir(tmp.path(), "outer", &[("o.txt", "outer")]);
+    let inner = host_dir(tmp.path(), "inner", &[("i.txt", "inner")]);
     let ran = run_guest(
         &rt,
         &wasm("fsprobe.p1"),

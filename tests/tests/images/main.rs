@@ -25,7 +25,7 @@ use wasmpod_runtime::image::{
 };
 use wasmpod_runtime::runtime::{Runtime, RuntimeOptions};
 use wasmpod_runtime::spec::ContainerConfig;
-use wasmpod_tests::{pod, run_container, within, Ran};
+use wasmpod_tests::{pod, run_container, text, within, Ran};
 
 use craft::*;
 use registry::{free_port, FreezingProxy, Pusher, Registry};
@@ -255,10 +255,6 @@ fn cli(node: &Node) -> Command {
 fn output(mut cmd: Command) -> Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn ok(cmd: Command) -> String {
@@ -1166,6 +1162,28 @@ async fn blob_sizes_that_lie_are_refused() {
     }
 }
 
+/// Pushes a one-layer compat image (entrypoint `/app.wasm`) as `<repo>:1`; returns its reference.
+async fn push_one_layer_image(reg: &Registry, repo: &str, layer: Blob) -> String {
+    // Each hostile image has its own config (its diff id), so no two share an image id.
+    let image = Image::new(image_config(&["/app.wasm"], &[layer.digest()]), vec![layer]);
+    let reference = reg.reference(&format!("{repo}:1"));
+    Pusher::new().image(&reference, &image).await;
+    reference
+}
+
+/// Pulls `reference`, checking that nothing was written outside the state directory whether
+/// the pull succeeds or fails.
+async fn pull_confined(node: &Node, reference: &str) -> Result<ImageRecord, Error> {
+    let before = node.outside_state();
+    let result = node.pull_as(reference, &Credentials::default()).await;
+    assert_eq!(
+        node.outside_state(),
+        before,
+        "{reference}: something was written outside the state directory ({result:?})"
+    );
+    result
+}
+
 /// Pushes a one-layer compat image (entrypoint `/app.wasm`) and expects its pull to fail.
 async fn pull_hostile_layer(
     node: &Node,
@@ -1174,19 +1192,13 @@ async fn pull_hostile_layer(
     layer: Blob,
     needles: &[&str],
 ) -> Error {
-    // Each hostile image has its own config (its diff id), so no two share an image id.
-    let image = Image::new(image_config(&["/app.wasm"], &[layer.digest()]), vec![layer]);
-    let reference = reg.reference(&format!("{repo}:1"));
-    Pusher::new().image(&reference, &image).await;
-    let before = node.outside_state();
-    let e = node.pull_err(&reference).await;
+    let reference = push_one_layer_image(reg, repo, layer).await;
+    let e = match pull_confined(node, &reference).await {
+        Ok(r) => panic!("pulling {reference} should fail, got {r:#?}"),
+        Err(e) => e,
+    };
     assert_error(&e, None, needles, repo);
     node.assert_nothing_half_stored(repo);
-    assert_eq!(
-        node.outside_state(),
-        before,
-        "{repo}: something was written outside the state directory"
-    );
     e
 }
 
@@ -1580,16 +1592,8 @@ async fn layer_with_symlink_chain_stays_inside() {
         Entry::file(&format!("d/l/l2/{rel_outside}/pwned"), b"escaped"),
         Entry::file("d/l/l2/pwned-chain", b"escaped"),
     ]);
-    let image = Image::new(image_config(&["/app.wasm"], &[layer.digest()]), vec![layer]);
-    let reference = reg.reference("hostile/chain:1");
-    Pusher::new().image(&reference, &image).await;
-    let before = node.outside_state();
-    let result = node.pull_as(&reference, &Credentials::default()).await;
-    assert_eq!(
-        node.outside_state(),
-        before,
-        "something was written outside the state directory ({result:?})"
-    );
+    let reference = push_one_layer_image(&reg, "hostile/chain", layer).await;
+    let result = pull_confined(&node, &reference).await;
     assert!(!esc.outside.join("pwned").exists());
     match result {
         Err(e) => {
@@ -1621,12 +1625,8 @@ async fn layer_with_symlink_chain_leading_out_is_refused() {
             Entry::symlink("d/l/l2", ".."),
         ]),
     );
-    let image = Image::new(image_config(&["/app.wasm"], &[layer.digest()]), vec![layer]);
-    let reference = reg.reference("hostile/chain-links:1");
-    Pusher::new().image(&reference, &image).await;
-    let before = node.outside_state();
-    let result = node.pull_as(&reference, &Credentials::default()).await;
-    assert_eq!(node.outside_state(), before);
+    let reference = push_one_layer_image(&reg, "hostile/chain-links", layer).await;
+    let result = pull_confined(&node, &reference).await;
     match result {
         Err(e) => {
             assert_error(
