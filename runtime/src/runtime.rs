@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::broadcast;
 
 use crate::container::{
-    Container, ContainerEvent, ContainerState, EventKind, NewContainer, Observer, Prepared,
+    Container, ContainerEvent, ContainerState, ContainerUsage, EventKind, NewContainer, Observer,
+    Prepared,
 };
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -132,11 +133,6 @@ impl Runtime {
         self.container(id)?.reopen_log()
     }
 
-    /// The state directory (image store, pods, AOT cache live under it).
-    pub fn state_dir(&self) -> &Path {
-        &self.state_dir
-    }
-
     /// Every container lifecycle event from now on.
     pub fn subscribe_events(&self) -> broadcast::Receiver<ContainerEvent> {
         self.observer.events.subscribe()
@@ -257,7 +253,8 @@ impl Runtime {
         Ok(())
     }
 
-    fn pod_containers(&self, pod: &Pod) -> Vec<Arc<Container>> {
+    /// The pod's containers, in creation order.
+    pub fn pod_containers(&self, pod: &Pod) -> Vec<Arc<Container>> {
         let all = read(&self.containers);
         pod.container_ids()
             .iter()
@@ -351,6 +348,17 @@ impl Runtime {
         }
         self.observer.changed(&container, EventKind::Created);
         Ok(id)
+    }
+
+    /// What the pod's containers use together.
+    pub fn pod_usage(&self, pod: &Pod) -> ContainerUsage {
+        self.pod_containers(pod).iter().map(|c| c.usage()).fold(
+            ContainerUsage::default(),
+            |a, u| ContainerUsage {
+                memory_bytes: a.memory_bytes + u.memory_bytes,
+                cpu: a.cpu + u.cpu,
+            },
+        )
     }
 
     fn check_unique_name(&self, pod: &Pod, config: &ContainerConfig) -> Result<()> {

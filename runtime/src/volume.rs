@@ -144,7 +144,7 @@ impl PodVolumes {
         names.into_iter().find_map(|name| {
             let v = &self.volumes[name];
             let limit = v.size_limit?;
-            let used = disk_usage(&v.host);
+            let used = disk_usage(&v.host).bytes;
             (used > limit).then(|| {
                 format!("Usage of EmptyDir volume {name:?} exceeds the limit {limit} bytes (used {used} bytes)")
             })
@@ -260,23 +260,29 @@ pub fn normalize_guest_path(path: &str) -> Result<String> {
     Ok(format!("/{}", parts.join("/")))
 }
 
-/// Bytes of disk a directory tree takes (blocks, like `du`), symlinks not followed.
-fn disk_usage(root: &Path) -> u64 {
-    let mut total = 0;
+/// What a directory tree takes on disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Bytes in allocated blocks, like `du`.
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
+/// Measures a directory tree without following symlinks.
+pub fn disk_usage(root: &Path) -> DiskUsage {
+    let mut usage = DiskUsage::default();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let Ok(meta) = entry.metadata() else { continue };
-            total += meta.blocks() * 512;
+            usage.bytes += meta.blocks() * 512;
+            usage.inodes += 1;
             if meta.is_dir() {
                 stack.push(entry.path());
             }
         }
     }
-    total
+    usage
 }
 
 #[cfg(test)]

@@ -559,6 +559,11 @@ impl ImageStore {
         ))
     }
 
+    /// The store's directory and what it takes on disk (for ImageFsInfo).
+    pub fn disk_usage(&self) -> (&Path, crate::volume::DiskUsage) {
+        (&self.root, crate::volume::disk_usage(&self.root))
+    }
+
     pub(crate) fn content(&self) -> &ContentStore {
         &self.content
     }

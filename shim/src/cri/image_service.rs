@@ -118,37 +118,20 @@ impl ImageService for ImageApi {
         &self,
         _: Request<cri::ImageFsInfoRequest>,
     ) -> Result<cri::ImageFsInfoResponse> {
-        let dir = self.rt.state_dir().join("images");
-        let (bytes, inodes) = usage(&dir);
+        let (dir, usage) = self.rt.images().disk_usage();
         let fs = cri::FilesystemUsage {
             timestamp: nanos(SystemTime::now()),
             fs_id: Some(cri::FilesystemIdentifier {
                 mountpoint: dir.display().to_string(),
             }),
-            used_bytes: Some(cri::UInt64Value { value: bytes }),
-            inodes_used: Some(cri::UInt64Value { value: inodes }),
+            used_bytes: Some(cri::UInt64Value { value: usage.bytes }),
+            inodes_used: Some(cri::UInt64Value {
+                value: usage.inodes,
+            }),
         };
         Ok(Response::new(cri::ImageFsInfoResponse {
             image_filesystems: vec![fs],
             container_filesystems: vec![],
         }))
     }
-}
-
-/// Bytes (in blocks, like `du`) and inodes under `root`.
-fn usage(root: &std::path::Path) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    let (mut bytes, mut inodes) = (0, 0);
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            bytes += meta.blocks() * 512;
-            inodes += 1;
-            if meta.is_dir() {
-                stack.push(entry.path());
-            }
-        }
-    }
-    (bytes, inodes)
 }

@@ -118,26 +118,15 @@ impl RuntimeApi {
     }
 
     fn pod_stats(&self, pod: &Pod) -> cri::PodSandboxStats {
-        let containers: Vec<_> = pod
-            .container_ids()
+        let containers = self
+            .rt
+            .pod_containers(pod)
             .iter()
-            .filter_map(|id| self.rt.container(id).ok())
-            .map(|c| self.container_stats(&c))
+            .map(|c| self.container_stats(c))
             .collect();
         let now = nanos(SystemTime::now());
-        let sum = |f: fn(&cri::ContainerStats) -> u64| containers.iter().map(f).sum::<u64>();
-        let cpu = sum(|s| {
-            s.cpu
-                .as_ref()
-                .and_then(|c| c.usage_core_nano_seconds.as_ref())
-                .map_or(0, |v| v.value)
-        });
-        let mem = sum(|s| {
-            s.memory
-                .as_ref()
-                .and_then(|m| m.working_set_bytes.as_ref())
-                .map_or(0, |v| v.value)
-        });
+        let usage = self.rt.pod_usage(pod);
+        let (cpu, mem) = (usage.cpu.as_nanos() as u64, usage.memory_bytes);
         cri::PodSandboxStats {
             attributes: Some(cri::PodSandboxAttributes {
                 id: pod.id.clone(),
@@ -189,11 +178,10 @@ impl RuntimeApi {
             created_at: nanos(e.at),
             pod_sandbox_status: pod.as_ref().map(|p| convert::pod_status(p)),
             containers_statuses: pod
-                .map(|p| p.container_ids())
+                .map(|p| self.rt.pod_containers(&p))
                 .unwrap_or_default()
                 .iter()
-                .filter_map(|id| self.rt.container(id).ok())
-                .map(|c| convert::container_status(&c))
+                .map(|c| convert::container_status(c))
                 .collect(),
         }
     }
@@ -255,10 +243,10 @@ impl RuntimeService for RuntimeApi {
             .rt
             .pod(&r.into_inner().pod_sandbox_id)
             .map_err(status)?;
-        let containers_statuses = pod
-            .container_ids()
+        let containers_statuses = self
+            .rt
+            .pod_containers(&pod)
             .iter()
-            .filter_map(|id| self.rt.container(id).ok())
             .map(|c| convert::container_status(&c))
             .collect();
         Ok(Response::new(cri::PodSandboxStatusResponse {
