@@ -247,7 +247,7 @@ impl RuntimeService for RuntimeApi {
             .rt
             .pod_containers(&pod)
             .iter()
-            .map(|c| convert::container_status(&c))
+            .map(|c| convert::container_status(c))
             .collect();
         Ok(Response::new(cri::PodSandboxStatusResponse {
             status: Some(convert::pod_status(&pod)),
