@@ -12,7 +12,10 @@ fn main() {
     println!("args: {}", args.join(" "));
     // wasmpod passes workingDir as PWD (and wasi:cli initial-cwd); wasi-libc itself starts
     // every program in `/`, so a Rust guest sees it here rather than in current_dir.
-    println!("PWD={}", env::var("PWD").unwrap_or_else(|_| "(unset)".to_string()));
+    println!(
+        "PWD={}",
+        env::var("PWD").unwrap_or_else(|_| "(unset)".to_string())
+    );
     match env::current_dir() {
         Ok(dir) => println!("cwd: {}", dir.display()),
         Err(_) => println!("cwd: (none)"),
