@@ -14,8 +14,14 @@ use crate::error::{Error, Result};
 use crate::exit::{Exit, ExitReason};
 use crate::log::{ContainerLog, LogLine};
 use crate::mounts::GuestFs;
-use crate::spec::ContainerConfig;
+use crate::pod::Pod;
+use crate::spec::{ContainerConfig, Protocol};
 use crate::state::{ContainerRecord, Sync};
+
+/// Names the port a wasi:http container is served on, for CRI clients.
+pub const HTTP_PORT_ANNOTATION: &str = "wasmpod.io/http-port";
+/// Where a wasi:http handler listens when nothing says otherwise.
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
 
 /// Where a container is in its life.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -209,11 +215,32 @@ impl Container {
         }
     }
 
+    /// The port a wasi:http handler is served on: the container's first TCP port, else the
+    /// [`HTTP_PORT_ANNOTATION`] (the CRI carries no container ports), else 8080.
+    fn http_port(&self) -> Result<u16> {
+        if let Some(p) = self
+            .config
+            .ports
+            .iter()
+            .find(|p| p.protocol == Protocol::Tcp)
+        {
+            return Ok(p.container_port);
+        }
+        match self.config.annotations.get(HTTP_PORT_ANNOTATION) {
+            Some(v) => v.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+                Error::invalid(format!(
+                    "annotation {HTTP_PORT_ANNOTATION}: {v:?} is not a port"
+                ))
+            }),
+            None => Ok(DEFAULT_HTTP_PORT),
+        }
+    }
+
     /// Starts the guest as a task on the current tokio runtime.
     pub(crate) fn start(
         self: &Arc<Self>,
         engine: &Arc<Engine>,
-        pod_name: &str,
+        pod: &Pod,
         live: broadcast::Sender<LogLine>,
     ) -> Result<()> {
         let mut run = self.run.lock().unwrap_or_else(|e| e.into_inner());
@@ -231,7 +258,7 @@ impl Container {
             ))
         })?;
         let log = ContainerLog::open(
-            pod_name,
+            &pod.config.name,
             &self.config.name,
             self.log_path.as_deref(),
             Some(live),
@@ -244,6 +271,8 @@ impl Container {
             log: log.clone(),
             memory_limit: self.config.memory_limit,
             usage: self.usage.clone(),
+            network: pod.network.clone(),
+            http_port: self.http_port()?,
         };
         let (kill_tx, kill_rx) = oneshot::channel();
         *run = Some(RunHandle {

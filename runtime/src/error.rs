@@ -56,6 +56,9 @@ impl Error {
     pub fn precondition(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::FailedPrecondition, message)
     }
+    pub fn exhausted(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::ResourceExhausted, message)
+    }
     pub fn unimplemented(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Unimplemented, message)
     }

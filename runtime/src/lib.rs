@@ -8,6 +8,7 @@ pub mod image;
 pub mod log;
 pub mod manifest;
 pub mod mounts;
+pub mod network;
 pub mod pod;
 pub mod runner;
 pub mod runtime;

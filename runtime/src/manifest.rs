@@ -13,8 +13,8 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::image::PullPolicy;
 use crate::spec::{
-    ContainerConfig, HostPathKind, Medium, MountSource, MountSpec, PodConfig, VolumeSource,
-    VolumeSpec, DEFAULT_GRACE,
+    ContainerConfig, ContainerPort, HostPathKind, Medium, MountSource, MountSpec, PodConfig,
+    PortMapping, Protocol, VolumeSource, VolumeSpec, DEFAULT_GRACE,
 };
 
 /// When a finished container is started again (`spec.restartPolicy`).
@@ -135,6 +135,65 @@ struct RawContainer {
     resources: Option<RawResources>,
     security_context: Option<RawSecurityContext>,
     image_pull_policy: Option<String>,
+    #[serde(default)]
+    ports: Vec<RawPort>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawPort {
+    #[serde(default)]
+    name: String,
+    container_port: i64,
+    host_port: Option<i64>,
+    #[serde(rename = "hostIP")]
+    host_ip: Option<String>,
+    protocol: Option<String>,
+}
+
+impl RawPort {
+    /// The container's view of the port, and its hostPort mapping when it has one.
+    fn convert(self) -> Result<(ContainerPort, Option<PortMapping>)> {
+        let port = |field: &str, v: i64| {
+            u16::try_from(v)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| Error::invalid(format!("{field}: {v} is not a port (1-65535)")))
+        };
+        let protocol = match self.protocol.as_deref() {
+            None | Some("TCP") => Protocol::Tcp,
+            Some("UDP") => Protocol::Udp,
+            Some("SCTP") => Protocol::Sctp,
+            Some(other) => {
+                return Err(Error::invalid(format!(
+                    "protocol: {other:?} is not one of TCP, UDP, SCTP"
+                )))
+            }
+        };
+        let container_port = port("containerPort", self.container_port)?;
+        let mapping = match self.host_port {
+            None => None,
+            Some(h) => Some(PortMapping {
+                protocol,
+                container_port,
+                host_port: port("hostPort", h)?,
+                host_ip: match self.host_ip.as_deref() {
+                    None | Some("") => None,
+                    Some(ip) => Some(ip.parse().map_err(|_| {
+                        Error::invalid(format!("hostIP: {ip:?} is not an IP address"))
+                    })?),
+                },
+            }),
+        };
+        Ok((
+            ContainerPort {
+                name: self.name,
+                container_port,
+                protocol,
+            },
+            mapping,
+        ))
+    }
 }
 
 #[derive(Deserialize)]
@@ -275,17 +334,30 @@ impl RawPod {
                 )));
             }
         }
-        let convert = |list: Vec<RawContainer>, field: &str| {
+        let mut port_mappings = Vec::new();
+        let mut convert = |list: Vec<RawContainer>, field: &str| {
             list.into_iter()
                 .enumerate()
                 .map(|(i, c)| {
-                    c.into_config(base, &volumes)
-                        .map_err(|e| e.context(format!("spec.{field}[{i}]")))
+                    let (config, mappings) = c
+                        .into_config(base, &volumes)
+                        .map_err(|e| e.context(format!("spec.{field}[{i}]")))?;
+                    port_mappings.extend(mappings);
+                    Ok(config)
                 })
                 .collect::<Result<Vec<_>>>()
         };
         let init_containers = convert(spec.init_containers, "initContainers")?;
         let containers = convert(spec.containers, "containers")?;
+        let mut host_ports = std::collections::HashSet::new();
+        for m in &port_mappings {
+            if !host_ports.insert((m.host_ip, m.host_port, m.protocol)) {
+                return Err(Error::invalid(format!(
+                    "hostPort {} ({:?}) is declared twice",
+                    m.host_port, m.protocol
+                )));
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for c in init_containers.iter().chain(&containers) {
             if !seen.insert(c.name.clone()) {
@@ -302,6 +374,7 @@ impl RawPod {
             volumes,
             log_directory: None,
             dns: Default::default(),
+            port_mappings,
             name,
         };
         Ok(PodManifest {
@@ -369,9 +442,23 @@ impl RawVolume {
 }
 
 impl RawContainer {
-    fn into_config(self, base: &Path, volumes: &[VolumeSpec]) -> Result<ContainerConfig> {
+    /// The container's config and the hostPort mappings it asks of the pod.
+    fn into_config(
+        self,
+        base: &Path,
+        volumes: &[VolumeSpec],
+    ) -> Result<(ContainerConfig, Vec<PortMapping>)> {
         check_dns_label("name", &self.name)?;
         let ctx = |field: &str| format!("container {}: {field}", self.name);
+        let mut ports = Vec::new();
+        let mut mappings = Vec::new();
+        for (i, p) in self.ports.into_iter().enumerate() {
+            let (port, mapping) = p
+                .convert()
+                .map_err(|e| e.context(ctx(&format!("ports[{i}]"))))?;
+            ports.push(port);
+            mappings.extend(mapping);
+        }
         if let Some(sc) = &self.security_context {
             if sc.privileged {
                 return Err(Error::invalid(format!(
@@ -449,7 +536,7 @@ impl RawContainer {
                 )))
             }
         };
-        Ok(ContainerConfig {
+        let config = ContainerConfig {
             pull_policy,
             image: resolve_local_image(&image, base),
             command: self.command,
@@ -459,8 +546,10 @@ impl RawContainer {
             mounts,
             memory_limit,
             name: self.name,
+            ports,
             ..Default::default()
-        })
+        };
+        Ok((config, mappings))
     }
 }
 

@@ -2,9 +2,10 @@
 //! network, the same localhost); each container still owns its own store and lifecycle.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use crate::network::PodNetwork;
 use crate::spec::PodConfig;
 use crate::volume::PodVolumes;
 
@@ -20,6 +21,8 @@ pub struct Pod {
     pub created_at: SystemTime,
     pub(crate) dir: PathBuf,
     pub(crate) volumes: PodVolumes,
+    /// The pod's network namespace; `None` only when a restored pod could not get its address.
+    pub network: Option<Arc<PodNetwork>>,
     pub(crate) state: Mutex<PodState>,
     /// Ids of the pod's containers, in creation order.
     pub(crate) containers: Mutex<Vec<String>>,
@@ -35,6 +38,11 @@ impl Pod {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The pod's IP, once it has a network.
+    pub fn ip(&self) -> Option<std::net::Ipv4Addr> {
+        self.network.as_ref().map(|n| n.ip())
     }
 
     /// The directory container logs go under.

@@ -101,6 +101,22 @@ pub async fn run_pod(
     opts: &RunnerOptions,
 ) -> Result<PodReport> {
     let pod_id = rt.run_pod(manifest.pod.clone())?;
+    if let Some(ip) = rt.pod(&pod_id)?.ip() {
+        let ports: Vec<String> = manifest
+            .pod
+            .port_mappings
+            .iter()
+            .map(|m| {
+                let host = rt.network().host_port_address(m);
+                format!(
+                    ", hostPort {} -> {}",
+                    std::net::SocketAddr::new(host, m.host_port),
+                    m.container_port
+                )
+            })
+            .collect();
+        (opts.on_event)("pod", &format!("IP {ip}{}", ports.concat()));
+    }
     let result = supervise(rt, &pod_id, &manifest, shutdown, opts).await;
     let _ = rt.stop_pod(&pod_id, Duration::ZERO).await;
     if let Err(e) = rt.remove_pod(&pod_id).await {

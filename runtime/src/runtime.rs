@@ -20,6 +20,7 @@ use crate::image::{
 };
 use crate::log::LogLine;
 use crate::mounts::GuestFs;
+use crate::network::{Network, NetworkConfig};
 use crate::pod::{Pod, PodState};
 use crate::spec::{ContainerConfig, PodConfig};
 use crate::state::{PodRecord, StateStore, Sync};
@@ -32,6 +33,7 @@ pub struct RuntimeOptions {
     pub state_dir: PathBuf,
     pub registries: RegistryConfig,
     pub unpack_limits: UnpackLimits,
+    pub network: NetworkConfig,
 }
 
 pub struct Runtime {
@@ -42,8 +44,7 @@ pub struct Runtime {
     containers: RwLock<HashMap<String, Arc<Container>>>,
     logs: broadcast::Sender<LogLine>,
     observer: Arc<Observer>,
-    /// The node's pod CIDR, as kubelet last set it (UpdateRuntimeConfig).
-    pod_cidr: Mutex<Option<String>>,
+    network: Network,
 }
 
 impl Runtime {
@@ -57,6 +58,7 @@ impl Runtime {
             options.registries,
             options.unpack_limits,
         )?;
+        let network = Network::new(options.network)?;
         let observer = Arc::new(Observer {
             state: StateStore::open(&dir.join("state.redb"))?,
             events: broadcast::channel(4096).0,
@@ -69,7 +71,7 @@ impl Runtime {
             containers: RwLock::default(),
             logs: broadcast::channel(4096).0,
             observer,
-            pod_cidr: Mutex::default(),
+            network,
         };
         rt.restore()?;
         Ok(Arc::new(rt))
@@ -84,12 +86,19 @@ impl Runtime {
                 tracing::warn!(pod = %r.id, "volumes of a restored pod: {e}");
                 PodVolumes::default()
             });
+            let keep = r.ip.as_deref().and_then(|ip| ip.parse().ok());
+            let network = self
+                .network
+                .attach(&r.config, keep)
+                .inspect_err(|e| tracing::warn!(pod = %r.id, "network of a restored pod: {e}"))
+                .ok();
             let pod = Pod {
                 id: r.id.clone(),
                 config: r.config,
                 created_at: r.created_at,
                 dir,
                 volumes,
+                network,
                 state: Mutex::new(r.state),
                 containers: Mutex::default(),
             };
@@ -115,17 +124,16 @@ impl Runtime {
         Ok(())
     }
 
-    /// Keeps the node's pod CIDR (kubelet's UpdateRuntimeConfig).
-    pub fn set_pod_cidr(&self, cidr: &str) {
-        *self.pod_cidr.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(cidr.to_owned()).filter(|c| !c.is_empty());
+    /// Takes the node's pod CIDR (kubelet's UpdateRuntimeConfig); node mode puts pods there.
+    pub fn set_pod_cidr(&self, cidr: &str) -> Result<()> {
+        if cidr.is_empty() {
+            return Ok(());
+        }
+        self.network.set_pod_cidr(cidr)
     }
 
-    pub fn pod_cidr(&self) -> Option<String> {
-        self.pod_cidr
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    pub fn network(&self) -> &Network {
+        &self.network
     }
 
     /// Reopens a running container's log file after kubelet rotated it.
@@ -150,7 +158,7 @@ impl Runtime {
                 config: pod.config.clone(),
                 created_at: pod.created_at,
                 state: pod.state(),
-                ip: None,
+                ip: pod.ip().map(|ip| ip.to_string()),
             },
             Sync::Soon,
         )
@@ -197,16 +205,28 @@ impl Runtime {
                 return Err(e);
             }
         };
+        let network = match self.network.attach(&config, None) {
+            Ok(n) => n,
+            Err(e) => {
+                volumes.remove();
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
         let pod = Pod {
             id: id.clone(),
             config,
             created_at: SystemTime::now(),
             dir,
             volumes,
+            network: Some(network),
             state: Mutex::new(PodState::Ready),
             containers: Mutex::default(),
         };
         if let Err(e) = self.persist_pod(&pod) {
+            if let Some(net) = &pod.network {
+                self.network.release_unused(net);
+            }
             pod.volumes.remove();
             let _ = std::fs::remove_dir_all(&pod.dir);
             return Err(e);
@@ -234,6 +254,9 @@ impl Runtime {
             .into_iter()
             .map(|c| async move { c.stop(grace, ExitReason::Killed, "pod stopped").await });
         futures::future::join_all(stops).await;
+        if let Some(net) = &pod.network {
+            net.stop_host_ports().await;
+        }
         *pod.state.lock().unwrap_or_else(|e| e.into_inner()) = PodState::NotReady;
         self.persist_pod(&pod)
     }
@@ -244,13 +267,21 @@ impl Runtime {
         for c in self.pod_containers(&pod) {
             self.remove_container(&c.id).await?;
         }
-        pod.volumes.remove();
-        if let Err(e) = std::fs::remove_dir_all(&pod.dir) {
-            tracing::warn!(pod = id, "removing pod directory: {e}");
-        }
         self.observer.state.remove_pod(id)?;
+        self.release_pod(&pod).await;
         write(&self.pods).remove(id);
         Ok(())
+    }
+
+    /// Gives back what a pod holds on the node: its address, hostPorts, volumes and directory.
+    async fn release_pod(&self, pod: &Pod) {
+        if let Some(net) = &pod.network {
+            self.network.detach(net).await;
+        }
+        pod.volumes.remove();
+        if let Err(e) = std::fs::remove_dir_all(&pod.dir) {
+            tracing::warn!(pod = pod.id, "removing pod directory: {e}");
+        }
     }
 
     /// The pod's containers, in creation order.
@@ -386,7 +417,7 @@ impl Runtime {
     pub fn start_container(&self, id: &str) -> Result<()> {
         let c = self.container(id)?;
         let pod = self.pod(&c.pod_id)?;
-        c.start(&self.engine, &pod.config.name, self.logs.clone())
+        c.start(&self.engine, &pod, self.logs.clone())
     }
 
     /// Gives the guest `grace` to exit, then kills it (exit 137, reason `Killed`).

@@ -26,6 +26,26 @@ pub struct PodConfig {
     /// Name servers, search domains and resolver options for the pod's name lookups.
     #[serde(default)]
     pub dns: DnsConfig,
+    /// hostPorts: host listeners forwarded to the pod's ports.
+    #[serde(default)]
+    pub port_mappings: Vec<PortMapping>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    pub protocol: Protocol,
+    pub container_port: u16,
+    pub host_port: u16,
+    /// Where on the host to listen; the node's default host-port address when unset.
+    pub host_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -90,6 +110,16 @@ pub struct ContainerConfig {
     pub annotations: BTreeMap<String, String>,
     /// Log file, relative to the pod's log directory.
     pub log_path: Option<PathBuf>,
+    /// Ports the container declares; a wasi:http handler is served on the first TCP one.
+    #[serde(default)]
+    pub ports: Vec<ContainerPort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerPort {
+    pub name: String,
+    pub container_port: u16,
+    pub protocol: Protocol,
 }
 
 /// Where a container mount comes from.

@@ -21,6 +21,10 @@ pub struct Daemon {
     pub socket: PathBuf,
     bin: PathBuf,
     child: Option<Child>,
+    /// A config file to pass with `--config`.
+    config: Option<PathBuf>,
+    /// A network namespace to run the server in (`ip netns exec`).
+    netns: Option<String>,
 }
 
 impl Daemon {
@@ -41,6 +45,26 @@ impl Daemon {
             socket,
             bin,
             child: None,
+            config: None,
+            netns: None,
+        };
+        d.restart().await;
+        d
+    }
+
+    /// Starts the server with `config` (TOML) as its config file, inside network namespace
+    /// `netns` when given.
+    pub async fn start_with(config: &str, netns: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut d = Daemon {
+            socket: dir.path().join("wasmpod.sock"),
+            dir,
+            bin: crate::wasmpod_bin().to_path_buf(),
+            child: None,
+            config: Some(path),
+            netns: netns.map(str::to_owned),
         };
         d.restart().await;
         d
@@ -48,11 +72,22 @@ impl Daemon {
 
     /// Starts the server (again) on the same state dir and socket; waits until it answers.
     pub async fn restart(&mut self) {
-        let child = Command::new(&self.bin)
-            .arg("--state-dir")
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        cmd.arg("--state-dir")
             .arg(self.dir.path().join("state"))
             .args(["serve", "--socket"])
-            .arg(&self.socket)
+            .arg(&self.socket);
+        if let Some(config) = &self.config {
+            cmd.arg("--config").arg(config);
+        }
+        let child = cmd
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()

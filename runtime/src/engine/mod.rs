@@ -6,6 +6,8 @@
 //! so a spinning guest shares the cores fairly and a kill (dropping the task) lands within a tick.
 
 mod cache;
+mod http;
+mod sockets;
 mod stdio;
 
 use std::collections::HashMap;
@@ -29,8 +31,13 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 use crate::error::{Error, Result};
 use crate::exit::{Exit, ExitReason, TRAP_CODE};
 use crate::log::{ContainerLog, Stream};
+use crate::network::PodNetwork;
 use cache::AotCache;
+use http::HttpHost;
+use sockets::{PodSockets, SocketsView};
 use stdio::LogOutput;
+use wasmtime_wasi::sockets::WasiSocketsCtxView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// How often the epoch advances: the longest a guest runs before it yields.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -119,6 +126,7 @@ struct ProgramInner {
 enum Compiled {
     Module(InstancePre<P1Host>),
     Component(CommandPre<P2Host>),
+    Http(ProxyPre<HttpHost>),
 }
 
 impl Program {
@@ -129,8 +137,13 @@ impl Program {
     pub fn kind(&self) -> GuestKind {
         match self.inner.compiled {
             Compiled::Module(_) => GuestKind::Preview1,
-            Compiled::Component(_) => GuestKind::Preview2,
+            Compiled::Component(_) | Compiled::Http(_) => GuestKind::Preview2,
         }
+    }
+
+    /// True for a wasi:http handler, which the runtime serves instead of running to exit.
+    pub fn is_http_handler(&self) -> bool {
+        matches!(self.inner.compiled, Compiled::Http(_))
     }
 }
 
@@ -151,6 +164,10 @@ pub struct GuestSpec {
     pub log: ContainerLog,
     pub memory_limit: Option<u64>,
     pub usage: Arc<GuestUsage>,
+    /// The pod's network; without it the guest has no sockets.
+    pub network: Option<Arc<PodNetwork>>,
+    /// Where a wasi:http handler is served (a port of the pod).
+    pub http_port: u16,
 }
 
 /// Live resource figures of a running guest, for stats.
@@ -167,6 +184,7 @@ pub struct Engine {
     wasmtime: wasmtime::Engine,
     p1_linker: wasmtime::Linker<P1Host>,
     p2_linker: wasmtime::component::Linker<P2Host>,
+    http_linker: wasmtime::component::Linker<HttpHost>,
     programs: Mutex<HashMap<String, Arc<OnceCell<Program>>>>,
     aot: Option<AotCache>,
 }
@@ -184,8 +202,11 @@ impl Engine {
             .map_err(|e| Error::internal(format!("linking WASI preview1: {e:#}")))?;
         let mut p2_linker = wasmtime::component::Linker::new(&wasmtime);
         wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker)
+            .and_then(|()| sockets::add_to_linker(&mut p2_linker, P2Host::sockets))
             .map_err(|e| Error::internal(format!("linking WASI preview2: {e:#}")))?;
 
+        let http_linker = http::linker(&wasmtime)
+            .map_err(|e| Error::internal(format!("linking wasi:http: {e:#}")))?;
         let aot = cache_dir
             .map(|dir| AotCache::open(dir, compat_key(&wasmtime)))
             .transpose()?;
@@ -194,6 +215,7 @@ impl Engine {
             wasmtime,
             p1_linker,
             p2_linker,
+            http_linker,
             programs: Mutex::new(HashMap::new()),
             aot,
         }))
@@ -264,6 +286,15 @@ impl Engine {
                         .instantiate_pre(&module)
                         .map_err(link_error)?,
                 )
+            }
+            Code::Component(component) if http::is_handler(&self.wasmtime, &component) => {
+                let pre = self
+                    .http_linker
+                    .instantiate_pre(&component)
+                    .map_err(link_error)?;
+                Compiled::Http(ProxyPre::new(pre).map_err(|e| {
+                    Error::invalid(format!("not a wasi:http proxy component: {e:#}"))
+                })?)
             }
             Code::Component(component) => {
                 let pre = self
@@ -336,11 +367,10 @@ impl Engine {
     }
 
     async fn run_guest(&self, program: &Program, spec: GuestSpec) -> Exit {
-        let limiter = MemoryLimiter {
-            limit: spec.memory_limit.map(|l| l as usize),
-            hit: false,
-            usage: spec.usage.clone(),
-        };
+        if let Compiled::Http(pre) = &program.inner.compiled {
+            return http::serve(self.wasmtime.clone(), pre.clone(), spec).await;
+        }
+        let limiter = MemoryLimiter::new(spec.memory_limit, spec.usage.clone());
         let ctx = match wasi_builder(&spec) {
             Ok(b) => b,
             Err(e) => {
@@ -354,10 +384,13 @@ impl Engine {
         let outcome = match &program.inner.compiled {
             Compiled::Module(pre) => {
                 let mut ctx = ctx;
-                let mut store = self.store(P1Host {
-                    wasi: ctx.build_p1(),
-                    limiter,
-                });
+                let mut store = new_store(
+                    &self.wasmtime,
+                    P1Host {
+                        wasi: ctx.build_p1(),
+                        limiter,
+                    },
+                );
                 let result = async {
                     let instance = pre.instantiate_async(&mut store).await?;
                     let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
@@ -366,14 +399,16 @@ impl Engine {
                 .await;
                 (result.map(|()| 0), store.data().limiter.hit)
             }
+            Compiled::Http(_) => unreachable!("served above"),
             Compiled::Component(pre) => {
                 let mut ctx = ctx;
                 let host = P2Host {
                     ctx: ctx.build(),
                     table: ResourceTable::new(),
                     limiter,
+                    sockets: PodSockets::new(spec.network.clone()),
                 };
-                let mut store = self.store(host);
+                let mut store = new_store(&self.wasmtime, host);
                 let result = async {
                     let command = pre.instantiate_async(&mut store).await?;
                     command.wasi_cli_run().call_run(&mut store).await
@@ -402,14 +437,15 @@ impl Engine {
             },
         }
     }
+}
 
-    fn store<T: HasLimiter>(&self, host: T) -> Store<T> {
-        let mut store = Store::new(&self.wasmtime, host);
-        store.limiter(|h| h.limiter());
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
-        store
-    }
+/// A store that yields at every epoch tick and counts its memory against the container.
+fn new_store<T: HasLimiter>(engine: &wasmtime::Engine, host: T) -> Store<T> {
+    let mut store = Store::new(engine, host);
+    store.limiter(|h| h.limiter());
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+    store
 }
 
 fn wasi_builder(spec: &GuestSpec) -> Result<WasiCtxBuilder> {
@@ -422,6 +458,13 @@ fn wasi_builder(spec: &GuestSpec) -> Result<WasiCtxBuilder> {
         b.initial_cwd(cwd);
         // wasi-libc reads the working directory from PWD.
         b.env("PWD", cwd);
+    }
+    if spec.network.is_some() {
+        // Every address is mapped and checked by the pod network (see `sockets`).
+        b.inherit_network()
+            .allow_tcp(true)
+            .allow_udp(true)
+            .allow_ip_name_lookup(true);
     }
     for p in &spec.preopens {
         let perms = if p.read_only {
@@ -481,6 +524,19 @@ struct P2Host {
     ctx: WasiCtx,
     table: ResourceTable,
     limiter: MemoryLimiter,
+    sockets: PodSockets,
+}
+
+impl P2Host {
+    fn sockets(&mut self) -> SocketsView<'_> {
+        SocketsView {
+            inner: WasiSocketsCtxView {
+                ctx: self.ctx.sockets(),
+                table: &mut self.table,
+            },
+            pod: &mut self.sockets,
+        }
+    }
 }
 
 impl WasiView for P2Host {
@@ -512,6 +568,31 @@ struct MemoryLimiter {
     limit: Option<usize>,
     hit: bool,
     usage: Arc<GuestUsage>,
+    /// Bytes this store holds; a container may have several stores (one per HTTP request).
+    held: usize,
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        let held = self.held as u64;
+        let _ = self
+            .usage
+            .memory_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(held))
+            });
+    }
+}
+
+impl MemoryLimiter {
+    fn new(limit: Option<u64>, usage: Arc<GuestUsage>) -> Self {
+        Self {
+            limit: limit.map(|l| l as usize),
+            hit: false,
+            usage,
+            held: 0,
+        }
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
@@ -521,15 +602,16 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        let grow = desired.saturating_sub(current);
         let total = self.usage.memory_bytes.load(Ordering::Relaxed) as usize;
-        let next = total - current.min(total) + desired;
-        if self.limit.is_some_and(|limit| next > limit) {
+        if self.limit.is_some_and(|limit| total + grow > limit) {
             self.hit = true;
             return Ok(false);
         }
         self.usage
             .memory_bytes
-            .store(next as u64, Ordering::Relaxed);
+            .fetch_add(grow as u64, Ordering::Relaxed);
+        self.held += grow;
         Ok(true)
     }
 

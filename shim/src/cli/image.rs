@@ -40,7 +40,7 @@ pub enum Output {
 }
 
 pub async fn run(cmd: ImageCommand, state_dir: PathBuf) -> anyhow::Result<ExitCode> {
-    let rt = super::open_runtime(&state_dir)?;
+    let rt = super::open_runtime(&state_dir, Default::default())?;
     let store = rt.images();
     match cmd {
         ImageCommand::Pull { reference } => {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wasmpod_runtime::image::RegistryConfig;
+use wasmpod_runtime::network::NetworkConfig;
 use wasmpod_runtime::runtime::{Runtime, RuntimeOptions};
 
 #[derive(Parser)]
@@ -116,10 +117,11 @@ fn start(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// The runtime over the state directory, with the registry settings of the command line.
-fn open_runtime(state_dir: &Path) -> anyhow::Result<Arc<Runtime>> {
+fn open_runtime(state_dir: &Path, network: NetworkConfig) -> anyhow::Result<Arc<Runtime>> {
     let options = RuntimeOptions {
         state_dir: state_dir.to_path_buf(),
         registries: REGISTRIES.get().cloned().unwrap_or_default(),
+        network,
         ..Default::default()
     };
     Runtime::new(options).with_context(|| format!("state directory {}", state_dir.display()))

@@ -10,6 +10,7 @@ use clap::Args;
 use tokio::sync::broadcast::error::RecvError;
 use wasmpod_runtime::log::{LogLine, Stream};
 use wasmpod_runtime::manifest::PodManifest;
+use wasmpod_runtime::network::NetworkConfig;
 use wasmpod_runtime::runner::{self, PodReport, RunnerOptions};
 
 /// Run a Kubernetes v1 Pod manifest locally.
@@ -43,6 +44,19 @@ pub struct RunArgs {
     /// Do not print the per-container summary at the end
     #[arg(long)]
     no_summary: bool,
+
+    /// Where pod IPs come from (a range inside 127.0.0.0/8)
+    #[arg(long, default_value = wasmpod_runtime::network::DEFAULT_LOOPBACK_CIDR)]
+    pod_cidr: String,
+
+    /// Where hostPorts listen when the manifest names no hostIP
+    #[arg(long, default_value = "127.0.0.1")]
+    host_port_address: std::net::IpAddr,
+
+    /// Allowed egress: "all", "none", or CIDR[:port[-port]],... (pods may narrow it with the
+    /// wasmpod.io/egress-allow annotation)
+    #[arg(long, default_value = "all")]
+    egress_allow: String,
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -57,7 +71,13 @@ pub async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<ExitCode> 
     for field in &manifest.warnings {
         eprintln!("warning: ignoring field {field}: wasmpod does not use it");
     }
-    let rt = super::open_runtime(&state_dir)?;
+    let network = NetworkConfig {
+        pod_cidr: Some(args.pod_cidr.clone()),
+        host_port_address: args.host_port_address,
+        egress_allow: args.egress_allow.clone(),
+        ..Default::default()
+    };
+    let rt = super::open_runtime(&state_dir, network)?;
     let width = manifest
         .init_containers
         .iter()

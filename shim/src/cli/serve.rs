@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
 use tokio::net::UnixListener;
+use wasmpod_runtime::network::NetworkConfig;
 
 /// Serve the Kubernetes CRI (RuntimeService + ImageService) on a unix socket.
 ///
@@ -19,6 +20,15 @@ use tokio::net::UnixListener;
 ///     [registry]
 ///     insecure = ["registry.local:5000"]     # plain HTTP besides loopback registries
 ///     mirrors = { "docker.io" = ["mirror.local:5000"] }
+///     [network]
+///     mode = "loopback"                      # pod IPs from pod_cidr inside 127.0.0.0/8;
+///                                            # "node": the node's pod CIDR on a dummy interface
+///     pod_cidr = "127.100.0.0/16"            # node mode: or unset to take kubelet's
+///     interface = "wasmpod0"                 # node mode's dummy interface
+///     host_port_address = "127.0.0.1"        # where hostPorts listen by default
+///     egress_allow = "all"                   # or CIDR[:port[-port]] list, or "none"
+///     max_sockets_per_pod = 1024
+///     unprivileged_port_start = 1024         # guests bind ports from here up
 ///
 /// SIGTERM or Ctrl-C drains in-flight calls and exits; pods and containers are kept in the
 /// state database and listed again at the next start.
@@ -42,6 +52,8 @@ pub struct ServeConfig {
     pub log_level: Option<String>,
     #[serde(default)]
     pub registry: RegistrySection,
+    #[serde(default)]
+    pub network: NetworkConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -81,7 +93,7 @@ pub async fn run(
     state_dir: PathBuf,
 ) -> anyhow::Result<ExitCode> {
     let socket = args.socket.or(config.socket).unwrap_or_else(default_socket);
-    let rt = super::open_runtime(&state_dir)?;
+    let rt = super::open_runtime(&state_dir, config.network)?;
     let listener = bind(&socket)?;
     tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "serving the CRI");
     // In-flight calls get a moment to finish; idle client connections (kubelet keeps one open)
@@ -157,5 +169,9 @@ mod tests {
         let mirrors: ServeConfig =
             toml::from_str("[registry]\nmirrors = { \"docker.io\" = [\"m:5000\"] }").unwrap();
         assert_eq!(mirrors.registry.mirrors["docker.io"], ["m:5000"]);
+        let net: ServeConfig =
+            toml::from_str("[network]\nmode = \"node\"\npod_cidr = \"10.244.1.0/24\"").unwrap();
+        assert_eq!(net.network.pod_cidr.as_deref(), Some("10.244.1.0/24"));
+        assert!(toml::from_str::<ServeConfig>("[network]\nmode = \"bridge\"").is_err());
     }
 }

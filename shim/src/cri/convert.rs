@@ -9,7 +9,9 @@ use tonic::Status;
 use wasmpod_runtime::container::{Container, ContainerState};
 use wasmpod_runtime::error::{Error, ErrorKind};
 use wasmpod_runtime::pod::{Pod, PodState};
-use wasmpod_runtime::spec::{ContainerConfig, DnsConfig, MountSource, MountSpec, PodConfig};
+use wasmpod_runtime::spec::{
+    ContainerConfig, DnsConfig, MountSource, MountSpec, PodConfig, PortMapping, Protocol,
+};
 
 /// The one place core errors become gRPC statuses.
 pub fn status(e: Error) -> Status {
@@ -75,6 +77,45 @@ pub fn pod_config(c: cri::PodSandboxConfig) -> Result<PodConfig, Status> {
         volumes: Vec::new(),
         log_directory: (!c.log_directory.is_empty()).then(|| PathBuf::from(c.log_directory)),
         dns: dns.unwrap_or_default(),
+        port_mappings: c
+            .port_mappings
+            .iter()
+            .map(port_mapping)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// A CRI hostPort mapping; mappings without a host port only document the container's port.
+fn port_mapping(m: &cri::PortMapping) -> Result<PortMapping, Status> {
+    let port = |field: &str, v: i32| {
+        u16::try_from(v).map_err(|_| {
+            Status::invalid_argument(format!("port_mappings.{field}: {v} is not a port"))
+        })
+    };
+    let protocol = match cri::Protocol::try_from(m.protocol) {
+        Ok(cri::Protocol::Tcp) => Protocol::Tcp,
+        Ok(cri::Protocol::Udp) => Protocol::Udp,
+        Ok(cri::Protocol::Sctp) => Protocol::Sctp,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "port_mappings.protocol: {} is not TCP, UDP or SCTP",
+                m.protocol
+            )))
+        }
+    };
+    let host_ip = match m.host_ip.as_str() {
+        "" => None,
+        ip => Some(ip.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "port_mappings.host_ip: {ip:?} is not an IP address"
+            ))
+        })?),
+    };
+    Ok(PortMapping {
+        protocol,
+        container_port: port("container_port", m.container_port)?,
+        host_port: port("host_port", m.host_port)?,
+        host_ip,
     })
 }
 
@@ -117,6 +158,8 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Stat
         labels: map(&c.labels),
         annotations: map(&c.annotations),
         log_path: (!c.log_path.is_empty()).then(|| PathBuf::from(c.log_path)),
+        // The CRI carries no container ports; wasi:http uses the http-port annotation.
+        ports: Vec::new(),
     })
 }
 
@@ -155,7 +198,7 @@ pub fn pod_status(p: &Pod) -> cri::PodSandboxStatus {
         state: pod_state(p),
         created_at: nanos(p.created_at),
         network: Some(cri::PodSandboxNetworkStatus {
-            ip: String::new(),
+            ip: p.ip().map(|ip| ip.to_string()).unwrap_or_default(),
             additional_ips: Vec::new(),
         }),
         linux: None,

@@ -441,7 +441,7 @@ impl RuntimeService for RuntimeApi {
         r: Request<cri::UpdateRuntimeConfigRequest>,
     ) -> Result<cri::UpdateRuntimeConfigResponse> {
         if let Some(net) = r.into_inner().runtime_config.and_then(|c| c.network_config) {
-            self.rt.set_pod_cidr(&net.pod_cidr);
+            self.rt.set_pod_cidr(&net.pod_cidr).map_err(status)?;
         }
         Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
@@ -453,11 +453,19 @@ impl RuntimeService for RuntimeApi {
                 status: true,
                 ..Default::default()
             },
-            cri::RuntimeCondition {
-                r#type: "NetworkReady".into(),
-                status: false,
-                reason: "NoPodNetwork".into(),
-                message: "wasmpod does not give pods a network yet".into(),
+            if self.rt.network().ready() {
+                cri::RuntimeCondition {
+                    r#type: "NetworkReady".into(),
+                    status: true,
+                    ..Default::default()
+                }
+            } else {
+                cri::RuntimeCondition {
+                    r#type: "NetworkReady".into(),
+                    status: false,
+                    reason: "NoPodCIDR".into(),
+                    message: "node network mode is waiting for the node's pod CIDR".into(),
+                }
             },
         ];
         Ok(Response::new(cri::StatusResponse {

@@ -11,6 +11,8 @@ use wasmpod_tests::cri::{
 };
 use wasmpod_tests::{read_log, require_guests, stream_text, wasm};
 
+mod network;
+
 fn file_image(name: &str) -> String {
     format!("file://{}", wasm(name).display())
 }

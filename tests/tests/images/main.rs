@@ -66,6 +66,7 @@ impl Node {
             state_dir: state.clone(),
             registries,
             unpack_limits: limits,
+            ..Default::default()
         };
         Self {
             tmp,

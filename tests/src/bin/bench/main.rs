@@ -5,6 +5,8 @@
 //! - container start: create + start → first stdout line, module cached, in process (p50/p99);
 //! - stop: how long a spinning guest takes to die after its grace period;
 //! - density: RSS growth per idle pod across N idle pods in one process, and thread count;
+//! - network: wasi:http hello world rps/latency against `wasmtime serve` (wrk), and TCP echo
+//!   round trips inside a pod against the host;
 //! - through the CRI socket (`wasmpod serve`, state persistence on): RunPodSandbox +
 //!   CreateContainer + StartContainer → first log line, and ListContainers at 1,000/10,000.
 //!
@@ -18,6 +20,8 @@ use k8s_cri::v1 as cri;
 use wasmpod_runtime::runtime::{Runtime, RuntimeOptions};
 use wasmpod_runtime::spec::{ContainerConfig, PodConfig};
 use wasmpod_tests::cri::{self as harness, Daemon};
+
+mod net;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -72,6 +76,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         per_pod / 1024.0
     );
     println!("| threads with {idle} idle pods | {threads} |");
+
+    let (rounds, secs) = if quick { (1, 3) } else { (3, 10) };
+    let root = examples_dir().join("..");
+    match net::http_vs_wasmtime(&rt, &root, &wasm.join("http-hello.p2.wasm"), rounds, secs).await {
+        Ok((ours, theirs)) => {
+            for (who, loads) in [("wasmpod", &ours), ("wasmtime serve", &theirs)] {
+                println!(
+                    "| wasi:http hello, {who} (wrk -t1 -c16, {rounds}×{secs}s interleaved) | {:.0} rps · p50 {} · p99 {} |",
+                    median(loads.iter().map(|l| l.rps)),
+                    fmt(Duration::from_secs_f64(median(loads.iter().map(|l| l.p50.as_secs_f64())))),
+                    fmt(Duration::from_secs_f64(median(loads.iter().map(|l| l.p99.as_secs_f64())))),
+                );
+            }
+            let ratio = median(ours.iter().map(|l| l.rps)) / median(theirs.iter().map(|l| l.rps));
+            println!("| wasi:http rps, wasmpod / wasmtime serve | ×{ratio:.2} |");
+        }
+        Err(e) => println!("| wasi:http vs wasmtime serve | not measured: {e} |"),
+    }
+    let trips = if quick { 500 } else { 5000 };
+    let (in_pod, host) = net::echo_round_trips(&rt, &wasm.join("netprobe.p2.wasm"), trips).await?;
+    for (label, lat) in [
+        ("two containers of a pod, over its localhost", &in_pod),
+        ("two host threads over 127.0.0.1", &host),
+    ] {
+        println!(
+            "| TCP echo round trip (64 B), {label}, n={trips} | p50 {} · p99 {} |",
+            fmt(pct(lat, 50)),
+            fmt(pct(lat, 99))
+        );
+    }
 
     let bin = std::env::current_exe()?.with_file_name("wasmpod");
     if !bin.exists() {
@@ -472,6 +506,13 @@ fn rss_bytes() -> u64 {
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
     pages * 4096
+}
+
+/// The median of a few figures (rounds of a load test).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn pct(sorted: &[Duration], p: usize) -> Duration {

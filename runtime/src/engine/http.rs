@@ -1,0 +1,307 @@
+//! Serving `wasi:http/incoming-handler` components, as `wasmtime serve` does, but inside a pod:
+//! the runtime listens on the container's port at the pod's IP and gives every request a fresh
+//! instance (instantiation from a pre-linked component costs microseconds), so requests run
+//! concurrently and a trap fails one request, not the server. Outgoing requests of the guest go
+//! through the pod's network: `localhost` is the pod, and the egress policy applies.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::uri::{Authority, Scheme};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme as IncomingScheme;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{
+    RequestOptions, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
+
+use super::sockets::{PodSockets, SocketsView};
+use super::{new_store, wasi_builder, GuestSpec, HasLimiter, MemoryLimiter, Metered};
+use crate::exit::{Exit, ExitReason};
+use crate::log::Stream;
+use crate::network::PodNetwork;
+
+/// Host state of one request's instance.
+pub(super) struct HttpHost {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    http: WasiHttpCtx,
+    hooks: PodHttpHooks,
+    limiter: MemoryLimiter,
+    sockets: PodSockets,
+}
+
+impl WasiView for HttpHost {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HttpHost {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+impl HasLimiter for HttpHost {
+    fn limiter(&mut self) -> &mut dyn wasmtime::ResourceLimiter {
+        &mut self.limiter
+    }
+}
+
+impl HttpHost {
+    pub(super) fn sockets(&mut self) -> SocketsView<'_> {
+        SocketsView {
+            inner: wasmtime_wasi::sockets::WasiSocketsCtxView {
+                ctx: self.ctx.sockets(),
+                table: &mut self.table,
+            },
+            pod: &mut self.sockets,
+        }
+    }
+}
+
+/// Links everything a handler may import: all of WASI (with the pod's sockets) and wasi:http.
+pub(super) fn linker(
+    engine: &wasmtime::Engine,
+) -> wasmtime::Result<wasmtime::component::Linker<HttpHost>> {
+    let mut linker = wasmtime::component::Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    super::sockets::add_to_linker(&mut linker, HttpHost::sockets)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    Ok(linker)
+}
+
+/// Whether a component is a wasi:http handler (it exports `wasi:http/incoming-handler@0.2.x`).
+pub(super) fn is_handler(
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+) -> bool {
+    component
+        .component_type()
+        .exports(engine)
+        .any(|(name, _)| name.starts_with("wasi:http/incoming-handler@0.2"))
+}
+
+/// Serves the handler until the container is stopped (this future dropped) or cannot listen.
+pub(super) async fn serve(
+    engine: wasmtime::Engine,
+    pre: ProxyPre<HttpHost>,
+    spec: GuestSpec,
+) -> Exit {
+    let Some(net) = spec.network.clone() else {
+        return failed("a wasi:http handler needs the pod network".into());
+    };
+    let addr = net.at(spec.http_port);
+    let listener = match TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => return failed(format!("serving wasi:http on {addr}: {e}")),
+    };
+    spec.log.runtime_line(
+        Stream::Stderr,
+        &format!("wasmpod: serving wasi:http on http://{addr}/"),
+    );
+    // Connections and in-flight guests end with the server.
+    let stop = CancellationToken::new();
+    let _stop_on_drop = stop.clone().drop_guard();
+    let server = Arc::new(Server { engine, pre, spec });
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("wasi:http accept: {e}");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let server = server.clone();
+        let stop = stop.clone();
+        tokio::spawn(stop.clone().run_until_cancelled_owned(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let server = server.clone();
+                let stop = stop.clone();
+                async move { server.handle(req, stop).await }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!("wasi:http connection: {e}");
+            }
+        }));
+    }
+}
+
+fn failed(message: String) -> Exit {
+    Exit {
+        code: 1,
+        reason: ExitReason::Error,
+        message,
+    }
+}
+
+struct Server {
+    engine: wasmtime::Engine,
+    pre: ProxyPre<HttpHost>,
+    spec: GuestSpec,
+}
+
+impl Server {
+    /// Runs one request in a fresh instance; a guest error becomes a 500.
+    async fn handle(
+        self: Arc<Self>,
+        req: hyper::Request<Incoming>,
+        stop: CancellationToken,
+    ) -> Result<hyper::Response<HyperOutgoingBody>, wasmtime::Error> {
+        let ctx = wasi_builder(&self.spec).map(|mut b| b.build());
+        let ctx = ctx.map_err(|e| wasmtime::Error::msg(e.message))?;
+        let mut store = new_store(
+            &self.engine,
+            HttpHost {
+                ctx,
+                table: ResourceTable::new(),
+                http: WasiHttpCtx::new(),
+                hooks: PodHttpHooks {
+                    net: self.spec.network.clone(),
+                },
+                limiter: MemoryLimiter::new(self.spec.memory_limit, self.spec.usage.clone()),
+                sockets: PodSockets::new(self.spec.network.clone()),
+            },
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let req = store
+            .data_mut()
+            .http()
+            .new_incoming_request(IncomingScheme::Http, req)?;
+        let out = store.data_mut().http().new_response_outparam(tx)?;
+        let this = self.clone();
+        // The guest may go on writing the body after it has set the response: it runs on its
+        // own task, ended with the server.
+        let guest = tokio::spawn(stop.run_until_cancelled_owned(async move {
+            let run = async {
+                let proxy = this.pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            };
+            Metered {
+                inner: run,
+                usage: &this.spec.usage,
+            }
+            .await
+        }));
+        match rx.await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(code)) => Err(wasmtime::Error::msg(format!(
+                "the handler failed: {code:?}"
+            ))),
+            Err(_) => {
+                let why = match guest.await {
+                    Ok(Some(Err(e))) => format!("{e:#}"),
+                    Ok(Some(Ok(()))) => "the handler returned without setting a response".into(),
+                    Ok(None) => "stopped".into(),
+                    Err(e) => e.to_string(),
+                };
+                self.spec
+                    .log
+                    .runtime_line(Stream::Stderr, &format!("wasmpod: request failed: {why}"));
+                Err(wasmtime::Error::msg(why))
+            }
+        }
+    }
+}
+
+/// Sends a guest's outgoing requests through its pod's network.
+struct PodHttpHooks {
+    net: Option<Arc<PodNetwork>>,
+}
+
+/// The I/O side of an outgoing request, as wasmtime-wasi-http's hook shapes it.
+type IoFuture = Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
+type Sent =
+    Result<(http::Response<wasmtime_wasi_http::WasiBody>, IoFuture), wasmtime_wasi_http::Error>;
+
+impl WasiHttpHooks for PodHttpHooks {
+    fn send_request(
+        &mut self,
+        mut request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<RequestOptions>,
+        fut: IoFuture,
+    ) -> Box<dyn Future<Output = Sent> + Send> {
+        let net = self.net.clone();
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let net = net.ok_or(wasmtime_wasi_http::Error::DestinationIpProhibited)?;
+            route_request(&net, &mut request).await?;
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            drop(fut);
+            Ok((res.map(BodyExt::boxed_unsync), Box::new(io) as IoFuture))
+        })
+    }
+}
+
+/// Checks every address the request's host resolves to against the pod's policy. Plain HTTP
+/// is sent to the routed address (so `localhost` reaches the pod); HTTPS keeps the name, which
+/// its certificate must match.
+async fn route_request(
+    net: &PodNetwork,
+    request: &mut http::Request<wasmtime_wasi_http::WasiBody>,
+) -> Result<(), wasmtime_wasi_http::Error> {
+    use wasmtime_wasi_http::Error as E;
+    let uri = request.uri().clone();
+    let authority = uri.authority().ok_or(E::HttpRequestUriInvalid)?;
+    let tls = uri.scheme() == Some(&Scheme::HTTPS);
+    let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let addrs: Vec<SocketAddr> = match net.resolve_local(host) {
+        Some(ips) => vec![SocketAddr::new(ips[0], port)],
+        None => match host.parse() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|_| E::DnsError {
+                    rcode: None,
+                    info_code: None,
+                })?
+                .collect(),
+        },
+    };
+    let mut routed = None;
+    for a in addrs {
+        match net.route(a) {
+            Ok(r) => {
+                routed.get_or_insert(r.dest);
+            }
+            Err(e) => {
+                tracing::debug!("outgoing HTTP to {a}: {e}");
+                return Err(E::DestinationIpProhibited);
+            }
+        }
+    }
+    let dest = routed.ok_or(E::DestinationNotFound)?;
+    if !tls {
+        let mut parts = uri.into_parts();
+        parts.authority =
+            Some(Authority::try_from(dest.to_string()).map_err(|_| E::HttpRequestUriInvalid)?);
+        *request.uri_mut() = http::Uri::from_parts(parts).map_err(|_| E::HttpRequestUriInvalid)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,504 @@
+//! The host side of `wasi:sockets` for pod guests. wasmtime-wasi does the socket work; this
+//! layer sits in front of it and sends every address through the guest's [`PodNetwork`]: binds
+//! and connects are mapped onto the pod's addresses and checked against its egress policy,
+//! addresses read back are mapped to what the guest expects, and sockets count against the
+//! pod's limit. Every other WASI interface is served by wasmtime-wasi unchanged.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use wasmtime::component::{HasData, Resource};
+use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddressFamily, IpSocketAddress};
+use wasmtime_wasi::p2::bindings::sockets::{
+    ip_name_lookup, network, tcp, tcp_create_socket, udp, udp_create_socket,
+};
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
+use wasmtime_wasi::p2::{DynPollable, SocketError, SocketResult, TcpSocket, UdpSocket};
+use wasmtime_wasi::sockets::WasiSocketsCtxView;
+
+use crate::network::{Family, NetError, PodNetwork};
+
+/// One store's sockets: its pod's network, and what it opened.
+pub(super) struct PodSockets {
+    net: Option<Arc<PodNetwork>>,
+    /// Resources (sockets and datagram streams) the guest opened as IPv6.
+    v6: HashSet<u32>,
+    /// Sockets this store holds against the pod's limit.
+    open: HashSet<u32>,
+}
+
+impl PodSockets {
+    pub(super) fn new(net: Option<Arc<PodNetwork>>) -> Self {
+        Self {
+            net,
+            v6: HashSet::new(),
+            open: HashSet::new(),
+        }
+    }
+}
+
+/// A store can end without dropping its resources (a killed guest): give the count back here.
+impl Drop for PodSockets {
+    fn drop(&mut self) {
+        if let Some(net) = &self.net {
+            net.close_sockets(self.open.len());
+        }
+    }
+}
+
+pub(super) struct SocketsView<'a> {
+    pub(super) inner: WasiSocketsCtxView<'a>,
+    pub(super) pod: &'a mut PodSockets,
+}
+
+/// [`HasData`] marker for linking this layer.
+pub(super) struct PodSocketsData;
+
+impl HasData for PodSocketsData {
+    type Data<'a> = SocketsView<'a>;
+}
+
+/// Replaces wasmtime-wasi's socket interfaces in `linker` with this layer.
+pub(super) fn add_to_linker<T: Send + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+    view: fn(&mut T) -> SocketsView<'_>,
+) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    tcp::add_to_linker::<T, PodSocketsData>(linker, view)?;
+    tcp_create_socket::add_to_linker::<T, PodSocketsData>(linker, view)?;
+    udp::add_to_linker::<T, PodSocketsData>(linker, view)?;
+    udp_create_socket::add_to_linker::<T, PodSocketsData>(linker, view)?;
+    ip_name_lookup::add_to_linker::<T, PodSocketsData>(linker, view)?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+fn net_error(e: NetError) -> SocketError {
+    let code = match e {
+        NetError::NotBindable(_) => ErrorCode::AddressNotBindable,
+        NetError::PrivilegedPort { .. } | NetError::Denied(_) => ErrorCode::AccessDenied,
+        NetError::Unreachable(_) => ErrorCode::RemoteUnreachable,
+        NetError::SocketLimit(_) => ErrorCode::NewSocketLimit,
+    };
+    tracing::debug!("socket refused: {e}");
+    code.into()
+}
+
+impl SocketsView<'_> {
+    fn net(&self) -> SocketResult<&Arc<PodNetwork>> {
+        self.pod
+            .net
+            .as_ref()
+            .ok_or_else(|| ErrorCode::AccessDenied.into())
+    }
+
+    fn family(&self, rep: u32) -> Family {
+        if self.pod.v6.contains(&rep) {
+            Family::V6
+        } else {
+            Family::V4
+        }
+    }
+
+    /// Counts a new socket of `family` (the guest's) against the pod's limit.
+    fn opened(&mut self, rep: u32, family: Family) {
+        self.pod.open.insert(rep);
+        if family == Family::V6 {
+            self.pod.v6.insert(rep);
+        }
+    }
+
+    fn closed(&mut self, rep: u32) {
+        self.pod.v6.remove(&rep);
+        if self.pod.open.remove(&rep) {
+            if let Some(net) = &self.pod.net {
+                net.close_sockets(1);
+            }
+        }
+    }
+
+    fn to_guest(&self, rep: u32, host: IpSocketAddress) -> SocketResult<IpSocketAddress> {
+        let family = self.family(rep);
+        Ok(self.net()?.to_guest(host.into(), family).into())
+    }
+
+    fn bind_addr(&self, guest: IpSocketAddress) -> SocketResult<IpSocketAddress> {
+        let addr = self.net()?.bind(guest.into()).map_err(net_error)?;
+        Ok(addr.into())
+    }
+
+    /// Binds an unbound TCP socket to the pod's IP before the OS would pick an address itself.
+    async fn bind_if_unbound(
+        &mut self,
+        this: &Resource<TcpSocket>,
+        network: Resource<network::Network>,
+        addr: SocketAddr,
+    ) -> SocketResult<()> {
+        let sock = Resource::<TcpSocket>::new_borrow(this.rep());
+        if tcp::HostTcpSocket::local_address(&mut self.inner, sock)
+            .is_ok_and(|a| SocketAddr::from(a).port() != 0)
+        {
+            return Ok(());
+        }
+        let sock = Resource::<TcpSocket>::new_borrow(this.rep());
+        tcp::HostTcpSocket::start_bind(&mut self.inner, sock, network, addr.into()).await?;
+        tcp::HostTcpSocket::finish_bind(&mut self.inner, Resource::new_borrow(this.rep()))
+    }
+}
+
+fn host_family(_guest: IpAddressFamily) -> IpAddressFamily {
+    // Pods have IPv4 addresses; IPv6 sockets ride on IPv4 ones (see `network::pod`).
+    IpAddressFamily::Ipv4
+}
+
+fn guest_family(family: IpAddressFamily) -> Family {
+    match family {
+        IpAddressFamily::Ipv4 => Family::V4,
+        IpAddressFamily::Ipv6 => Family::V6,
+    }
+}
+
+impl tcp_create_socket::Host for SocketsView<'_> {
+    fn create_tcp_socket(&mut self, family: IpAddressFamily) -> SocketResult<Resource<TcpSocket>> {
+        self.net()?.open_socket().map_err(net_error)?;
+        match tcp_create_socket::Host::create_tcp_socket(&mut self.inner, host_family(family)) {
+            Ok(sock) => {
+                self.opened(sock.rep(), guest_family(family));
+                Ok(sock)
+            }
+            Err(e) => {
+                self.net()?.close_sockets(1);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl udp_create_socket::Host for SocketsView<'_> {
+    async fn create_udp_socket(
+        &mut self,
+        family: IpAddressFamily,
+    ) -> SocketResult<Resource<UdpSocket>> {
+        self.net()?.open_socket().map_err(net_error)?;
+        let made =
+            udp_create_socket::Host::create_udp_socket(&mut self.inner, host_family(family)).await;
+        match made {
+            Ok(sock) => {
+                self.opened(sock.rep(), guest_family(family));
+                Ok(sock)
+            }
+            Err(e) => {
+                self.net()?.close_sockets(1);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl ip_name_lookup::Host for SocketsView<'_> {
+    /// `localhost` and the pod's hostname are the pod's own; other names go to the resolver.
+    fn resolve_addresses(
+        &mut self,
+        network: Resource<network::Network>,
+        name: String,
+    ) -> SocketResult<Resource<ip_name_lookup::ResolveAddressStream>> {
+        let name = match self.net()?.resolve_local(&name) {
+            Some(addrs) => addrs[0].to_string(),
+            None => name,
+        };
+        ip_name_lookup::Host::resolve_addresses(&mut self.inner, network, name)
+    }
+}
+
+impl ip_name_lookup::HostResolveAddressStream for SocketsView<'_> {
+    fn resolve_next_address(
+        &mut self,
+        this: Resource<ip_name_lookup::ResolveAddressStream>,
+    ) -> SocketResult<Option<network::IpAddress>> {
+        ip_name_lookup::HostResolveAddressStream::resolve_next_address(&mut self.inner, this)
+    }
+
+    fn subscribe(
+        &mut self,
+        this: Resource<ip_name_lookup::ResolveAddressStream>,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        ip_name_lookup::HostResolveAddressStream::subscribe(&mut self.inner, this)
+    }
+
+    fn drop(
+        &mut self,
+        this: Resource<ip_name_lookup::ResolveAddressStream>,
+    ) -> wasmtime::Result<()> {
+        ip_name_lookup::HostResolveAddressStream::drop(&mut self.inner, this)
+    }
+}
+
+impl network::Host for SocketsView<'_> {
+    fn convert_error_code(&mut self, error: SocketError) -> wasmtime::Result<ErrorCode> {
+        network::Host::convert_error_code(&mut self.inner, error)
+    }
+
+    fn network_error_code(
+        &mut self,
+        err: Resource<wasmtime::Error>,
+    ) -> wasmtime::Result<Option<ErrorCode>> {
+        network::Host::network_error_code(&mut self.inner, err)
+    }
+}
+
+impl network::HostNetwork for SocketsView<'_> {
+    fn drop(&mut self, this: Resource<network::Network>) -> wasmtime::Result<()> {
+        network::HostNetwork::drop(&mut self.inner, this)
+    }
+}
+
+impl tcp::Host for SocketsView<'_> {}
+
+/// Methods that need no address mapping go straight to wasmtime-wasi.
+macro_rules! pass_through {
+    ($trait:path, $res:ty; $($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        $(fn $name(&mut self, this: Resource<$res>, $($arg: $ty),*) -> $ret {
+            <WasiSocketsCtxView<'_> as $trait>::$name(&mut self.inner, this, $($arg),*)
+        })*
+    };
+}
+
+impl tcp::HostTcpSocket for SocketsView<'_> {
+    async fn start_bind(
+        &mut self,
+        this: Resource<TcpSocket>,
+        network: Resource<network::Network>,
+        local_address: IpSocketAddress,
+    ) -> SocketResult<()> {
+        let addr = self.bind_addr(local_address)?;
+        tcp::HostTcpSocket::start_bind(&mut self.inner, this, network, addr).await
+    }
+
+    fn start_connect(
+        &mut self,
+        this: Resource<TcpSocket>,
+        network: Resource<network::Network>,
+        remote_address: IpSocketAddress,
+    ) -> SocketResult<()> {
+        let route = self
+            .net()?
+            .route(remote_address.into())
+            .map_err(net_error)?;
+        if let Some(source) = route.source {
+            // A socket to a pod speaks from this pod's IP; binding is immediate for TCP.
+            let network2 = Resource::new_borrow(network.rep());
+            let bound = futures::executor::block_on(self.bind_if_unbound(&this, network2, source));
+            bound?;
+        }
+        tcp::HostTcpSocket::start_connect(&mut self.inner, this, network, route.dest.into())
+    }
+
+    async fn start_listen(&mut self, this: Resource<TcpSocket>) -> SocketResult<()> {
+        // wasi:sockets 0.2 requires a bind first; keep wasmtime-wasi's answer for unbound ones.
+        tcp::HostTcpSocket::start_listen(&mut self.inner, this).await
+    }
+
+    fn accept(
+        &mut self,
+        this: Resource<TcpSocket>,
+    ) -> SocketResult<(
+        Resource<TcpSocket>,
+        Resource<DynInputStream>,
+        Resource<DynOutputStream>,
+    )> {
+        let family = self.family(this.rep());
+        self.net()?.open_socket().map_err(net_error)?;
+        match tcp::HostTcpSocket::accept(&mut self.inner, this) {
+            Ok(accepted) => {
+                self.opened(accepted.0.rep(), family);
+                Ok(accepted)
+            }
+            Err(e) => {
+                self.net()?.close_sockets(1);
+                Err(e)
+            }
+        }
+    }
+
+    fn local_address(&mut self, this: Resource<TcpSocket>) -> SocketResult<IpSocketAddress> {
+        let rep = this.rep();
+        let host = tcp::HostTcpSocket::local_address(&mut self.inner, this)?;
+        self.to_guest(rep, host)
+    }
+
+    fn remote_address(&mut self, this: Resource<TcpSocket>) -> SocketResult<IpSocketAddress> {
+        let rep = this.rep();
+        let host = tcp::HostTcpSocket::remote_address(&mut self.inner, this)?;
+        self.to_guest(rep, host)
+    }
+
+    fn address_family(&mut self, this: Resource<TcpSocket>) -> wasmtime::Result<IpAddressFamily> {
+        Ok(match self.family(this.rep()) {
+            Family::V4 => IpAddressFamily::Ipv4,
+            Family::V6 => IpAddressFamily::Ipv6,
+        })
+    }
+
+    fn drop(&mut self, this: Resource<TcpSocket>) -> wasmtime::Result<()> {
+        self.closed(this.rep());
+        tcp::HostTcpSocket::drop(&mut self.inner, this)
+    }
+
+    pass_through! { tcp::HostTcpSocket, TcpSocket;
+        finish_bind() -> SocketResult<()>;
+        finish_connect() -> SocketResult<(Resource<DynInputStream>, Resource<DynOutputStream>)>;
+        finish_listen() -> SocketResult<()>;
+        is_listening() -> wasmtime::Result<bool>;
+        set_listen_backlog_size(value: u64) -> SocketResult<()>;
+        keep_alive_enabled() -> SocketResult<bool>;
+        set_keep_alive_enabled(value: bool) -> SocketResult<()>;
+        keep_alive_idle_time() -> SocketResult<u64>;
+        set_keep_alive_idle_time(value: u64) -> SocketResult<()>;
+        keep_alive_interval() -> SocketResult<u64>;
+        set_keep_alive_interval(value: u64) -> SocketResult<()>;
+        keep_alive_count() -> SocketResult<u32>;
+        set_keep_alive_count(value: u32) -> SocketResult<()>;
+        hop_limit() -> SocketResult<u8>;
+        set_hop_limit(value: u8) -> SocketResult<()>;
+        receive_buffer_size() -> SocketResult<u64>;
+        set_receive_buffer_size(value: u64) -> SocketResult<()>;
+        send_buffer_size() -> SocketResult<u64>;
+        set_send_buffer_size(value: u64) -> SocketResult<()>;
+        subscribe() -> wasmtime::Result<Resource<DynPollable>>;
+        shutdown(how: tcp::ShutdownType) -> SocketResult<()>;
+    }
+}
+
+impl udp::Host for SocketsView<'_> {}
+
+impl udp::HostUdpSocket for SocketsView<'_> {
+    async fn start_bind(
+        &mut self,
+        this: Resource<UdpSocket>,
+        network: Resource<network::Network>,
+        local_address: IpSocketAddress,
+    ) -> SocketResult<()> {
+        let addr = self.bind_addr(local_address)?;
+        udp::HostUdpSocket::start_bind(&mut self.inner, this, network, addr).await
+    }
+
+    async fn stream(
+        &mut self,
+        this: Resource<UdpSocket>,
+        remote_address: Option<IpSocketAddress>,
+    ) -> SocketResult<(
+        Resource<udp::IncomingDatagramStream>,
+        Resource<udp::OutgoingDatagramStream>,
+    )> {
+        let family = self.family(this.rep());
+        let remote = match remote_address {
+            Some(a) => Some(self.net()?.route(a.into()).map_err(net_error)?.dest.into()),
+            None => None,
+        };
+        let (rx, tx) = udp::HostUdpSocket::stream(&mut self.inner, this, remote).await?;
+        if family == Family::V6 {
+            self.pod.v6.extend([rx.rep(), tx.rep()]);
+        }
+        Ok((rx, tx))
+    }
+
+    fn local_address(&mut self, this: Resource<UdpSocket>) -> SocketResult<IpSocketAddress> {
+        let rep = this.rep();
+        let host = udp::HostUdpSocket::local_address(&mut self.inner, this)?;
+        self.to_guest(rep, host)
+    }
+
+    fn remote_address(&mut self, this: Resource<UdpSocket>) -> SocketResult<IpSocketAddress> {
+        let rep = this.rep();
+        let host = udp::HostUdpSocket::remote_address(&mut self.inner, this)?;
+        self.to_guest(rep, host)
+    }
+
+    fn address_family(&mut self, this: Resource<UdpSocket>) -> wasmtime::Result<IpAddressFamily> {
+        Ok(match self.family(this.rep()) {
+            Family::V4 => IpAddressFamily::Ipv4,
+            Family::V6 => IpAddressFamily::Ipv6,
+        })
+    }
+
+    fn drop(&mut self, this: Resource<UdpSocket>) -> wasmtime::Result<()> {
+        self.closed(this.rep());
+        udp::HostUdpSocket::drop(&mut self.inner, this)
+    }
+
+    pass_through! { udp::HostUdpSocket, UdpSocket;
+        finish_bind() -> SocketResult<()>;
+        unicast_hop_limit() -> SocketResult<u8>;
+        set_unicast_hop_limit(value: u8) -> SocketResult<()>;
+        receive_buffer_size() -> SocketResult<u64>;
+        set_receive_buffer_size(value: u64) -> SocketResult<()>;
+        send_buffer_size() -> SocketResult<u64>;
+        set_send_buffer_size(value: u64) -> SocketResult<()>;
+        subscribe() -> wasmtime::Result<Resource<DynPollable>>;
+    }
+}
+
+impl udp::HostIncomingDatagramStream for SocketsView<'_> {
+    fn receive(
+        &mut self,
+        this: Resource<udp::IncomingDatagramStream>,
+        max_results: u64,
+    ) -> SocketResult<Vec<udp::IncomingDatagram>> {
+        let rep = this.rep();
+        let mut got = udp::HostIncomingDatagramStream::receive(&mut self.inner, this, max_results)?;
+        for d in &mut got {
+            d.remote_address = self.to_guest(rep, d.remote_address)?;
+        }
+        Ok(got)
+    }
+
+    fn drop(&mut self, this: Resource<udp::IncomingDatagramStream>) -> wasmtime::Result<()> {
+        self.pod.v6.remove(&this.rep());
+        udp::HostIncomingDatagramStream::drop(&mut self.inner, this)
+    }
+
+    pass_through! { udp::HostIncomingDatagramStream, udp::IncomingDatagramStream;
+        subscribe() -> wasmtime::Result<Resource<DynPollable>>;
+    }
+}
+
+impl udp::HostOutgoingDatagramStream for SocketsView<'_> {
+    /// Datagrams go out up to the first one the pod may not send; that one fails only if it
+    /// is the first (a partial send reports its count, as the interface asks).
+    fn send(
+        &mut self,
+        this: Resource<udp::OutgoingDatagramStream>,
+        datagrams: Vec<udp::OutgoingDatagram>,
+    ) -> SocketResult<u64> {
+        let net = self.net()?.clone();
+        let mut allowed = Vec::with_capacity(datagrams.len());
+        let mut refused = None;
+        for mut d in datagrams {
+            if let Some(to) = d.remote_address {
+                match net.route(to.into()) {
+                    Ok(route) => d.remote_address = Some(route.dest.into()),
+                    Err(e) => {
+                        refused = Some(e);
+                        break;
+                    }
+                }
+            }
+            allowed.push(d);
+        }
+        match refused {
+            Some(e) if allowed.is_empty() => Err(net_error(e)),
+            _ => udp::HostOutgoingDatagramStream::send(&mut self.inner, this, allowed),
+        }
+    }
+
+    async fn drop(&mut self, this: Resource<udp::OutgoingDatagramStream>) -> wasmtime::Result<()> {
+        self.pod.v6.remove(&this.rep());
+        udp::HostOutgoingDatagramStream::drop(&mut self.inner, this).await
+    }
+
+    pass_through! { udp::HostOutgoingDatagramStream, udp::OutgoingDatagramStream;
+        check_send() -> SocketResult<u64>;
+        subscribe() -> wasmtime::Result<Resource<DynPollable>>;
+    }
+}
