@@ -291,11 +291,14 @@ impl IpPool {
         })
     }
 
+    /// Also skips `.0` and `.255` inside larger ranges: valid, but read as network and
+    /// broadcast addresses by people and some tools.
     fn usable(&self, ip: Ipv4Addr) -> bool {
         let n = u32::from(ip);
         self.cidr.contains(&ip)
             && n >= u32::from(self.cidr.network()) + 2
             && n < u32::from(self.cidr.broadcast())
+            && !matches!(n & 0xff, 0 | 255)
     }
 
     /// Whether this pool may hand out addresses of `ip`'s block, claiming it on first use.
@@ -428,7 +431,7 @@ mod tests {
         let theirs = other.attach(&PodConfig::default(), None).unwrap();
         assert_eq!(
             theirs.ip().to_string(),
-            "127.202.1.0",
+            "127.202.1.1",
             "a block held by another pool is skipped"
         );
     }

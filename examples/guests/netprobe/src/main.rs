@@ -17,6 +17,7 @@
 //! | `bind ADDR`               | one TCP bind; prints `bound <local>`                 |
 //! | `sockets N ADDR`          | opens up to N TCP connections and keeps them open; prints `opened <k>` |
 //! | `resolve ADDR`            | prints `resolved <addr>` for each address ADDR resolves to, in order |
+//! | `tcp-rtt ADDR N`          | N round trips of a 64-byte line to an echo server, then `rtt_ns=<n>` per trip |
 //!
 //! On an I/O error it prints exactly one line to stderr,
 //! `error: <ErrorKind:?> <error>`, and exits 2 for `ConnectionRefused`, 3 for
@@ -27,8 +28,9 @@
 //! `exit-with-code` sees every non-zero code as plain failure (1): match the
 //! error line's kind, not the number.
 //!
-//! wasmtime creates IPv6 sockets IPV6_V6ONLY, so `[::]:PORT` accepts no IPv4
-//! clients; bind `0.0.0.0:PORT` for those.
+//! wasmtime creates IPv6 sockets IPV6_V6ONLY, so under plain wasmtime
+//! `[::]:PORT` accepts no IPv4 clients. In a wasmpod pod `::` and `::1` are the
+//! pod's own address, so `[::]:PORT` serves both families there.
 
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
@@ -62,6 +64,10 @@ fn main() {
                 .iter()
                 .try_for_each(|addr| say(&format!("resolved {addr}")))
         }),
+        ["tcp-rtt", addr, n] => match n.parse() {
+            Ok(n) => tcp_rtt(addr, n),
+            Err(_) => usage(),
+        },
         ["sockets", n, addr] => match n.parse() {
             Ok(n) => sockets(n, addr),
             Err(_) => usage(),
@@ -77,7 +83,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: netprobe tcp-echo ADDR | tcp-client ADDR MESSAGE | udp-echo ADDR | \
          udp-client ADDR MESSAGE | http ADDR | connect ADDR | bind ADDR | sockets N ADDR | \
-         resolve ADDR"
+         resolve ADDR | tcp-rtt ADDR N"
     );
     exit(1);
 }
@@ -145,6 +151,32 @@ fn tcp_client(addr: &str, message: &str) -> io::Result<()> {
         return Err(ErrorKind::UnexpectedEof.into());
     }
     say(&format!("reply: {}", reply.trim_end_matches(['\r', '\n'])))
+}
+
+/// Times `n` echo round trips of a 64-byte line; prints them after the last one, so that
+/// logging does not disturb the timing.
+fn tcp_rtt(addr: &str, n: usize) -> io::Result<()> {
+    let addrs = resolve(addr)?;
+    let stream = retry_refused(TCP_ATTEMPTS, || TcpStream::connect(&addrs[..]))?;
+    let mut reader = BufReader::new(&stream);
+    let mut writer = &stream;
+    let message = format!("{}\n", "x".repeat(63));
+    let mut line = String::new();
+    let mut trips = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        writer.write_all(message.as_bytes())?;
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+        trips.push(started.elapsed());
+    }
+    let mut out = io::stdout().lock();
+    for t in trips {
+        writeln!(out, "rtt_ns={}", t.as_nanos())?;
+    }
+    out.flush()
 }
 
 /// Runs `op` up to `attempts` times, `RETRY_DELAY` apart, for as long as it
