@@ -13,7 +13,7 @@ use wasmpod_runtime::error::ErrorKind;
 use wasmpod_runtime::exit::Exit;
 use wasmpod_runtime::network::{NetworkConfig, EGRESS_ANNOTATION};
 use wasmpod_runtime::runtime::{Runtime, RuntimeOptions};
-use wasmpod_runtime::spec::{ContainerConfig, PodConfig, PortMapping, Protocol};
+use wasmpod_runtime::spec::{ContainerConfig, DnsConfig, PodConfig, PortMapping, Protocol};
 use wasmpod_tests::*;
 
 fn netprobe() -> PathBuf {
@@ -437,4 +437,87 @@ fn malformed_network_config_is_refused() {
         .expect("a malformed network config is refused");
         assert!(e.to_string().contains(needle), "{e}");
     }
+}
+
+/// Debian's dnsmasq answering for `svc.test` on `addr`:53, stopped by PID when dropped.
+struct Dnsmasq(std::process::Child);
+
+impl Dnsmasq {
+    /// `None` (with the reason printed) when port 53 cannot be had: it needs root.
+    fn start(addr: &str, records: &[(&str, &str)]) -> Option<Self> {
+        let mut cmd = std::process::Command::new("dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--port=53",
+            "--local=/svc.test/",
+            "--pid-file",
+            "--user=root",
+        ])
+        .arg(format!("--listen-address={addr}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+        for (name, ip) in records {
+            cmd.arg(format!("--address=/{name}/{ip}"));
+        }
+        let mut child = cmd
+            .spawn()
+            .expect("running dnsmasq (apt install dnsmasq-base)");
+        // dnsmasq answers once it has bound; a bind failure ends it at once.
+        for _ in 0..100 {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).ok();
+                eprintln!("skipped: dnsmasq could not start ({status}): {err}");
+                return None;
+            }
+            if std::net::UdpSocket::bind((addr, 53)).is_err() {
+                return Some(Dnsmasq(child));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Dnsmasq(child))
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn name_lookups_use_the_sandbox_dns_servers_and_search_domains() {
+    let Some(_dns) = Dnsmasq::start("127.0.0.3", &[("web.svc.test", "127.0.0.4")]) else {
+        return;
+    };
+    let (_tmp, rt) = temp_runtime();
+    let mut config = pod("resolver");
+    config.dns = DnsConfig {
+        servers: vec!["127.0.0.3".into()],
+        searches: vec!["svc.test".into()],
+        options: vec!["ndots:5".into()],
+    };
+    let pod_id = rt.run_pod(config).unwrap();
+    let ip = ip_of(&rt, &pod_id);
+    for (i, (name, expect)) in [
+        ("web:80", "127.0.0.4:80".to_owned()),
+        ("web.svc.test:80", "127.0.0.4:80".to_owned()),
+        ("localhost:80", "127.0.0.1:80".to_owned()),
+        ("resolver:80", format!("{ip}:80")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (exit, out, err) =
+            probe(&rt, &pod_id, &format!("resolve-{i}"), &["resolve", name]).await;
+        assert_eq!(exit.code, 0, "{name}: {exit:?} {err}");
+        assert!(out.contains(&format!("resolved {expect}")), "{name}: {out}");
+    }
+    let (exit, _, err) = probe(&rt, &pod_id, "missing", &["resolve", "nothing.svc.test:80"]).await;
+    assert_eq!(exit.code, 1, "{err}");
+    assert!(err.contains("error: "), "{err}");
 }

@@ -271,19 +271,16 @@ async fn route_request(
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']');
-    let addrs: Vec<SocketAddr> = match net.resolve_local(host) {
-        Some(ips) => vec![SocketAddr::new(ips[0], port)],
-        None => match host.parse() {
-            Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => tokio::net::lookup_host((host, port))
-                .await
-                .map_err(|_| E::DnsError {
-                    rcode: None,
-                    info_code: None,
-                })?
-                .collect(),
-        },
-    };
+    let addrs: Vec<SocketAddr> = net
+        .lookup(host)
+        .await
+        .map_err(|_| E::DnsError {
+            rcode: None,
+            info_code: None,
+        })?
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect();
     let mut routed = None;
     for a in addrs {
         match net.route(a) {

@@ -4,20 +4,20 @@
 //! addresses read back are mapped to what the guest expects, and sockets count against the
 //! pod's limit. Every other WASI interface is served by wasmtime-wasi unchanged.
 
-use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::collections::{HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use wasmtime::component::{HasData, Resource};
+use wasmtime::component::{HasData, Resource, ResourceType};
 use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddressFamily, IpSocketAddress};
 use wasmtime_wasi::p2::bindings::sockets::{
-    ip_name_lookup, network, tcp, tcp_create_socket, udp, udp_create_socket,
+    network, tcp, tcp_create_socket, udp, udp_create_socket,
 };
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
-use wasmtime_wasi::p2::{DynPollable, SocketError, SocketResult, TcpSocket, UdpSocket};
+use wasmtime_wasi::p2::{DynPollable, Pollable, SocketError, SocketResult, TcpSocket, UdpSocket};
 use wasmtime_wasi::sockets::WasiSocketsCtxView;
 
-use crate::network::{Family, NetError, PodNetwork};
+use crate::network::{Family, LookupError, NetError, PodNetwork};
 
 /// One store's sockets: its pod's network, and what it opened.
 pub(super) struct PodSockets {
@@ -69,7 +69,7 @@ pub(super) fn add_to_linker<T: Send + 'static>(
     tcp_create_socket::add_to_linker::<T, PodSocketsData>(linker, view)?;
     udp::add_to_linker::<T, PodSocketsData>(linker, view)?;
     udp_create_socket::add_to_linker::<T, PodSocketsData>(linker, view)?;
-    ip_name_lookup::add_to_linker::<T, PodSocketsData>(linker, view)?;
+    add_lookup_to_linker(linker, view)?;
     linker.allow_shadowing(false);
     Ok(())
 }
@@ -196,43 +196,94 @@ impl udp_create_socket::Host for SocketsView<'_> {
     }
 }
 
-impl ip_name_lookup::Host for SocketsView<'_> {
-    /// `localhost` and the pod's hostname are the pod's own; other names go to the resolver.
-    fn resolve_addresses(
-        &mut self,
-        network: Resource<network::Network>,
-        name: String,
-    ) -> SocketResult<Resource<ip_name_lookup::ResolveAddressStream>> {
-        let name = match self.net()?.resolve_local(&name) {
-            Some(addrs) => addrs[0].to_string(),
-            None => name,
-        };
-        ip_name_lookup::Host::resolve_addresses(&mut self.inner, network, name)
+/// A guest's name lookup, resolved through its pod's network (`PodNetwork::lookup`), standing
+/// in for wasmtime-wasi's `resolve-address-stream`.
+pub(super) enum Lookup {
+    Pending(tokio::task::JoinHandle<Result<Vec<IpAddr>, LookupError>>),
+    Done(Result<VecDeque<IpAddr>, LookupError>),
+}
+
+#[async_trait::async_trait]
+impl Pollable for Lookup {
+    async fn ready(&mut self) {
+        if let Lookup::Pending(task) = self {
+            let result = task.await.unwrap_or(Err(LookupError::ResolverFailure));
+            *self = Lookup::Done(result.map(VecDeque::from));
+        }
     }
 }
 
-impl ip_name_lookup::HostResolveAddressStream for SocketsView<'_> {
-    fn resolve_next_address(
-        &mut self,
-        this: Resource<ip_name_lookup::ResolveAddressStream>,
-    ) -> SocketResult<Option<network::IpAddress>> {
-        ip_name_lookup::HostResolveAddressStream::resolve_next_address(&mut self.inner, this)
-    }
-
-    fn subscribe(
-        &mut self,
-        this: Resource<ip_name_lookup::ResolveAddressStream>,
-    ) -> wasmtime::Result<Resource<DynPollable>> {
-        ip_name_lookup::HostResolveAddressStream::subscribe(&mut self.inner, this)
-    }
-
-    fn drop(
-        &mut self,
-        this: Resource<ip_name_lookup::ResolveAddressStream>,
-    ) -> wasmtime::Result<()> {
-        ip_name_lookup::HostResolveAddressStream::drop(&mut self.inner, this)
+fn lookup_error(e: LookupError) -> ErrorCode {
+    match e {
+        LookupError::InvalidName => ErrorCode::InvalidArgument,
+        LookupError::NotFound => ErrorCode::NameUnresolvable,
+        LookupError::ResolverFailure => ErrorCode::TemporaryResolverFailure,
     }
 }
+
+/// Defines `wasi:sockets/ip-name-lookup` over [`Lookup`], replacing wasmtime-wasi's (which
+/// only knows the node's resolver and cannot be handed addresses).
+fn add_lookup_to_linker<T: Send + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+    view: fn(&mut T) -> SocketsView<'_>,
+) -> wasmtime::Result<()> {
+    let mut inst = linker.instance(IP_NAME_LOOKUP)?;
+    inst.resource(
+        "resolve-address-stream",
+        ResourceType::host::<Lookup>(),
+        move |mut store, rep| {
+            view(store.data_mut())
+                .inner
+                .table
+                .delete(Resource::<Lookup>::new_own(rep))?;
+            Ok(())
+        },
+    )?;
+    inst.func_wrap(
+        "resolve-addresses",
+        move |mut store, (network, name): (Resource<network::Network>, String)| {
+            let v = view(store.data_mut());
+            v.inner.table.get(&network)?;
+            let Some(net) = v.pod.net.clone() else {
+                return Ok((Err(ErrorCode::AccessDenied),));
+            };
+            let task = tokio::spawn(async move { net.lookup(&name).await });
+            Ok((Ok(v.inner.table.push(Lookup::Pending(task))?),))
+        },
+    )?;
+    inst.func_wrap(
+        "[method]resolve-address-stream.resolve-next-address",
+        move |mut store, (this,): (Resource<Lookup>,)| {
+            let lookup = view(store.data_mut()).inner.table.get_mut(&this)?;
+            if let Lookup::Pending(task) = lookup {
+                if !task.is_finished() {
+                    return Ok((Err(ErrorCode::WouldBlock),));
+                }
+                let result =
+                    futures::executor::block_on(task).unwrap_or(Err(LookupError::ResolverFailure));
+                *lookup = Lookup::Done(result.map(VecDeque::from));
+            }
+            let Lookup::Done(result) = lookup else {
+                unreachable!("made done above");
+            };
+            Ok((match result {
+                Ok(addrs) => Ok(addrs.pop_front().map(network::IpAddress::from)),
+                Err(e) => Err(lookup_error(*e)),
+            },))
+        },
+    )?;
+    inst.func_wrap(
+        "[method]resolve-address-stream.subscribe",
+        move |mut store, (this,): (Resource<Lookup>,)| {
+            let table = view(store.data_mut()).inner.table;
+            Ok((wasmtime_wasi::p2::subscribe(table, this)?,))
+        },
+    )?;
+    Ok(())
+}
+
+/// The interface name wasmtime-wasi 48 defines; guests importing any 0.2.x match it.
+const IP_NAME_LOOKUP: &str = "wasi:sockets/ip-name-lookup@0.2.12";
 
 impl network::Host for SocketsView<'_> {
     fn convert_error_code(&mut self, error: SocketError) -> wasmtime::Result<ErrorCode> {

@@ -6,6 +6,7 @@
 //! that whole range local with one route on a dummy interface, so the cluster's route to the
 //! node's pod CIDR reaches every pod without a veth per pod.
 
+mod dns;
 mod egress;
 mod host_port;
 mod node;
@@ -22,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
+pub use dns::LookupError;
 pub use egress::{EgressPolicy, EgressRule, EGRESS_ANNOTATION};
 pub use pod::{Family, NetError, PodNetwork, PodNetworkSpec, Route};
 

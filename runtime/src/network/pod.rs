@@ -15,6 +15,7 @@ use std::sync::Mutex;
 
 use ipnet::Ipv4Net;
 
+use super::dns::{LookupError, PodResolver};
 use super::egress::EgressPolicy;
 use crate::spec::DnsConfig;
 
@@ -66,6 +67,7 @@ pub struct PodNetworkSpec {
 
 pub struct PodNetwork {
     spec: PodNetworkSpec,
+    resolver: std::sync::OnceLock<PodResolver>,
     sockets: AtomicUsize,
     /// The pod's hostPort listeners, stopped when the pod's network is torn down.
     pub(super) forwarders: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -75,6 +77,7 @@ impl PodNetwork {
     pub fn new(spec: PodNetworkSpec) -> Self {
         Self {
             spec,
+            resolver: std::sync::OnceLock::new(),
             sockets: AtomicUsize::new(0),
             forwarders: Mutex::default(),
         }
@@ -173,6 +176,31 @@ impl PodNetwork {
         } else {
             None
         }
+    }
+
+    /// Resolves `name` as the pod sees it: its own names, IP literals, then its DNS servers.
+    pub async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, LookupError> {
+        let name = name.trim();
+        if let Some(ips) = self.resolve_local(name) {
+            return Ok(ips);
+        }
+        let literal = name
+            .strip_prefix('[')
+            .and_then(|n| n.strip_suffix(']'))
+            .unwrap_or(name);
+        if let Ok(ip) = literal.parse::<IpAddr>() {
+            return Ok(vec![ip]);
+        }
+        if name.is_empty()
+            || name.len() > 253
+            || name.contains(|c: char| c.is_whitespace() || c == '/')
+        {
+            return Err(LookupError::InvalidName);
+        }
+        self.resolver
+            .get_or_init(|| PodResolver::new(&self.spec.dns))
+            .lookup(name)
+            .await
     }
 
     /// Counts a new socket against the pod's limit.
