@@ -1,33 +1,56 @@
 //! wasmpod benchmarks: prints figures, asserts nothing about speed.
 //!
-//! `cargo run --release -p wasmpod-tests --bin bench [-- --quick]`
+//! `scripts/bench [--quick] [--report docs/benchmarks.md]`
 //!
+//! - over the CRI, wasmpod against containerd + runc (same client, same machine, same run):
+//!   pod start (interleaved), full lifecycle throughput with 1/4/16 clients, density (runtime
+//!   RSS, start latency and List latency as idle pods accumulate);
 //! - container start: create + start → first stdout line, module cached, in process (p50/p99);
 //! - stop: how long a spinning guest takes to die after its grace period;
 //! - density: RSS growth per idle pod across N idle pods in one process, and thread count;
 //! - network: wasi:http hello world rps/latency against `wasmtime serve` (wrk), and TCP echo
 //!   round trips inside a pod against the host;
-//! - through the CRI socket (`wasmpod serve`, state persistence on): RunPodSandbox +
-//!   CreateContainer + StartContainer → first log line, and ListContainers at 1,000/10,000.
+//! - image pull + AOT compile, and container start with the artifact against compiling.
 //!
-//! Build the server first: `cargo build --release -p wasmpod`.
+//! `--report` also writes a markdown report with SVG plots beside it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1 as cri;
 use wasmpod_runtime::runtime::{Runtime, RuntimeOptions};
 use wasmpod_runtime::spec::{ContainerConfig, PodConfig};
-use wasmpod_tests::cri::{self as harness, Daemon};
+use wasmpod_tests::containerd::Containerd;
+use wasmpod_tests::cri::Daemon;
 
+mod compare;
 mod net;
+mod report;
+
+use compare::Peer;
+use report::{Plot, Report};
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let report_path = args
+        .iter()
+        .position(|a| a == "--report")
+        .map(|i| {
+            args.get(i + 1)
+                .map(PathBuf::from)
+                .ok_or("--report needs a path")
+        })
+        .transpose()?;
     let wasm = examples_dir().join("wasm");
-    for name in ["hello.p1.wasm", "hello.p2.wasm", "forever.p1.wasm"] {
+    for name in [
+        "hello.p1.wasm",
+        "hello.p2.wasm",
+        "forever.p1.wasm",
+        "netprobe.p2.wasm",
+        "http-hello.p2.wasm",
+    ] {
         if !wasm.join(name).exists() {
             return Err(format!(
                 "{} missing: run examples/build.sh first",
@@ -36,77 +59,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .into());
         }
     }
-    let state = tempfile::tempdir()?;
-    let rt = Runtime::new(RuntimeOptions {
-        state_dir: state.path().into(),
-        ..Default::default()
-    })?;
-    let starts = if quick { 200 } else { 2000 };
-    let idle = if quick { 200 } else { 1000 };
-
-    println!(
-        "wasmpod benchmark ({} cores, {})",
-        cores(),
-        if quick { "quick" } else { "full" }
-    );
-    println!();
-    println!("| figure | value |");
-    println!("|---|---|");
-    for (label, file) in [
-        ("p1 module", "hello.p1.wasm"),
-        ("p2 component", "hello.p2.wasm"),
-    ] {
-        let lat = start_latency(&rt, &wasm.join(file), starts).await?;
-        println!("| container start ({label}, create+start → first line), n={starts} | p50 {} · p99 {} |", fmt(pct(&lat, 50)), fmt(pct(&lat, 99)));
-    }
-    let kill = kill_latency(
-        &rt,
-        &wasm.join("forever.p2.wasm"),
-        if quick { 5 } else { 20 },
-    )
-    .await?;
-    println!(
-        "| spinning guest killed after grace (stop → exited, beyond grace) | p50 {} · max {} |",
-        fmt(pct(&kill, 50)),
-        fmt(*kill.last().unwrap())
-    );
-    let (per_pod, threads) = density(&rt, &wasm.join("forever.p1.wasm"), idle).await?;
-    println!(
-        "| RSS per idle pod ({idle} pods, one container each) | {:.1} KiB |",
-        per_pod / 1024.0
-    );
-    println!("| threads with {idle} idle pods | {threads} |");
-
-    let (rounds, secs) = if quick { (1, 3) } else { (3, 10) };
-    let root = examples_dir().join("..");
-    match net::http_vs_wasmtime(&rt, &root, &wasm.join("http-hello.p2.wasm"), rounds, secs).await {
-        Ok((ours, theirs)) => {
-            for (who, loads) in [("wasmpod", &ours), ("wasmtime serve", &theirs)] {
-                println!(
-                    "| wasi:http hello, {who} (wrk -t1 -c16, {rounds}×{secs}s interleaved) | {:.0} rps · p50 {} · p99 {} |",
-                    median(loads.iter().map(|l| l.rps)),
-                    fmt(Duration::from_secs_f64(median(loads.iter().map(|l| l.p50.as_secs_f64())))),
-                    fmt(Duration::from_secs_f64(median(loads.iter().map(|l| l.p99.as_secs_f64())))),
-                );
-            }
-            let ratio = median(ours.iter().map(|l| l.rps)) / median(theirs.iter().map(|l| l.rps));
-            println!("| wasi:http rps, wasmpod / wasmtime serve | ×{ratio:.2} |");
-        }
-        Err(e) => println!("| wasi:http vs wasmtime serve | not measured: {e} |"),
-    }
-    let trips = if quick { 500 } else { 5000 };
-    let (in_pod, host) = net::echo_round_trips(&rt, &wasm.join("netprobe.p2.wasm"), trips).await?;
-    for (label, lat) in [
-        ("two containers of a pod, over its localhost", &in_pod),
-        ("two host threads over 127.0.0.1", &host),
-    ] {
-        println!(
-            "| TCP echo round trip (64 B), {label}, n={trips} | p50 {} · p99 {} |",
-            fmt(pct(lat, 50)),
-            fmt(pct(lat, 99))
-        );
-    }
-
     let bin = std::env::current_exe()?.with_file_name("wasmpod");
     if !bin.exists() {
         return Err(format!(
@@ -115,19 +67,307 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
-    let pods = if quick { 100 } else { 500 };
-    let lat = cri_pod_start(&bin, &wasm.join("hello.p1.wasm"), pods).await?;
+    let mut report = Report::default();
     println!(
-        "| CRI pod start (runp+create+start → first log line), n={pods} | p50 {} · p99 {} |",
-        fmt(pct(&lat, 50)),
-        fmt(pct(&lat, 99))
+        "wasmpod benchmark ({} cores, {})",
+        cores(),
+        if quick { "quick" } else { "full" }
     );
-    let counts: &[usize] = if quick { &[1000] } else { &[1000, 10_000] };
-    for (count, lat) in cri_list(&bin, &wasm.join("hello.p1.wasm"), counts).await? {
-        println!(
-            "| CRI ListContainers with {count} containers | p50 {} · p99 {} |",
-            fmt(pct(&lat, 50)),
-            fmt(pct(&lat, 99))
+    println!();
+    println!("| figure | wasmpod | containerd + runc |");
+    println!("|---|---|---|");
+    compare_over_cri(&mut report, &bin, &wasm, quick).await?;
+    in_process(&mut report, &wasm, quick).await?;
+    if let Some(path) = report_path {
+        report.write(&path, quick)?;
+        println!();
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn p50_p99(lat: &[Duration]) -> String {
+    format!("p50 {} · p99 {}", fmt(pct(lat, 50)), fmt(pct(lat, 99)))
+}
+
+/// How many times `theirs` is `ours` (ours smaller is better).
+fn times(theirs: Duration, ours: Duration) -> f64 {
+    theirs.as_secs_f64() / ours.as_secs_f64().max(1e-9)
+}
+
+/// The CRI figures, wasmpod against containerd + runc when containerd can run here.
+async fn compare_over_cri(
+    report: &mut Report,
+    bin: &Path,
+    wasm: &Path,
+    quick: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("wasmpod.sock");
+    let ours = Peer::Wasmpod {
+        daemon: Daemon::start_bin(bin.to_path_buf(), dir, socket).await,
+        hello: file_image(&wasm.join("hello.p1.wasm")),
+        idle: file_image(&wasm.join("forever.p1.wasm")),
+    };
+    let theirs = match Containerd::try_start().await {
+        Ok(c) => Some(Peer::Containerd(c)),
+        Err(e) => {
+            report.note(format!("containerd + runc not measured: {e:#}"));
+            None
+        }
+    };
+    let peers: Vec<&Peer> = std::iter::once(&ours).chain(theirs.as_ref()).collect();
+
+    let n = if quick { 20 } else { 500 };
+    let starts = compare::pod_start(&peers, n)
+        .await
+        .map_err(|e| e.to_string())?;
+    report.row(
+        &format!("pod start (runp + create + start → first log line), n={n}, interleaved"),
+        p50_p99(&starts[0]),
+        starts.get(1).map(|l| p50_p99(l)),
+        starts
+            .get(1)
+            .map(|l| times(pct(l, 50), pct(&starts[0], 50))),
+    );
+    report.plots.push(Plot::Cdf {
+        file: "bench-pod-start.svg".into(),
+        title: format!("Pod start through the CRI, n={n}"),
+        series: peers
+            .iter()
+            .map(|p| p.name().to_owned())
+            .zip(starts)
+            .collect(),
+    });
+
+    let secs = if quick { 2.0 } else { 10.0 };
+    for clients in [1, 4, 16] {
+        let mut rates = Vec::new();
+        for p in &peers {
+            rates.push(
+                compare::lifecycles_per_second(p, clients, secs)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        report.row(
+            &format!("full lifecycles/s (start → first line → stop → remove), {clients} client(s)"),
+            format!("{:.0}/s", rates[0]),
+            rates.get(1).map(|r| format!("{r:.1}/s")),
+            rates.get(1).map(|r| rates[0] / r),
+        );
+    }
+
+    let (ours_counts, theirs_counts): (&[usize], &[usize]) = if quick {
+        (&[100], &[10])
+    } else {
+        (&[100, 1000, 5000, 10_000], &[100, 250])
+    };
+    let probe = if quick { 10 } else { 50 };
+    let mut curves = Vec::new();
+    for (p, counts) in peers.iter().zip([ours_counts, theirs_counts]) {
+        let points = compare::density(p, counts, probe)
+            .await
+            .map_err(|e| e.to_string())?;
+        curves.push((p.name().to_owned(), points));
+    }
+    let per_pod = |p: &compare::DensityPoint| {
+        format!(
+            "{:.1} KiB/pod ({:.0} MiB total)",
+            p.rss_per_pod / 1024.0,
+            p.rss as f64 / 1048576.0
+        )
+    };
+    let counts: std::collections::BTreeSet<usize> = curves
+        .iter()
+        .flat_map(|(_, pts)| pts.iter().map(|p| p.pods))
+        .collect();
+    for count in counts {
+        let at = |k: usize| {
+            curves
+                .get(k)
+                .and_then(|(_, pts)| pts.iter().find(|p| p.pods == count))
+        };
+        let (a, b) = (at(0), at(1));
+        let cell = |f: &dyn Fn(&compare::DensityPoint) -> String,
+                    p: Option<&compare::DensityPoint>| p.map(f);
+        report.row(
+            &format!("idle pods: RSS of the runtime at {count} pods"),
+            cell(&per_pod, a).unwrap_or_else(|| "—".into()),
+            cell(&per_pod, b),
+            a.zip(b)
+                .map(|(a, b)| b.rss_per_pod / a.rss_per_pod.max(1.0)),
+        );
+        report.row(
+            &format!("pod start at {count} idle pods (next {probe})"),
+            cell(&|p| p50_p99(&p.start), a).unwrap_or_else(|| "—".into()),
+            cell(&|p| p50_p99(&p.start), b),
+            a.zip(b)
+                .map(|(a, b)| times(pct(&b.start, 50), pct(&a.start, 50))),
+        );
+        report.row(
+            &format!("ListContainers / ListPodSandbox at {count} pods (p50)"),
+            cell(
+                &|p| {
+                    format!(
+                        "{} / {}",
+                        fmt(pct(&p.list_containers, 50)),
+                        fmt(pct(&p.list_pods, 50))
+                    )
+                },
+                a,
+            )
+            .unwrap_or_else(|| "—".into()),
+            cell(
+                &|p| {
+                    format!(
+                        "{} / {}",
+                        fmt(pct(&p.list_containers, 50)),
+                        fmt(pct(&p.list_pods, 50))
+                    )
+                },
+                b,
+            ),
+            a.zip(b)
+                .map(|(a, b)| times(pct(&b.list_containers, 50), pct(&a.list_containers, 50))),
+        );
+    }
+    let series = |f: fn(&compare::DensityPoint) -> f64| {
+        curves
+            .iter()
+            .map(|(name, pts)| {
+                (
+                    name.clone(),
+                    pts.iter().map(|p| (p.pods as f64, f(p))).collect(),
+                )
+            })
+            .collect()
+    };
+    report.plots.push(Plot::Lines {
+        file: "bench-density-rss.svg".into(),
+        title: "Runtime RSS per idle pod".into(),
+        y_label: "KiB per pod (log scale)".into(),
+        series: series(|p| p.rss_per_pod / 1024.0),
+    });
+    report.plots.push(Plot::Lines {
+        file: "bench-density-start.svg".into(),
+        title: "Pod start latency (p50) as idle pods accumulate".into(),
+        y_label: "milliseconds (log scale)".into(),
+        series: series(|p| pct(&p.start, 50).as_secs_f64() * 1e3),
+    });
+    report.plots.push(Plot::Lines {
+        file: "bench-density-list.svg".into(),
+        title: "ListContainers latency (p50) by pod count".into(),
+        y_label: "milliseconds (log scale)".into(),
+        series: series(|p| pct(&p.list_containers, 50).as_secs_f64() * 1e3),
+    });
+    if theirs.is_some() && !quick {
+        report.note(format!(
+            "containerd + runc density stops at {} pods: each pod is a shim process plus a runc \
+             container and a pause container, and this {}-core machine would take far longer \
+             than the run for 10,000.",
+            theirs_counts.last().unwrap(),
+            cores()
+        ));
+    }
+    Ok(())
+}
+
+/// Figures of wasmpod alone, in process: container start, kill, density, network, images.
+async fn in_process(
+    report: &mut Report,
+    wasm: &Path,
+    quick: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let state = tempfile::tempdir()?;
+    let rt = Runtime::new(RuntimeOptions {
+        state_dir: state.path().into(),
+        ..Default::default()
+    })?;
+    let starts = if quick { 200 } else { 2000 };
+    let idle = if quick { 200 } else { 1000 };
+    for (label, file) in [
+        ("p1 module", "hello.p1.wasm"),
+        ("p2 component", "hello.p2.wasm"),
+    ] {
+        let lat = start_latency(&rt, &wasm.join(file), starts).await?;
+        report.row(
+            &format!(
+                "in process: container start ({label}, create+start → first line), n={starts}"
+            ),
+            p50_p99(&lat),
+            None,
+            None,
+        );
+    }
+    let kill = kill_latency(
+        &rt,
+        &wasm.join("forever.p2.wasm"),
+        if quick { 5 } else { 20 },
+    )
+    .await?;
+    report.row(
+        "in process: spinning guest killed after grace (stop → exited, beyond grace)",
+        format!(
+            "p50 {} · max {}",
+            fmt(pct(&kill, 50)),
+            fmt(*kill.last().unwrap())
+        ),
+        None,
+        None,
+    );
+    let (per_pod, threads) = density(&rt, &wasm.join("forever.p1.wasm"), idle).await?;
+    report.row(
+        &format!("in process: RSS per idle pod ({idle} pods), threads"),
+        format!("{:.1} KiB, {threads} threads", per_pod / 1024.0),
+        None,
+        None,
+    );
+
+    let (rounds, secs) = if quick { (1, 3) } else { (3, 10) };
+    let root = examples_dir().join("..");
+    match net::http_vs_wasmtime(&rt, &root, &wasm.join("http-hello.p2.wasm"), rounds, secs).await {
+        Ok((ours, theirs)) => {
+            for (who, loads) in [("wasmpod", &ours), ("wasmtime serve", &theirs)] {
+                report.row(
+                    &format!("wasi:http hello, {who} (wrk -t1 -c16, {rounds}×{secs}s interleaved)"),
+                    format!(
+                        "{:.0} rps · p50 {} · p99 {}",
+                        median(loads.iter().map(|l| l.rps)),
+                        fmt(Duration::from_secs_f64(median(
+                            loads.iter().map(|l| l.p50.as_secs_f64())
+                        ))),
+                        fmt(Duration::from_secs_f64(median(
+                            loads.iter().map(|l| l.p99.as_secs_f64())
+                        ))),
+                    ),
+                    None,
+                    None,
+                );
+            }
+            let ratio = median(ours.iter().map(|l| l.rps)) / median(theirs.iter().map(|l| l.rps));
+            report.row(
+                "wasi:http rps, wasmpod / wasmtime serve",
+                format!("×{ratio:.2}"),
+                None,
+                None,
+            );
+        }
+        Err(e) => report.note(format!(
+            "wasi:http against wasmtime serve not measured: {e}"
+        )),
+    }
+    let trips = if quick { 500 } else { 5000 };
+    let (in_pod, host) = net::echo_round_trips(&rt, &wasm.join("netprobe.p2.wasm"), trips).await?;
+    for (label, lat) in [
+        ("two containers of a pod, over its localhost", &in_pod),
+        ("two host threads over 127.0.0.1 (native)", &host),
+    ] {
+        report.row(
+            &format!("TCP echo round trip (64 B), {label}, n={trips}"),
+            p50_p99(lat),
+            None,
+            None,
         );
     }
 
@@ -142,16 +382,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     for &(label, size) in sizes {
         let f = image_figures(size).await?;
-        println!(
-            "| pull + AOT, {label} module ({} functions) | {} |",
-            f.functions,
-            fmt(f.pull)
+        report.row(
+            &format!(
+                "image pull + AOT, {label} module ({} functions)",
+                f.functions
+            ),
+            fmt(f.pull),
+            None,
+            None,
         );
-        println!(
-            "| container start, {label}: with AOT artifact / compiling | {} / {} (×{:.0}) |",
-            fmt(f.start_with_artifact),
-            fmt(f.start_compiling),
-            f.start_compiling.as_secs_f64() / f.start_with_artifact.as_secs_f64().max(1e-9)
+        report.row(
+            &format!("container start, {label}: with AOT artifact / compiling"),
+            format!(
+                "{} / {} (×{:.0})",
+                fmt(f.start_with_artifact),
+                fmt(f.start_compiling),
+                f.start_compiling.as_secs_f64() / f.start_with_artifact.as_secs_f64().max(1e-9)
+            ),
+            None,
+            None,
         );
     }
     Ok(())
@@ -241,121 +490,6 @@ async fn image_figures(size: usize) -> Result<ImageFigures, Box<dyn std::error::
         start_with_artifact,
         start_compiling,
     })
-}
-
-fn pod_config(name: &str, logs: &Path) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            namespace: "bench".into(),
-            uid: name.into(),
-            attempt: 0,
-        }),
-        log_directory: logs.display().to_string(),
-        ..Default::default()
-    }
-}
-
-fn container_config(image: &str) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: "c".into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        log_path: "c/0.log".into(),
-        ..Default::default()
-    }
-}
-
-/// RunPodSandbox + CreateContainer + StartContainer → the first line in the log file.
-async fn cri_pod_start(
-    bin: &Path,
-    wasm: &Path,
-    n: usize,
-) -> Result<Vec<Duration>, Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir()?;
-    let socket = dir.path().join("wasmpod.sock");
-    let logs = dir.path().join("logs");
-    let d = Daemon::start_bin(bin.to_path_buf(), dir, socket).await;
-    let mut rt = d.runtime().await;
-    let image = file_image(wasm);
-    let mut out = Vec::with_capacity(n);
-    for i in 0..=n {
-        let pod_logs = logs.join(format!("p{i}"));
-        std::fs::create_dir_all(&pod_logs)?;
-        let sandbox = pod_config(&format!("p{i}"), &pod_logs);
-        let log = pod_logs.join("c/0.log");
-        let t0 = Instant::now();
-        let pod = harness::run_pod(&mut rt, &sandbox).await;
-        let id = harness::create(&mut rt, &pod, container_config(&image), &sandbox).await?;
-        rt.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
-        while std::fs::metadata(&log).map_or(true, |m| m.len() == 0) {
-            tokio::time::sleep(Duration::from_micros(50)).await;
-        }
-        if i > 0 {
-            out.push(t0.elapsed());
-        }
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await?;
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
-    }
-    d.stop();
-    out.sort();
-    Ok(out)
-}
-
-/// ListContainers latency once the server holds each of `counts` containers.
-async fn cri_list(
-    bin: &Path,
-    wasm: &Path,
-    counts: &[usize],
-) -> Result<Vec<(usize, Vec<Duration>)>, Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir()?;
-    let socket = dir.path().join("wasmpod.sock");
-    let logs = dir.path().join("logs");
-    let d = Daemon::start_bin(bin.to_path_buf(), dir, socket).await;
-    let mut rt = d.runtime().await;
-    let image = file_image(wasm);
-    let mut made = 0;
-    let mut results = Vec::new();
-    for &count in counts {
-        while made < count {
-            let pod_logs = logs.join(format!("p{made}"));
-            std::fs::create_dir_all(&pod_logs)?;
-            let sandbox = pod_config(&format!("p{made}"), &pod_logs);
-            let pod = harness::run_pod(&mut rt, &sandbox).await;
-            harness::create(&mut rt, &pod, container_config(&image), &sandbox).await?;
-            made += 1;
-        }
-        let mut lat = Vec::new();
-        for _ in 0..50 {
-            let t0 = Instant::now();
-            let listed = rt
-                .list_containers(cri::ListContainersRequest::default())
-                .await?
-                .into_inner()
-                .containers
-                .len();
-            lat.push(t0.elapsed());
-            assert_eq!(listed, count);
-        }
-        lat.sort();
-        results.push((count, lat));
-    }
-    d.stop();
-    Ok(results)
 }
 
 fn examples_dir() -> PathBuf {
