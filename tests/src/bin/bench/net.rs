@@ -236,6 +236,7 @@ fn host_round_trips(n: usize) -> std::io::Result<Vec<Duration>> {
     let addr = listener.local_addr()?;
     let server = std::thread::spawn(move || -> std::io::Result<()> {
         let (s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
         let mut w = s.try_clone()?;
         for line in BufReader::new(s).lines() {
             writeln!(w, "{}", line?)?;
