@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use http::uri::{Authority, Scheme};
@@ -13,7 +14,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Component, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme as IncomingScheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -22,8 +23,13 @@ use wasmtime_wasi_http::{
     RequestOptions, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
+use super::cache::AotCache;
 use super::sockets::{PodSockets, SocketsView};
-use super::{new_store, wasi_builder, GuestSpec, HasLimiter, MemoryLimiter, Metered};
+use super::{
+    compat_key, invalid_wasm, link_error, new_store, wasi_builder, GuestSpec, HasLimiter,
+    MemoryLimiter, Metered,
+};
+use crate::error::{Error, Result};
 use crate::exit::{Exit, ExitReason};
 use crate::log::Stream;
 use crate::network::PodNetwork;
@@ -75,15 +81,76 @@ impl HttpHost {
     }
 }
 
-/// Links everything a handler may import: all of WASI (with the pod's sockets) and wasi:http.
-pub(super) fn linker(
-    engine: &wasmtime::Engine,
-) -> wasmtime::Result<wasmtime::component::Linker<HttpHost>> {
-    let mut linker = wasmtime::component::Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    super::sockets::add_to_linker(&mut linker, HttpHost::sockets)?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    Ok(linker)
+/// Handlers get an engine of their own with the pooling allocator: an instance per request
+/// then reuses a slot instead of mapping fresh memory (what `wasmtime serve` does too). Its
+/// compiled code has its own AOT cache entries. Its linker holds everything a handler may
+/// import: all of WASI (with the pod's sockets) and wasi:http.
+pub(super) struct HttpEngine {
+    pub(super) engine: wasmtime::Engine,
+    linker: wasmtime::component::Linker<HttpHost>,
+    aot: Option<AotCache>,
+}
+
+impl HttpEngine {
+    pub(super) fn new(base: &wasmtime::Config, cache_dir: Option<&Path>) -> Result<Self> {
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        // Instances at once across all handlers of the node (a component holds several core
+        // instances and tables); beyond it a request fails with 500.
+        pool.total_component_instances(1000)
+            .total_core_instances(5000)
+            .total_tables(5000)
+            .total_memories(1000);
+        let mut pooled = base.clone();
+        pooled.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        let engine = wasmtime::Engine::new(&pooled)
+            .or_else(|e| {
+                tracing::warn!(
+                    "no pooling allocator for wasi:http ({e:#}); instances are mapped per request"
+                );
+                wasmtime::Engine::new(base)
+            })
+            .map_err(|e| Error::internal(format!("wasmtime engine for wasi:http: {e:#}")))?;
+        let mut linker = wasmtime::component::Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .and_then(|()| super::sockets::add_to_linker(&mut linker, HttpHost::sockets))
+            .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
+            .map_err(|e| Error::internal(format!("linking wasi:http: {e:#}")))?;
+        let aot = cache_dir
+            .map(|dir| AotCache::open(dir, format!("http-{}", compat_key(&engine))))
+            .transpose()?;
+        Ok(Self {
+            engine,
+            linker,
+            aot,
+        })
+    }
+
+    /// The handler compiled earlier, from the AOT cache.
+    pub(super) fn cached(&self, digest: &str) -> Option<ProxyPre<HttpHost>> {
+        let artifact = self.aot.as_ref()?.load(digest)?;
+        // SAFETY: the artifact's HMAC proved it is bytes this node's engine wrote.
+        let component = unsafe { Component::deserialize(&self.engine, &artifact) }
+            .inspect_err(|e| tracing::warn!("cached wasi:http artifact rejected: {e:#}"))
+            .ok()?;
+        self.prepare(&component).ok()
+    }
+
+    /// Compiles a handler for this engine and keeps the artifact.
+    pub(super) fn compile(&self, digest: &str, bytes: &[u8]) -> Result<ProxyPre<HttpHost>> {
+        let component = Component::new(&self.engine, bytes).map_err(invalid_wasm)?;
+        if let (Some(aot), Ok(artifact)) = (&self.aot, component.serialize()) {
+            if let Err(e) = aot.store(digest, &artifact) {
+                tracing::warn!("could not cache compiled wasi:http code: {e}");
+            }
+        }
+        self.prepare(&component)
+    }
+
+    fn prepare(&self, component: &Component) -> Result<ProxyPre<HttpHost>> {
+        let pre = self.linker.instantiate_pre(component).map_err(link_error)?;
+        ProxyPre::new(pre)
+            .map_err(|e| Error::invalid(format!("not a wasi:http proxy component: {e:#}")))
+    }
 }
 
 /// Whether a component is a wasi:http handler (it exports `wasi:http/incoming-handler@0.2.x`).

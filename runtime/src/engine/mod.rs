@@ -33,7 +33,7 @@ use crate::exit::{Exit, ExitReason, TRAP_CODE};
 use crate::log::{ContainerLog, Stream};
 use crate::network::PodNetwork;
 use cache::AotCache;
-use http::HttpHost;
+use http::{HttpEngine, HttpHost};
 use sockets::{PodSockets, SocketsView};
 use stdio::LogOutput;
 use wasmtime_wasi::sockets::WasiSocketsCtxView;
@@ -130,6 +130,15 @@ enum Compiled {
 }
 
 impl Program {
+    fn new(digest: &str, compiled: Compiled) -> Self {
+        Self {
+            inner: Arc::new(ProgramInner {
+                digest: digest.to_owned(),
+                compiled,
+            }),
+        }
+    }
+
     /// `sha256:<hex>` of the Wasm binary.
     pub fn digest(&self) -> &str {
         &self.inner.digest
@@ -184,7 +193,7 @@ pub struct Engine {
     wasmtime: wasmtime::Engine,
     p1_linker: wasmtime::Linker<P1Host>,
     p2_linker: wasmtime::component::Linker<P2Host>,
-    http_linker: wasmtime::component::Linker<HttpHost>,
+    http: HttpEngine,
     programs: Mutex<HashMap<String, Arc<OnceCell<Program>>>>,
     aot: Option<AotCache>,
 }
@@ -205,17 +214,16 @@ impl Engine {
             .and_then(|()| sockets::add_to_linker(&mut p2_linker, P2Host::sockets))
             .map_err(|e| Error::internal(format!("linking WASI preview2: {e:#}")))?;
 
-        let http_linker = http::linker(&wasmtime)
-            .map_err(|e| Error::internal(format!("linking wasi:http: {e:#}")))?;
+        let http = HttpEngine::new(&config, cache_dir)?;
         let aot = cache_dir
             .map(|dir| AotCache::open(dir, compat_key(&wasmtime)))
             .transpose()?;
-        spawn_epoch_ticker(wasmtime.weak());
+        spawn_epoch_ticker(vec![wasmtime.weak(), http.engine.weak()]);
         Ok(Arc::new(Self {
             wasmtime,
             p1_linker,
             p2_linker,
-            http_linker,
+            http,
             programs: Mutex::new(HashMap::new()),
             aot,
         }))
@@ -249,6 +257,9 @@ impl Engine {
     }
 
     fn compile(&self, digest: &str, wasm: &Wasm) -> Result<Program> {
+        if let Some(pre) = self.http.cached(digest) {
+            return Ok(Program::new(digest, Compiled::Http(pre)));
+        }
         let code = match self.aot.as_ref().and_then(|c| c.load(digest)) {
             Some(artifact) => self.deserialize(&artifact),
             None => None,
@@ -288,13 +299,7 @@ impl Engine {
                 )
             }
             Code::Component(component) if http::is_handler(&self.wasmtime, &component) => {
-                let pre = self
-                    .http_linker
-                    .instantiate_pre(&component)
-                    .map_err(link_error)?;
-                Compiled::Http(ProxyPre::new(pre).map_err(|e| {
-                    Error::invalid(format!("not a wasi:http proxy component: {e:#}"))
-                })?)
+                Compiled::Http(self.http.compile(digest, &wasm.bytes()?)?)
             }
             Code::Component(component) => {
                 let pre = self
@@ -308,12 +313,7 @@ impl Engine {
                 })?)
             }
         };
-        Ok(Program {
-            inner: Arc::new(ProgramInner {
-                digest: digest.to_owned(),
-                compiled,
-            }),
-        })
+        Ok(Program::new(digest, compiled))
     }
 
     /// Loads a verified artifact; `None` (recompile) if wasmtime rejects it.
@@ -368,7 +368,7 @@ impl Engine {
 
     async fn run_guest(&self, program: &Program, spec: GuestSpec) -> Exit {
         if let Compiled::Http(pre) = &program.inner.compiled {
-            return http::serve(self.wasmtime.clone(), pre.clone(), spec).await;
+            return http::serve(self.http.engine.clone(), pre.clone(), spec).await;
         }
         let limiter = MemoryLimiter::new(spec.memory_limit, spec.usage.clone());
         let ctx = match wasi_builder(&spec) {
@@ -499,16 +499,20 @@ fn compat_key(engine: &wasmtime::Engine) -> String {
     format!("{:016x}", h.finish())
 }
 
-/// Advances the epoch until the engine is gone. One thread per process, whatever the load.
-fn spawn_epoch_ticker(weak: wasmtime::EngineWeak) {
+/// Advances the epochs until the engines are gone. One thread per process, whatever the load.
+fn spawn_epoch_ticker(engines: Vec<wasmtime::EngineWeak>) {
     std::thread::Builder::new()
         .name("wasmpod-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
+        .spawn(move || loop {
+            let mut alive = false;
+            for engine in engines.iter().filter_map(|e| e.upgrade()) {
                 engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
+                alive = true;
             }
+            if !alive {
+                return;
+            }
+            std::thread::sleep(EPOCH_TICK);
         })
         .expect("spawning the epoch thread");
 }
