@@ -383,6 +383,11 @@ async fn privileged_foreign_and_excess_sockets_are_refused_in_the_guest() {
 
     let (exit, _, err) = probe(&rt, &pod_id, "privileged", &["bind", "0.0.0.0:80"]).await;
     assert_failed(&exit, &err, "PermissionDenied");
+    let server = start_probe(&rt, &pod_id, "server", &["tcp-echo", "0.0.0.0:9000"]).await;
+    log_line(&rt, &server, "listening on").await;
+    let (exit, _, err) = probe(&rt, &pod_id, "taken", &["bind", "127.0.0.1:9000"]).await;
+    assert_failed(&exit, &err, "AddrInUse");
+    rt.stop_container(&server, Duration::ZERO).await.unwrap();
     let foreign = format!("{}:9000", ip_of(&rt, &other));
     let (exit, _, err) = probe(&rt, &pod_id, "foreign", &["bind", &foreign]).await;
     assert_failed(&exit, &err, "AddrNotAvailable");

@@ -149,6 +149,14 @@ async fn pods_get_ips_and_host_ports() {
         .into_inner()
         .items;
     assert_eq!(pods.len(), 1);
+
+    // A restarted server gives the pod the same IP back, and its hostPort again.
+    let mut d = d;
+    d.kill9();
+    d.restart().await;
+    let mut rt = d.runtime().await;
+    assert_eq!(pod_ip(&mut rt, &pod).await, ip);
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("the hostPort listens again");
 }
 
 /// A network namespace for one test, deleted when dropped.
