@@ -196,8 +196,8 @@ impl Runtime {
     /// Creates a pod sandbox and its volumes; returns its id.
     pub fn run_pod(&self, config: PodConfig) -> Result<String> {
         let id = new_id();
+        // Made on first use (volumes, file mounts, logs): most CRI pods need none of it.
         let dir = self.state_dir.join("pods").join(&id);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
         let volumes = match PodVolumes::create(&dir, &id, &config.volumes) {
             Ok(v) => v,
             Err(e) => {
@@ -279,8 +279,11 @@ impl Runtime {
             self.network.detach(net).await;
         }
         pod.volumes.remove();
-        if let Err(e) = std::fs::remove_dir_all(&pod.dir) {
-            tracing::warn!(pod = pod.id, "removing pod directory: {e}");
+        match std::fs::remove_dir_all(&pod.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(pod = pod.id, "removing pod directory: {e}");
+            }
+            _ => {}
         }
     }
 

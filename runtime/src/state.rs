@@ -105,8 +105,11 @@ impl StateStore {
         txn.commit().map_err(|e| db_error("state", e))
     }
 
+    /// Removals are `Sync::Soon` like the request path's writes: one lost to a power cut
+    /// brings a record back, which kubelet removes again.
     fn remove(&self, table: TableDefinition<&str, &[u8]>, id: &str) -> Result<()> {
-        let txn = self.db.begin_write().map_err(|e| db_error("state", e))?;
+        let mut txn = self.db.begin_write().map_err(|e| db_error("state", e))?;
+        txn.set_durability(Durability::Eventual);
         {
             let mut t = txn.open_table(table).map_err(|e| db_error("state", e))?;
             t.remove(id).map_err(|e| db_error("state", e))?;

@@ -126,18 +126,115 @@ pub async fn start_pod(peer: &Peer, rt: &mut Rt, name: &str, image: &str) -> Res
         container_id: container.clone(),
     })
     .await?;
-    let deadline = t0 + Duration::from_secs(60);
-    while !std::fs::read(&log).is_ok_and(|b| b.contains(&b'\n')) {
-        if Instant::now() > deadline {
-            return Err(format!("{}: no log line from {name} after 60 s", peer.name()).into());
-        }
-        tokio::time::sleep(Duration::from_micros(50)).await;
-    }
+    // Woken by inotify, not a timer: tokio's ticks in milliseconds, and polling from many
+    // clients at once would take the cores from the runtimes being measured.
+    let Some(first_line) = wait_for_line(&log, t0, Duration::from_secs(60)).await? else {
+        return Err(format!("{}: no log line from {name} after 60 s", peer.name()).into());
+    };
     Ok(Started {
         pod,
         container,
-        first_line: t0.elapsed(),
+        first_line,
     })
+}
+
+/// Waits until `log` holds a full line and returns how long after `t0` it was seen (`None`
+/// after `limit`), woken by inotify events of its directory and of the one above (where the
+/// runtime creates the container's).
+async fn wait_for_line(
+    log: &Path,
+    t0: Instant,
+    limit: Duration,
+) -> std::io::Result<Option<Duration>> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let has_line = || std::fs::read(log).is_ok_and(|b| b.contains(&b'\n'));
+    // SAFETY: inotify_init1 returns a new descriptor (or -1), owned from here on.
+    let raw = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is ours alone, and the AsyncFd owns it until it is dropped.
+    let fd = unsafe { tokio::io::unix::AsyncFd::register(OwnedFd::from_raw_fd(raw)) }?;
+    // Closing an inotify instance waits for the kernel's RCU grace period (milliseconds):
+    // done off the measured path.
+    let fd = scopeguard(fd);
+    let watch = |dir: &Path| {
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap_or_default();
+        let mask = libc::IN_CREATE | libc::IN_MODIFY | libc::IN_CLOSE_WRITE;
+        // SAFETY: a valid descriptor and C string.
+        unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), mask) };
+    };
+    let dir = log.parent().unwrap_or(Path::new("."));
+    if let Some(up) = dir.parent() {
+        watch(up);
+    }
+    watch(dir);
+    let mut buf = [0u8; 4096];
+    loop {
+        if has_line() {
+            return Ok(Some(t0.elapsed()));
+        }
+        if t0.elapsed() > limit {
+            return Ok(None);
+        }
+        // Bounded waits: a missed event costs a few milliseconds, never a hang.
+        if let Ok(ready) = tokio::time::timeout(Duration::from_millis(5), fd.readable()).await {
+            let mut guard = ready?;
+            // SAFETY: reading into a buffer we own from our descriptor.
+            while unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+            guard.clear_ready();
+        }
+        // The container's directory may have appeared since: watching it again is harmless.
+        watch(dir);
+    }
+}
+
+/// Closes the inotify descriptor on a blocking thread when dropped.
+struct ClosedLater(Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>);
+
+fn scopeguard(fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>) -> ClosedLater {
+    ClosedLater(Some(fd))
+}
+
+impl std::ops::Deref for ClosedLater {
+    type Target = tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for ClosedLater {
+    fn drop(&mut self) {
+        if let Some(fd) = self.0.take() {
+            tokio::task::spawn_blocking(move || drop(fd));
+        }
+    }
+}
+
+/// Waits until the container has exited (its ContainerStatus says so), then StopContainer,
+/// RemoveContainer, StopPodSandbox, RemovePodSandbox: the end of a run-to-completion pod.
+pub async fn finish_pod(rt: &mut Rt, started: &Started) -> Res<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = rt
+            .container_status(cri::ContainerStatusRequest {
+                container_id: started.container.clone(),
+                verbose: false,
+            })
+            .await?
+            .into_inner()
+            .status
+            .map_or(-1, |s| s.state);
+        if state == cri::ContainerState::ContainerExited as i32 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("container {} did not exit", started.container).into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    remove_pod(rt, started).await
 }
 
 /// StopContainer, RemoveContainer, StopPodSandbox, RemovePodSandbox.
@@ -184,7 +281,7 @@ pub async fn pod_start(peers: &[&Peer], n: usize) -> Res<Vec<Vec<Duration>>> {
         for (k, peer) in peers.iter().enumerate() {
             let started =
                 start_pod(peer, &mut clients[k], &format!("start-{i}"), peer.hello()).await?;
-            remove_pod(&mut clients[k], &started).await?;
+            finish_pod(&mut clients[k], &started).await?;
             if i > 0 {
                 out[k].push(started.first_line);
                 progress.inc(1);
@@ -198,7 +295,7 @@ pub async fn pod_start(peers: &[&Peer], n: usize) -> Res<Vec<Vec<Duration>>> {
     Ok(out)
 }
 
-/// Full lifecycles (start → first line → stop → remove) per second with `clients` concurrent
+/// Full lifecycles (start → first line → exit → stop → remove) per second with `clients` concurrent
 /// CRI clients for `secs` seconds.
 pub async fn lifecycles_per_second(peer: &Peer, clients: usize, secs: f64) -> Res<f64> {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
@@ -209,7 +306,7 @@ pub async fn lifecycles_per_second(peer: &Peer, clients: usize, secs: f64) -> Re
         while Instant::now() < deadline {
             let name = format!("cycle-{clients}-{w}-{done}");
             let s = start_pod(peer, &mut rt, &name, peer.hello()).await?;
-            remove_pod(&mut rt, &s).await?;
+            finish_pod(&mut rt, &s).await?;
             done += 1;
         }
         Res::Ok(done)
