@@ -144,10 +144,10 @@ are not available on this VM; software clock sampling is):
 in the kernel: creating the container's log directory and log file (about a third of the \
 samples, in ext4's inode allocator, `find_inode_bit` → `recently_deleted`, which scans for \
 recently freed inodes on this journal-less ext4) and the state database's commits (about \
-15%: redb's `Eventual` durability still calls `fdatasync` on Linux). Fixed on the way: pods no \
-longer create a state directory they do not use, and removals no longer wait for a full sync. \
-What remains is the file system and one sync per state change; batching the state writes of \
-concurrent calls into one commit is the next step.
+15%: redb syncs every commit on Linux, whatever the durability asked). Fixed on the way: pods \
+no longer create a state directory they do not use, and the state writes of concurrent calls \
+are group-committed (one sync for all of them). What remains is the file system work the CRI \
+asks for (a log file per container) and one sync per state change of a single client.
 - **ListContainers at 10,000.** Every container becomes a CRI message with its labels, \
 annotations and image; at 10,000 that is about 2.5 MB that the server encodes (a few ms) and \
 the client decodes (the larger part, in the benchmark process). Filters (kubelet lists by \
