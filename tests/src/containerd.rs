@@ -13,12 +13,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use hyper_util::rt::TokioIo;
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tempfile::TempDir;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::cri::Rt;
 use crate::LogRecord;
@@ -242,28 +240,12 @@ impl Containerd {
         bail!("CRI does not list {reference} after importing it")
     }
 
-    /// A channel over the unix socket, as [`crate::cri::Daemon`] makes for wasmpod (adaptive
-    /// flow-control windows, as kubelet's grpc-go client has).
     async fn channel(&self) -> Result<Channel, tonic::transport::Error> {
-        let socket = self.socket.clone();
-        Endpoint::try_from("http://[::]:50051")
-            .unwrap()
-            .http2_adaptive_window(true)
-            .connect_with_connector(tower::service_fn(move |_| {
-                let socket = socket.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(socket).await?,
-                    ))
-                }
-            }))
-            .await
+        crate::cri::unix_channel(&self.socket).await
     }
 
     async fn try_runtime(&self) -> Result<Rt, tonic::transport::Error> {
-        Ok(RuntimeServiceClient::new(self.channel().await?)
-            .max_decoding_message_size(32 << 20)
-            .max_encoding_message_size(32 << 20))
+        Ok(crate::cri::runtime_client(self.channel().await?))
     }
 
     /// A CRI runtime client on containerd's socket.

@@ -105,26 +105,11 @@ impl Daemon {
     }
 
     async fn channel(&self) -> Result<Channel, tonic::transport::Error> {
-        let socket = self.socket.clone();
-        // Adaptive flow-control windows, as kubelet's grpc-go client has.
-        Endpoint::try_from("http://[::]:50051")
-            .unwrap()
-            .http2_adaptive_window(true)
-            .connect_with_connector(tower::service_fn(move |_| {
-                let socket = socket.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(socket).await?,
-                    ))
-                }
-            }))
-            .await
+        unix_channel(&self.socket).await
     }
 
     async fn try_runtime(&self) -> Result<Rt, tonic::transport::Error> {
-        Ok(RuntimeServiceClient::new(self.channel().await?)
-            .max_decoding_message_size(32 << 20)
-            .max_encoding_message_size(32 << 20))
+        Ok(runtime_client(self.channel().await?))
     }
 
     pub async fn runtime(&self) -> Rt {
@@ -169,6 +154,31 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A gRPC channel over a CRI unix socket, with adaptive flow-control windows as kubelet's
+/// grpc-go client has.
+pub async fn unix_channel(socket: &Path) -> Result<Channel, tonic::transport::Error> {
+    let socket = socket.to_path_buf();
+    Endpoint::try_from("http://[::]:50051")
+        .unwrap()
+        .http2_adaptive_window(true)
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+}
+
+/// A runtime client on `channel` that takes the large List answers of the benchmarks.
+pub fn runtime_client(channel: Channel) -> Rt {
+    RuntimeServiceClient::new(channel)
+        .max_decoding_message_size(32 << 20)
+        .max_encoding_message_size(32 << 20)
 }
 
 pub async fn image_client(d: &Daemon) -> ImageServiceClient<Channel> {
