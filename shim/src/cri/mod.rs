@@ -2,6 +2,8 @@
 //! Transport and conversion only; all behaviour is in `wasmpod-runtime`.
 
 mod convert;
+#[cfg(test)]
+mod fuzz;
 mod image_service;
 mod runtime_service;
 
