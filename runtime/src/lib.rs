@@ -14,4 +14,5 @@ pub mod runner;
 pub mod runtime;
 pub mod spec;
 pub mod state;
+pub mod tls;
 pub mod volume;

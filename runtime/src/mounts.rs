@@ -2,14 +2,28 @@
 //!
 //! WASI preopens are directories, yet kubelet mounts single files (`/etc/hosts`,
 //! `/dev/termination-log`). A file mount is placed in a private staging directory of the
-//! container, preopened at the file's parent path: as a hard link when the source is on the
-//! same filesystem (writes are shared live), otherwise as a copy that is written back when
-//! the container exits.
+//! container, preopened at the file's parent path. A writable file on the staging directory's
+//! filesystem is hard-linked in (one inode: writes are shared live, nothing to copy back). A
+//! read-only file, or a writable one on another filesystem, is copied in; the writable copy is
+//! written back when the container exits.
+//!
+//! The guest can rename, replace or symlink anything in its staging directory and in the
+//! volumes it mounts, so no path it can influence is ever resolved again after creation: the
+//! source is opened once (refusing a symlink as its last component, and anything but a
+//! regular file), the staged entry is only reached through the staging directory's handle with
+//! no symlink following, and the write-back goes to the source's descriptor opened at
+//! creation, never to its path.
 
 use std::collections::BTreeMap;
-use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::Arc;
+
+use rustix::fs as rfs;
 
 use crate::engine::Preopen;
 use crate::error::{Error, Result};
@@ -19,8 +33,18 @@ use crate::volume::ResolvedMount;
 #[derive(Debug, Default)]
 pub struct GuestFs {
     pub preopens: Vec<Preopen>,
-    write_back: Vec<(PathBuf, PathBuf)>,
+    write_back: Vec<WriteBack>,
     _pinned: Vec<Arc<OwnedFd>>,
+}
+
+/// A writable file mount that had to be copied in: where the copy lies (a name inside the
+/// staging directory, reached only through its handle) and the source, open for writing.
+#[derive(Debug)]
+struct WriteBack {
+    staging: OwnedFd,
+    name: CString,
+    source: File,
+    container_path: String,
 }
 
 impl GuestFs {
@@ -81,10 +105,10 @@ impl GuestFs {
             }
             let dir = staging.join(format!("files-{i}"));
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
+            let handle = open_dir(&dir)?;
             for f in &files {
                 let (_, name) = split_parent(&f.container_path)?;
-                let staged = dir.join(name);
-                fs.stage(f, &staged)?;
+                fs.stage(f, &handle, name)?;
             }
             fs.preopens.push(Preopen {
                 host: dir,
@@ -96,38 +120,139 @@ impl GuestFs {
         Ok(fs)
     }
 
-    /// Links the file in (a shared inode); read-only files (their directory is preopened
-    /// read-only) and files on other filesystems are copied.
-    fn stage(&mut self, mount: &ResolvedMount, staged: &Path) -> Result<()> {
-        let _ = std::fs::remove_file(staged);
-        if !mount.read_only && std::fs::hard_link(&mount.host, staged).is_ok() {
-            return Ok(());
-        }
-        std::fs::copy(&mount.host, staged).map_err(|e| {
-            Error::io(
-                format!(
-                    "file mount {} ({})",
-                    mount.container_path,
-                    mount.host.display()
-                ),
-                e,
+    /// Puts one file mount into the staging directory `dir` as `name`: a hard link to the
+    /// source when writable and on the same filesystem, else a copy (written back on exit
+    /// when writable).
+    fn stage(&mut self, mount: &ResolvedMount, dir: &OwnedFd, name: &str) -> Result<()> {
+        let what = || {
+            format!(
+                "file mount {} ({})",
+                mount.container_path,
+                mount.host.display()
             )
-        })?;
+        };
+        let source = open_source(mount).map_err(|e| e.context(what()))?;
+        let name = CString::new(name).map_err(|_| Error::invalid("file mount name has a NUL"))?;
+        match rfs::unlinkat(dir, name.as_c_str(), rfs::AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(Error::io(what(), e.into())),
+        }
         if !mount.read_only {
-            self.write_back
-                .push((staged.to_path_buf(), mount.host.clone()));
+            let by_fd = format!("/proc/self/fd/{}", source.as_raw_fd());
+            match rfs::linkat(
+                rfs::CWD,
+                by_fd.as_str(),
+                dir,
+                name.as_c_str(),
+                rfs::AtFlags::SYMLINK_FOLLOW,
+            ) {
+                Ok(()) => return Ok(()),
+                Err(rustix::io::Errno::XDEV) => {}
+                Err(e) => return Err(Error::io(what(), e.into())),
+            }
+        }
+        let staged = rfs::openat(
+            dir,
+            name.as_c_str(),
+            rfs::OFlags::WRONLY | rfs::OFlags::CREATE | rfs::OFlags::EXCL | rfs::OFlags::CLOEXEC,
+            rfs::Mode::from_raw_mode(0o644),
+        )
+        .map_err(|e| Error::io(what(), e.into()))?;
+        copy_all(&source, &mut File::from(staged)).map_err(|e| Error::io(what(), e))?;
+        if !mount.read_only {
+            self.write_back.push(WriteBack {
+                staging: dir.try_clone().map_err(|e| Error::io(what(), e))?,
+                name,
+                source,
+                container_path: mount.container_path.clone(),
+            });
         }
         Ok(())
     }
 
     /// Copies writable file mounts that had to be staged as copies back to their sources.
+    /// A staged entry that is no longer a regular file (the guest swapped in a symlink, a
+    /// directory) is refused and the source left as it was.
     pub fn write_back(&self) {
-        for (staged, source) in &self.write_back {
-            if let Err(e) = std::fs::copy(staged, source) {
-                tracing::warn!(source = %source.display(), "writing back a file mount: {e}");
+        for wb in &self.write_back {
+            if let Err(e) = wb.run() {
+                tracing::warn!(mount = %wb.container_path, "file mount not written back: {e}");
             }
         }
     }
+}
+
+impl WriteBack {
+    fn run(&self) -> std::io::Result<()> {
+        let staged = rfs::openat(
+            &self.staging,
+            self.name.as_c_str(),
+            rfs::OFlags::RDONLY
+                | rfs::OFlags::NOFOLLOW
+                | rfs::OFlags::NONBLOCK
+                | rfs::OFlags::CLOEXEC,
+            rfs::Mode::empty(),
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::LOOP => {
+                std::io::Error::other("the staged file was replaced by a symlink")
+            }
+            e => e.into(),
+        })?;
+        let staged = File::from(staged);
+        if !staged.metadata()?.file_type().is_file() {
+            return Err(std::io::Error::other(
+                "the staged file is no longer a regular file",
+            ));
+        }
+        let mut source = &self.source;
+        source.set_len(0)?;
+        source.seek(SeekFrom::Start(0))?;
+        copy_all(&staged, &mut source)
+    }
+}
+
+/// Opens a file mount's source once: the pinned descriptor of a subPath (reopened through
+/// `/proc/self/fd`, which names that inode and no path), or the path given by the trusted
+/// client with its last component not a symlink. Only regular files are mounted.
+fn open_source(mount: &ResolvedMount) -> Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(!mount.read_only);
+    if mount.pinned.is_none() {
+        options.custom_flags(libc::O_NOFOLLOW);
+    }
+    let file = options.open(&mount.host).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            Error::invalid("the source is a symlink")
+        } else {
+            Error::io("opening the source", e)
+        }
+    })?;
+    let kind = file
+        .metadata()
+        .map_err(|e| Error::io("opening the source", e))?
+        .file_type();
+    if !kind.is_file() {
+        return Err(Error::invalid("the source is not a regular file"));
+    }
+    Ok(file)
+}
+
+/// Opens a directory wasmpod made, refusing a symlink in its place.
+fn open_dir(path: &Path) -> Result<OwnedFd> {
+    rfs::open(
+        path,
+        rfs::OFlags::RDONLY | rfs::OFlags::DIRECTORY | rfs::OFlags::NOFOLLOW | rfs::OFlags::CLOEXEC,
+        rfs::Mode::empty(),
+    )
+    .map_err(|e| Error::io(path.display(), e.into()))
+}
+
+/// Copies the whole of `from` (from its start) to `to`'s current position.
+fn copy_all(from: &File, to: &mut impl std::io::Write) -> std::io::Result<()> {
+    let mut from = from;
+    from.seek(SeekFrom::Start(0))?;
+    std::io::copy(&mut from, to).map(drop)
 }
 
 fn split_parent(path: &str) -> Result<(String, &str)> {
@@ -214,5 +339,77 @@ mod tests {
             .unwrap_err()
             .message
             .contains("inside"));
+    }
+
+    /// A writable file on another filesystem (tmpfs) than the staging directory is copied in
+    /// and written back; what the guest swaps in afterwards is never followed.
+    #[test]
+    fn write_back_follows_no_swapped_in_symlink() {
+        let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let canary = tmp.path().join("canary");
+        std::fs::write(&canary, "host secret").unwrap();
+        let source = shm.path().join("term");
+        let build = |n: &str| {
+            std::fs::write(&source, "before").unwrap();
+            GuestFs::build(
+                vec![resolved(&source, "/dev/termination-log", false)],
+                None,
+                &tmp.path().join(n),
+            )
+            .unwrap()
+        };
+
+        // The guest writes its copy: the write reaches the source on exit.
+        let fs = build("a");
+        let staged = fs.preopens[0].host.join("termination-log");
+        assert_eq!(std::fs::read_to_string(&staged).unwrap(), "before");
+        std::fs::write(&staged, "after").unwrap();
+        fs.write_back();
+        assert_eq!(std::fs::read_to_string(&source).unwrap(), "after");
+
+        // The guest replaces its copy with a symlink to a host file: nothing is read through it.
+        let fs = build("b");
+        let staged = fs.preopens[0].host.join("termination-log");
+        std::fs::remove_file(&staged).unwrap();
+        std::os::unix::fs::symlink(&canary, &staged).unwrap();
+        fs.write_back();
+        assert_eq!(std::fs::read_to_string(&source).unwrap(), "before");
+
+        // The source's path is swapped for a symlink to a host file: the write-back goes to
+        // the file opened at creation, never through the new path.
+        let fs = build("c");
+        std::fs::write(fs.preopens[0].host.join("termination-log"), "pwned").unwrap();
+        std::fs::remove_file(&source).unwrap();
+        std::os::unix::fs::symlink(&canary, &source).unwrap();
+        fs.write_back();
+        assert_eq!(std::fs::read_to_string(&canary).unwrap(), "host secret");
+        std::fs::remove_file(&source).unwrap();
+    }
+
+    #[test]
+    fn a_symlinked_or_special_source_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("target");
+        std::fs::write(&target, "x").unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = GuestFs::build(
+            vec![resolved(&link, "/etc/hosts", true)],
+            None,
+            &tmp.path().join("s"),
+        )
+        .unwrap_err();
+        assert!(err.message.contains("symlink"), "{err}");
+        let err = GuestFs::build(
+            vec![ResolvedMount {
+                is_file: true,
+                ..resolved(Path::new("/dev/null"), "/etc/null", true)
+            }],
+            None,
+            &tmp.path().join("s"),
+        )
+        .unwrap_err();
+        assert!(err.message.contains("regular file"), "{err}");
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use crate::engine::FileBudget;
 use crate::network::PodNetwork;
 use crate::spec::PodConfig;
 use crate::volume::PodVolumes;
@@ -26,6 +27,8 @@ pub struct Pod {
     pub(crate) state: Mutex<PodState>,
     /// Ids of the pod's containers, in creation order.
     pub(crate) containers: Mutex<Vec<String>>,
+    /// The files its guests hold open, against the pod's and each container's caps.
+    pub files: Arc<FileBudget>,
 }
 
 impl Pod {

@@ -349,3 +349,106 @@ async fn file_mount_staging_does_not_expose_the_host_directory() {
         l.assert_outside_untouched(kind);
     }
 }
+
+/// A relative symlink target that climbs to the host's `/` from any directory and goes on to
+/// `path`: guests cannot make absolute links, but nothing stops them writing this one.
+fn up_to_root(path: &std::path::Path) -> String {
+    format!(
+        "{}{}",
+        "../".repeat(32),
+        path.display().to_string().trim_start_matches('/')
+    )
+}
+
+/// A writable file mount on another filesystem than the state directory (here tmpfs, like a
+/// memory emptyDir) is copied in and written back on exit. The guest replaces its copy with a
+/// symlink to a host file: the write-back must not read that file into the mount's source.
+async fn file_mount_copy_swapped_for_symlink(kind: &str) {
+    let l = Layout::new();
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let source = shm.path().join("state.txt");
+    std::fs::write(&source, "mine").unwrap();
+    let secret = up_to_root(&l.secret());
+    let ran = run_guest(
+        &l.rt,
+        &wasm(&format!("fsprobe.{kind}")),
+        &[
+            "rm",
+            "/work/state.txt",
+            "--",
+            "symlink",
+            &secret,
+            "/work/state.txt",
+        ],
+        vec![host_path("f", &source, HostPathKind::File)],
+        vec![mount("f", None, "/work/state.txt", false)],
+    )
+    .await;
+    assert_eq!(
+        ran.exit.code, 0,
+        "{kind}: the guest planted its link: {:?}",
+        ran.log
+    );
+    let now = std::fs::read_to_string(&source).unwrap();
+    assert_eq!(
+        now, "mine",
+        "{kind}: the write-back read the host file through the link"
+    );
+    assert!(!std::fs::symlink_metadata(&source).unwrap().is_symlink());
+    l.assert_outside_untouched(kind);
+}
+
+p1_and_p2_tests!(
+    file_mount_copy_swapped_for_symlink =>
+    file_mount_write_back_reads_no_planted_link_p1,
+    file_mount_write_back_reads_no_planted_link_p2
+);
+
+/// The guest also mounts the directory of its file mount's source and swaps the source for a
+/// symlink to a host file, then writes its copy: the write-back must go to the file that was
+/// mounted, never through the new link.
+async fn file_mount_source_swapped_for_symlink(kind: &str) {
+    let l = Layout::new();
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let dir = shm.path().join("dir");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("state.txt"), "mine").unwrap();
+    let secret = up_to_root(&l.secret());
+    let ran = run_guest(
+        &l.rt,
+        &wasm(&format!("fsprobe.{kind}")),
+        &[
+            "rm",
+            "/dir/state.txt",
+            "--",
+            "symlink",
+            &secret,
+            "/dir/state.txt",
+            "--",
+            "write",
+            "/work/state.txt",
+            "pwned",
+        ],
+        vec![
+            host_path("d", &dir, HostPathKind::Directory),
+            host_path("f", &dir.join("state.txt"), HostPathKind::File),
+        ],
+        vec![
+            mount("d", None, "/dir", false),
+            mount("f", None, "/work/state.txt", false),
+        ],
+    )
+    .await;
+    assert_eq!(
+        ran.exit.code, 0,
+        "{kind}: the guest swapped the source: {:?}",
+        ran.log
+    );
+    l.assert_outside_untouched(kind);
+}
+
+p1_and_p2_tests!(
+    file_mount_source_swapped_for_symlink =>
+    file_mount_write_back_writes_through_no_planted_link_p1,
+    file_mount_write_back_writes_through_no_planted_link_p2
+);

@@ -240,7 +240,7 @@ impl Server {
             &self.engine,
             HttpHost {
                 ctx,
-                table: ResourceTable::new(),
+                table: super::capped_table(&self.spec.files),
                 http: WasiHttpCtx::new(),
                 hooks: PodHttpHooks {
                     net: self.spec.network.clone(),

@@ -6,6 +6,7 @@
 //! so a spinning guest shares the cores fairly and a kill (dropping the task) lands within a tick.
 
 mod cache;
+mod files;
 mod http;
 mod sockets;
 mod stdio;
@@ -35,6 +36,8 @@ use crate::network::PodNetwork;
 use cache::AotCache;
 use http::{HttpEngine, HttpHost};
 use sockets::{PodSockets, SocketsView};
+use files::OpenFiles;
+pub use files::{raise_descriptor_limit, FileBudget, FileLimits};
 use stdio::LogOutput;
 use wasmtime_wasi::sockets::WasiSocketsCtxView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -177,6 +180,8 @@ pub struct GuestSpec {
     pub network: Option<Arc<PodNetwork>>,
     /// Where a wasi:http handler is served (a port of the pod).
     pub http_port: u16,
+    /// The pod's open-file account, which also carries the per-container cap.
+    pub files: Arc<FileBudget>,
 }
 
 /// Live resource figures of a running guest, for stats.
@@ -208,6 +213,7 @@ impl Engine {
 
         let mut p1_linker = wasmtime::Linker::new(&wasmtime);
         wasmtime_wasi::p1::add_to_linker_async(&mut p1_linker, |h: &mut P1Host| &mut h.wasi)
+            .and_then(|()| files::add_to_linker(&mut p1_linker))
             .map_err(|e| Error::internal(format!("linking WASI preview1: {e:#}")))?;
         let mut p2_linker = wasmtime::component::Linker::new(&wasmtime);
         wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker)
@@ -389,6 +395,7 @@ impl Engine {
                     P1Host {
                         wasi: ctx.build_p1(),
                         limiter,
+                        files: OpenFiles::new(spec.files.clone()),
                     },
                 );
                 let result = async {
@@ -404,7 +411,7 @@ impl Engine {
                 let mut ctx = ctx;
                 let host = P2Host {
                     ctx: ctx.build(),
-                    table: ResourceTable::new(),
+                    table: capped_table(&spec.files),
                     limiter,
                     sockets: PodSockets::new(spec.network.clone()),
                 };
@@ -424,15 +431,11 @@ impl Engine {
             (Ok(code), _) => Exit::code(code),
             (Err(e), oom) => match e.downcast_ref::<I32Exit>() {
                 Some(I32Exit(code)) => Exit::code(*code),
-                None if oom => Exit {
-                    code: TRAP_CODE,
-                    reason: ExitReason::OomKilled,
-                    message: format!("memory limit reached: {e:#}"),
-                },
+                None if oom => Exit::oom_killed(format!("memory limit reached: {e:#}")),
                 None => Exit {
                     code: TRAP_CODE,
                     reason: ExitReason::Error,
-                    message: format!("{e:#}"),
+                    message: trap_message(&e),
                 },
             },
         }
@@ -479,6 +482,16 @@ fn wasi_builder(spec: &GuestSpec) -> Result<WasiCtxBuilder> {
     Ok(b)
 }
 
+/// A trap's message; running out of resource-table room is said as the cap it is.
+fn trap_message(e: &wasmtime::Error) -> String {
+    let text = format!("{e:#}");
+    if text.contains("resource table has no free keys") {
+        format!("the container reached its cap on open handles (files, streams, sockets): {text}")
+    } else {
+        text
+    }
+}
+
 fn invalid_wasm(e: wasmtime::Error) -> Error {
     Error::invalid(format!("invalid WebAssembly: {e:#}"))
 }
@@ -521,6 +534,14 @@ fn spawn_epoch_ticker(engines: Vec<wasmtime::EngineWeak>) {
 struct P1Host {
     wasi: WasiP1Ctx,
     limiter: MemoryLimiter,
+    files: OpenFiles,
+}
+
+/// A preview2 store's resource table, holding at most the container's share of handles.
+fn capped_table(files: &FileBudget) -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(files.handles_per_container());
+    table
 }
 
 /// Host state of a preview2 guest.

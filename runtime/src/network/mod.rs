@@ -14,13 +14,14 @@ mod pod;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::PathBuf;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ipnet::Ipv4Net;
+use rustix::fs as rfs;
 use serde::Deserialize;
 
 pub use dns::LookupError;
@@ -242,14 +243,75 @@ struct IpPool {
 
 enum Block {
     /// This pool's, with its lock (none when the claims directory is unusable).
-    Ours { _lock: Option<std::fs::File> },
+    Ours { _lock: Option<OwnedFd> },
     /// Held by another process.
     Theirs,
 }
 
-/// Where block claims live: shared by every user (sticky, like /tmp itself).
+/// Where block claims live: a directory of this user's only, so no other local user can plant
+/// files or symlinks there or hold its locks. Shared by this user's wasmpod processes whatever
+/// their state directories (they share the address range too).
 fn claims_dir() -> PathBuf {
-    std::env::temp_dir().join("wasmpod-ip-claims")
+    if rustix::process::geteuid().is_root() {
+        PathBuf::from("/run/wasmpod/ip-claims")
+    } else if let Some(run) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        PathBuf::from(run).join("wasmpod/ip-claims")
+    } else {
+        let uid = rustix::process::geteuid().as_raw();
+        std::env::temp_dir().join(format!("wasmpod-ip-claims-{uid}"))
+    }
+}
+
+/// Opens (making it 0700 if missing) the claims directory, refusing a symlink in its place or
+/// a directory that another user owns or can write.
+fn open_claims_dir(path: &Path) -> std::io::Result<OwnedFd> {
+    if let Some(parent) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
+    }
+    match rfs::mkdir(path, rfs::Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let dir = rfs::open(
+        path,
+        rfs::OFlags::RDONLY | rfs::OFlags::DIRECTORY | rfs::OFlags::NOFOLLOW | rfs::OFlags::CLOEXEC,
+        rfs::Mode::empty(),
+    )?;
+    check_ours(&dir, 0o077)?;
+    Ok(dir)
+}
+
+/// Refuses what another user owns or what has any of `forbidden_mode` bits.
+fn check_ours(fd: &OwnedFd, forbidden_mode: u32) -> std::io::Result<()> {
+    let st = rfs::fstat(fd)?;
+    if st.st_uid != rustix::process::geteuid().as_raw() || st.st_mode & forbidden_mode != 0 {
+        return Err(std::io::Error::other(format!(
+            "owned by uid {} with mode {:o}: not this user's alone",
+            st.st_uid,
+            st.st_mode & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// This process's handle on the claims directory, opened once.
+fn claims() -> Option<&'static OwnedFd> {
+    static DIR: OnceLock<Option<OwnedFd>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let path = claims_dir();
+        open_claims_dir(&path)
+            .inspect_err(|e| {
+                tracing::warn!(
+                    path = %path.display(),
+                    "pod IP claims directory unusable ({e}); addresses are unique in this process only"
+                )
+            })
+            .ok()
+    })
+    .as_ref()
 }
 
 /// The /24 block of `ip`, the unit of claims.
@@ -260,26 +322,32 @@ fn block_of(ip: Ipv4Addr) -> u32 {
 /// Claims a block for this process. Without a usable claims directory, addresses are only
 /// tracked in this process.
 fn claim(block: u32) -> Block {
-    let dir = claims_dir();
-    if std::fs::create_dir(&dir).is_ok() {
-        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777));
+    match claims().map(|dir| claim_in(dir, block)) {
+        None => Block::Ours { _lock: None },
+        Some(Ok(Some(lock))) => Block::Ours { _lock: Some(lock) },
+        Some(Ok(None)) => Block::Theirs,
+        Some(Err(e)) => {
+            tracing::warn!("claiming pod IP block {}: {e}", Ipv4Addr::from(block << 8));
+            Block::Theirs
+        }
     }
-    let path = dir.join(format!("{}", Ipv4Addr::from(block << 8)));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(&path)
-        .or_else(|_| std::fs::File::open(&path));
-    let Ok(file) = file else {
-        return Block::Ours { _lock: None };
-    };
-    // SAFETY: flock on a descriptor we own.
-    match unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } {
-        0 => Block::Ours { _lock: Some(file) },
-        _ => Block::Theirs,
+}
+
+/// Takes the lock file of `block` in `dir` (no symlink followed, ours alone); `None` when
+/// another process holds it.
+fn claim_in(dir: &OwnedFd, block: u32) -> std::io::Result<Option<OwnedFd>> {
+    let name = Ipv4Addr::from(block << 8).to_string();
+    let file = rfs::openat(
+        dir,
+        name.as_str(),
+        rfs::OFlags::RDWR | rfs::OFlags::CREATE | rfs::OFlags::NOFOLLOW | rfs::OFlags::CLOEXEC,
+        rfs::Mode::from_raw_mode(0o600),
+    )?;
+    check_ours(&file, 0o022)?;
+    match rfs::flock(&file, rfs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(file)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -362,6 +430,40 @@ mod tests {
         assert_eq!(pool.allocate().unwrap().to_string(), "10.0.0.3");
         assert!(!pool.reserve("10.0.0.7".parse().unwrap()), "broadcast");
         assert!(!pool.reserve("10.0.0.4".parse().unwrap()), "taken");
+    }
+
+    /// A claims directory another user planted (a symlink, or one they can write) is refused,
+    /// and so is a symlink planted for a claim file: nothing is created through them.
+    #[test]
+    fn planted_claims_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        assert!(open_claims_dir(&link).is_err(), "a symlinked directory");
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(
+            open_claims_dir(&open).is_err(),
+            "a world-writable directory"
+        );
+
+        let dir = tmp.path().join("claims");
+        let fd = open_claims_dir(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let victim = elsewhere.join("victim");
+        std::os::unix::fs::symlink(&victim, dir.join("10.9.9.0")).unwrap();
+        assert!(claim_in(&fd, block_of("10.9.9.1".parse().unwrap())).is_err());
+        assert!(!victim.exists(), "nothing created through the link");
+        let lock = claim_in(&fd, block_of("10.9.8.1".parse().unwrap())).unwrap();
+        assert!(lock.is_some());
+        assert!(claim_in(&fd, block_of("10.9.8.1".parse().unwrap()))
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! | `hardlink SRC DST`        | creates a hard link DST to SRC                |
 //! | `stat PATH`               | prints `file <len>`, `dir`, `symlink` or `other` (not following symlinks) |
 //! | `exists PATH`             | prints `yes` or `no` (following symlinks)     |
+//! | `hold PATH N`             | opens PATH N times, keeping every descriptor; prints `held <k>` before failing or ending |
 //!
 //! On the first failing op it prints exactly one line to stderr,
 //! `fsprobe: <op> <path>: errno=<n> kind=<kind>: <error>`, and exits 1
@@ -53,7 +54,7 @@ fn main() {
 fn run(op: &str, args: &[String]) -> io::Result<()> {
     let arity = match op {
         "read" | "mkdir" | "ls" | "rm" | "stat" | "exists" => 1,
-        "write" | "append" | "symlink" | "hardlink" => 2,
+        "write" | "append" | "symlink" | "hardlink" | "hold" => 2,
         _ => return Err(invalid(&format!("unknown op {op:?}"))),
     };
     if args.len() != arity {
@@ -105,6 +106,22 @@ fn run(op: &str, args: &[String]) -> io::Result<()> {
             }
         }
         "exists" => writeln!(stdout, "{}", if fs::exists(path)? { "yes" } else { "no" })?,
+        "hold" => {
+            let n: usize = args[1].parse().map_err(|_| invalid("hold: N is not a number"))?;
+            let mut held = Vec::new();
+            let mut failed = None;
+            while held.len() < n && failed.is_none() {
+                match fs::File::open(path) {
+                    Ok(file) => held.push(file),
+                    Err(e) => failed = Some(e),
+                }
+            }
+            writeln!(stdout, "held {}", held.len())?;
+            stdout.flush()?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
         _ => unreachable!("arity check covers every op"),
     }
     stdout.flush()
