@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 use crate::engine::{Engine, GuestSpec, GuestUsage, Program};
 use crate::error::{Error, Result};
 use crate::exit::{Exit, ExitReason};
-use crate::log::{ContainerLog, LogLine};
+use crate::log::{ContainerLog, LogLimit, LogLine, LogTarget};
 use crate::mounts::GuestFs;
 use crate::pod::Pod;
 use crate::spec::{ContainerConfig, Protocol};
@@ -62,6 +62,8 @@ pub struct Container {
     pub image_ref: String,
     pub created_at: SystemTime,
     pub log_path: Option<PathBuf>,
+    /// The log file's directory handle and limit; `None` for restored containers.
+    log: Option<(LogTarget, LogLimit)>,
     pub(crate) dir: PathBuf,
     /// What a start needs; `None` for containers restored from the state database.
     prepared: Option<Prepared>,
@@ -132,7 +134,7 @@ pub(crate) struct NewContainer {
     pub pod_id: String,
     pub config: ContainerConfig,
     pub image_ref: String,
-    pub log_path: Option<PathBuf>,
+    pub log: Option<(LogTarget, LogLimit)>,
     pub dir: PathBuf,
     pub prepared: Prepared,
 }
@@ -145,7 +147,8 @@ impl Container {
             config: n.config,
             image_ref: n.image_ref,
             created_at: SystemTime::now(),
-            log_path: n.log_path,
+            log_path: n.log.as_ref().map(|(t, _)| t.path().to_path_buf()),
+            log: n.log,
             dir: n.dir,
             prepared: Some(n.prepared),
             usage: Arc::default(),
@@ -177,6 +180,7 @@ impl Container {
             image_ref: r.image_ref,
             created_at: r.created_at,
             log_path: r.log_path,
+            log: None,
             dir,
             prepared: None,
             usage: Arc::default(),
@@ -257,10 +261,15 @@ impl Container {
                 self.id
             ))
         })?;
+        let (target, limit) = match &self.log {
+            Some((target, limit)) => (Some(target), *limit),
+            None => (None, LogLimit::Unlimited),
+        };
         let log = ContainerLog::open(
             &pod.config.name,
             &self.config.name,
-            self.log_path.as_deref(),
+            target,
+            limit,
             Some(live),
         )?;
         let spec = GuestSpec {

@@ -71,6 +71,11 @@ impl Exit {
             message: message.into(),
         }
     }
+    /// The exit of a guest stopped at its memory limit: 137 as for a process the kernel's
+    /// OOM killer ends with SIGKILL, which is what kubelet and critest expect with `OOMKilled`.
+    pub fn oom_killed(message: impl Into<String>) -> Self {
+        Self::killed(ExitReason::OomKilled, message)
+    }
     pub fn success(&self) -> bool {
         self.code == 0
     }

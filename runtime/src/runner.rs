@@ -100,6 +100,13 @@ pub async fn run_pod(
     shutdown: impl Future<Output = ()>,
     opts: &RunnerOptions,
 ) -> Result<PodReport> {
+    // A pod that a killed earlier run left in the state database would make this one a
+    // duplicate; only one process holds the state directory, so such a pod is stale.
+    for stale in rt.pods() {
+        if stale.config.same_sandbox(&manifest.pod) {
+            rt.remove_pod(&stale.id).await?;
+        }
+    }
     let pod_id = rt.run_pod(manifest.pod.clone())?;
     if let Some(ip) = rt.pod(&pod_id)?.ip() {
         let ports: Vec<String> = manifest

@@ -18,7 +18,7 @@ use crate::exit::{Exit, ExitReason};
 use crate::image::{
     Credentials, ImageSource, ImageStore, PullPolicy, RegistryConfig, UnpackLimits,
 };
-use crate::log::LogLine;
+use crate::log::{LogLimits, LogLine, LogTarget, LIVE_CAPACITY};
 use crate::mounts::GuestFs;
 use crate::network::{Network, NetworkConfig};
 use crate::pod::{Pod, PodState};
@@ -34,6 +34,8 @@ pub struct RuntimeOptions {
     pub registries: RegistryConfig,
     pub unpack_limits: UnpackLimits,
     pub network: NetworkConfig,
+    /// How container log files are kept from filling the disk.
+    pub log_limits: LogLimits,
 }
 
 pub struct Runtime {
@@ -43,6 +45,7 @@ pub struct Runtime {
     pods: RwLock<HashMap<String, Arc<Pod>>>,
     containers: RwLock<HashMap<String, Arc<Container>>>,
     logs: broadcast::Sender<LogLine>,
+    log_limits: LogLimits,
     observer: Arc<Observer>,
     network: Network,
 }
@@ -69,7 +72,8 @@ impl Runtime {
             state_dir: options.state_dir,
             pods: RwLock::default(),
             containers: RwLock::default(),
-            logs: broadcast::channel(4096).0,
+            logs: broadcast::channel(LIVE_CAPACITY).0,
+            log_limits: options.log_limits,
             observer,
             network,
         };
@@ -193,8 +197,10 @@ impl Runtime {
         self.logs.subscribe()
     }
 
-    /// Creates a pod sandbox and its volumes; returns its id.
+    /// Creates a pod sandbox and its volumes; returns its id. A sandbox with the same name,
+    /// namespace, uid and attempt as one not yet removed is refused, as containerd refuses it.
     pub fn run_pod(&self, config: PodConfig) -> Result<String> {
+        self.check_unique_pod(&config)?;
         let id = new_id();
         // Made on first use (volumes, file mounts, logs): most CRI pods need none of it.
         let dir = self.state_dir.join("pods").join(&id);
@@ -223,16 +229,41 @@ impl Runtime {
             state: Mutex::new(PodState::Ready),
             containers: Mutex::default(),
         };
-        if let Err(e) = self.persist_pod(&pod) {
+        let pod = Arc::new(pod);
+        let unwind = |pod: &Pod| {
             if let Some(net) = &pod.network {
                 self.network.release_unused(net);
             }
             pod.volumes.remove();
             let _ = std::fs::remove_dir_all(&pod.dir);
+        };
+        {
+            // Checked again under the lock: a concurrent run with the same metadata may have
+            // finished meanwhile.
+            let mut pods = write(&self.pods);
+            if pods.values().any(|p| p.config.same_sandbox(&pod.config)) {
+                drop(pods);
+                unwind(&pod);
+                return Err(duplicate_pod(&pod.config));
+            }
+            pods.insert(id.clone(), pod.clone());
+        }
+        if let Err(e) = self.persist_pod(&pod) {
+            write(&self.pods).remove(&id);
+            unwind(&pod);
             return Err(e);
         }
-        write(&self.pods).insert(id.clone(), Arc::new(pod));
         Ok(id)
+    }
+
+    fn check_unique_pod(&self, config: &PodConfig) -> Result<()> {
+        if read(&self.pods)
+            .values()
+            .any(|p| p.config.same_sandbox(config))
+        {
+            return Err(duplicate_pod(config));
+        }
+        Ok(())
     }
 
     pub fn pod(&self, id: &str) -> Result<Arc<Pod>> {
@@ -320,6 +351,12 @@ impl Runtime {
             .await
             .map_err(|e| e.context(format!("{ctx}: image {}", image.reference)))?;
 
+        let env = merge_env(
+            std::iter::once(("HOSTNAME".to_owned(), pod.config.hostname.clone()))
+                .chain(image.env.iter().cloned())
+                .chain(config.env.iter().cloned()),
+        );
+        crate::spec::check_env(&env).map_err(|e| e.context(&ctx))?;
         let id = new_id();
         let dir = pod.dir.join("containers").join(&id);
         let mounts = config
@@ -338,22 +375,22 @@ impl Runtime {
         .into_iter()
         .chain(config.args.iter().cloned())
         .collect();
-        let env = merge_env(
-            std::iter::once(("HOSTNAME".to_owned(), pod.config.hostname.clone()))
-                .chain(image.env.iter().cloned())
-                .chain(config.env.iter().cloned()),
-        );
         let config = ContainerConfig {
             working_dir: config.working_dir.or_else(|| image.working_dir.clone()),
             ..config
         };
-        let log_path = log_path(&pod.log_directory(), &config)?;
+        let log = log_target(&pod.log_directory(), &config).map_err(|e| e.context(&ctx))?;
+        // A log directory the client named is the client's to rotate; ours we rotate.
+        let log_limit = match pod.config.log_directory {
+            Some(_) => self.log_limits.client,
+            None => self.log_limits.own,
+        };
         let container = Arc::new(Container::new(
             NewContainer {
                 id: id.clone(),
                 pod_id: pod_id.to_owned(),
                 image_ref: image.reference,
-                log_path: Some(log_path),
+                log: Some((log, log_limit)),
                 dir,
                 prepared: Prepared {
                     program,
@@ -458,6 +495,13 @@ impl Runtime {
     }
 }
 
+fn duplicate_pod(config: &PodConfig) -> Error {
+    Error::exists(format!(
+        "a pod sandbox named {} in namespace {} with uid {} and attempt {} already exists",
+        config.name, config.namespace, config.uid, config.attempt
+    ))
+}
+
 fn same_name(c: &Container, config: &ContainerConfig) -> bool {
     c.config.name == config.name && c.config.attempt == config.attempt
 }
@@ -470,45 +514,28 @@ fn duplicate(config: &ContainerConfig) -> Error {
 }
 
 /// The container's log file: its `log_path` inside the pod's log directory, or
-/// `<name>/<attempt>.log` as kubelet lays them out. Neither `..` nor a symlink may lead it out.
-fn log_path(log_dir: &Path, config: &ContainerConfig) -> Result<PathBuf> {
+/// `<name>/<attempt>.log` as kubelet lays them out, its directory opened by handle.
+fn log_target(log_dir: &Path, config: &ContainerConfig) -> Result<LogTarget> {
     let rel = match &config.log_path {
         Some(p) => p.clone(),
         None => PathBuf::from(&config.name).join(format!("{}.log", config.attempt)),
     };
-    let plain = rel
-        .components()
-        .all(|c| matches!(c, std::path::Component::Normal(_)));
-    if rel.is_absolute() || !plain || rel.as_os_str().is_empty() {
-        return Err(Error::invalid(format!(
-            "log path {} must be relative to the log directory, without '..'",
-            rel.display()
-        )));
-    }
-    let path = log_dir.join(&rel);
-    let parent = path.parent().expect("joined onto a directory");
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent.display(), e))?;
-    let real_dir = std::fs::canonicalize(log_dir).map_err(|e| Error::io(log_dir.display(), e))?;
-    let real_parent = std::fs::canonicalize(parent).map_err(|e| Error::io(parent.display(), e))?;
-    let is_link = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
-    if !real_parent.starts_with(&real_dir) || is_link {
-        return Err(Error::invalid(format!(
-            "log path {} leads outside the log directory {} through a symlink",
-            rel.display(),
-            log_dir.display()
-        )));
-    }
-    Ok(path)
+    LogTarget::open(log_dir, &rel)
 }
 
 /// Environment in order of definition where a later definition of a name replaces the
 /// earlier one in place (the container's env over the image's over HOSTNAME), as in Kubernetes.
+/// Linear in the number of variables: a pod may define hundreds of thousands.
 fn merge_env(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
+    let mut slots: HashMap<String, usize> = HashMap::new();
     for (k, v) in vars {
-        match out.iter_mut().find(|(name, _)| *name == k) {
-            Some(slot) => slot.1 = v,
-            None => out.push((k, v)),
+        match slots.entry(k) {
+            std::collections::hash_map::Entry::Occupied(slot) => out[*slot.get()].1 = v,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                out.push((slot.key().clone(), v));
+                slot.insert(out.len() - 1);
+            }
         }
     }
     out

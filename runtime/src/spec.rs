@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
+
 /// What a pod sandbox is made of.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PodConfig {
@@ -29,6 +31,15 @@ pub struct PodConfig {
     /// hostPorts: host listeners forwarded to the pod's ports.
     #[serde(default)]
     pub port_mappings: Vec<PortMapping>,
+}
+
+impl PodConfig {
+    /// Whether `other` names the same sandbox: kubelet tells sandboxes apart by name,
+    /// namespace, uid and attempt, so two alive at once would be ambiguous.
+    pub fn same_sandbox(&self, other: &PodConfig) -> bool {
+        (&self.name, &self.namespace, &self.uid, self.attempt)
+            == (&other.name, &other.namespace, &other.uid, other.attempt)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -113,6 +124,29 @@ pub struct ContainerConfig {
     /// Ports the container declares; a wasi:http handler is served on the first TCP one.
     #[serde(default)]
     pub ports: Vec<ContainerPort>,
+}
+
+/// Refuses env entries a guest's `environ` cannot carry: an empty name, a name with `=` (it
+/// would read back as another variable) and NUL bytes (they cut the C string). The manifest and
+/// the CRI both reach this through [`Runtime::create_container`](crate::runtime::Runtime).
+pub fn check_env(env: &[(String, String)]) -> Result<()> {
+    for (i, (name, value)) in env.iter().enumerate() {
+        let problem = if name.is_empty() {
+            "has an empty name"
+        } else if name.contains('=') {
+            "has '=' in its name"
+        } else if name.contains('\0') {
+            "has a NUL byte in its name"
+        } else if value.contains('\0') {
+            "has a NUL byte in its value"
+        } else {
+            continue;
+        };
+        return Err(Error::invalid(format!(
+            "env variable {i} ({name:?}) {problem}"
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -173,6 +173,17 @@ fn check_host_path(name: &str, path: &Path, kind: HostPathKind) -> Result<()> {
             path.display()
         )));
     }
+    // As Kubernetes validation does: `a/../b` would make `a` when created, and what the path
+    // names would depend on symlinks along it.
+    if path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(Error::invalid(format!(
+            "volume {name}: hostPath {} must not contain '..'",
+            path.display()
+        )));
+    }
     let meta = std::fs::metadata(path);
     let what = |want: &str| {
         Error::invalid(format!(
@@ -384,5 +395,26 @@ mod tests {
         let missing = tmp.path().join("missing");
         let err = PodVolumes::create(&pod, "p", &[hp(&missing, HostPathKind::Directory)]);
         assert_eq!(err.unwrap_err().kind, crate::error::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_host_path_through_dotdot_is_refused_before_anything_is_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pod = tmp.path().join("pod");
+        for kind in [HostPathKind::DirectoryOrCreate, HostPathKind::FileOrCreate] {
+            let sneaky = tmp.path().join("extra/../target");
+            let spec = VolumeSpec {
+                name: "h".into(),
+                source: VolumeSource::HostPath {
+                    path: sneaky,
+                    kind,
+                },
+            };
+            let err = PodVolumes::create(&pod, "p", &[spec]).unwrap_err();
+            assert_eq!(err.kind, crate::error::ErrorKind::InvalidArgument, "{err}");
+            assert!(err.message.contains("'..'"), "{err}");
+            assert!(!tmp.path().join("extra").exists(), "{kind:?}");
+            assert!(!tmp.path().join("target").exists(), "{kind:?}");
+        }
     }
 }

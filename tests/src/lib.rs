@@ -81,6 +81,37 @@ pub fn wat_proc_exit(code: i32) -> String {
     )
 }
 
+/// A WASI preview1 module printing `count` numbered lines (`00000001` …, 8 digits) to stdout
+/// as fast as it can, one `fd_write` per line, then returning.
+pub fn wat_print_lines(count: u32) -> String {
+    format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  ;; iovec at 0: the line at 16, 9 bytes; nwritten at 8
+  (data (i32.const 0) "\10\00\00\00\09\00\00\00")
+  (data (i32.const 16) "00000000\n")
+  (func (export "_start") (local $n i32) (local $i i32) (local $c i32)
+    (block $done (loop $line
+      (br_if $done (i32.ge_u (local.get $n) (i32.const {count})))
+      (local.set $n (i32.add (local.get $n) (i32.const 1)))
+      ;; increment the decimal counter at 16..24
+      (local.set $i (i32.const 23))
+      (block $carried (loop $digit
+        (local.set $c (i32.load8_u (local.get $i)))
+        (if (i32.eq (local.get $c) (i32.const 57))
+          (then
+            (i32.store8 (local.get $i) (i32.const 48))
+            (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+            (br $digit))
+          (else
+            (i32.store8 (local.get $i) (i32.add (local.get $c) (i32.const 1)))
+            (br $carried)))))
+      (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (br $line)))))"#
+    )
+}
+
 /// A runtime over `state` that runs local `.wasm` files.
 pub fn runtime(state: &Path) -> Arc<Runtime> {
     Runtime::new(RuntimeOptions {
@@ -99,12 +130,15 @@ pub fn temp_runtime() -> (tempfile::TempDir, Arc<Runtime>) {
     (tmp, rt)
 }
 
-/// A pod config named `name` (also its hostname).
+/// A pod config named `name` (also its hostname). Each call is a new pod with a uid of its
+/// own, as kubelet gives every pod, so two pods of one name may live side by side.
 pub fn pod(name: &str) -> PodConfig {
+    static PODS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PODS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     PodConfig {
         name: name.to_owned(),
         namespace: "default".to_owned(),
-        uid: format!("uid-{name}"),
+        uid: format!("uid-{name}-{n}"),
         hostname: name.to_owned(),
         ..Default::default()
     }

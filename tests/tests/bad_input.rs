@@ -486,3 +486,71 @@ async fn duplicate_container_names_and_missing_pods_are_refused() {
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::FailedPrecondition, "{err}");
 }
+
+/// Env entries a guest's environ cannot carry are refused at creation, naming the variable,
+/// from a manifest through `wasmpod run` as from the CRI (one check in the core).
+#[test]
+fn env_entries_a_guest_cannot_carry_are_refused_by_wasmpod_run() {
+    require_guests();
+    let tmp = tempfile::tempdir().unwrap();
+    for (env, why) in [
+        (r#"{name: "A=B", value: x}"#, "'='"),
+        (r#"{name: "", value: x}"#, "empty name"),
+        (r#"{name: "NUL\0", value: x}"#, "NUL byte in its name"),
+        (
+            r#"{name: NULVALUE, value: "a\0b"}"#,
+            "NUL byte in its value",
+        ),
+    ] {
+        let yaml = pod_yaml(
+            "env",
+            "Never",
+            &format!(
+                "\n  containers:\n    - name: hello\n      image: {}\n      env: [{env}]\n",
+                wasm("hello.p1").display()
+            ),
+        );
+        let (code, stdout, stderr) = cli_run(tmp.path(), &yaml);
+        assert_eq!(code, Some(1), "{env}: {stderr}");
+        assert!(stderr.contains(why), "{env}: {stderr}");
+        assert!(stderr.contains("container hello"), "{env}: {stderr}");
+        assert!(!stdout.contains("Hello"), "{env}: the guest ran: {stdout}");
+    }
+}
+
+/// A hostPath with `..` would make the directory before it (`made` here) when created: it is
+/// refused before anything is made.
+#[test]
+fn a_host_path_with_dotdot_is_refused_before_anything_is_created() {
+    require_guests();
+    let tmp = tempfile::tempdir().unwrap();
+    let sneaky = tmp.path().join("made/../target");
+    let yaml = pod_yaml(
+        "dotdot",
+        "Never",
+        &format!(
+            "\n  volumes: [{{name: h, hostPath: {{path: {}, type: DirectoryOrCreate}}}}]\
+             \n  containers:\n    - name: hello\n      image: {}\n",
+            sneaky.display(),
+            wasm("hello.p1").display()
+        ),
+    );
+    let (code, _, stderr) = cli_run(tmp.path(), &yaml);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("must not contain '..'"), "{stderr}");
+    assert!(!tmp.path().join("made").exists());
+    assert!(!tmp.path().join("target").exists());
+}
+
+/// The same pod twice in one runtime is refused while the first is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_pod_with_the_same_metadata_already_exists() {
+    let (_tmp, rt) = temp_runtime();
+    let config = pod("twice");
+    let first = rt.run_pod(config.clone()).unwrap();
+    let err = rt.run_pod(config.clone()).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::AlreadyExists, "{err}");
+    assert_eq!(rt.pods().len(), 1);
+    rt.remove_pod(&first).await.unwrap();
+    rt.run_pod(config).unwrap();
+}

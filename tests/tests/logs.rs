@@ -246,3 +246,132 @@ async fn a_long_line_cut_inside_a_utf8_character_is_kept_intact() {
     );
     assert_eq!(ran.stdout(), format!("{line}\n"));
 }
+
+/// An attacker's guest floods its log; wasmpod's own log files are rotated at the limit
+/// (kubelet's containerLogMaxSize / MaxFiles) instead of filling the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_guest_gets_its_own_log_rotated_at_the_limit() {
+    use wasmpod_runtime::log::{LogLimit, LogLimits, MIN_MAX_SIZE};
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = wasmpod_runtime::runtime::Runtime::new(wasmpod_runtime::runtime::RuntimeOptions {
+        state_dir: tmp.path().join("state"),
+        log_limits: LogLimits {
+            own: LogLimit::Rotate {
+                max_size: MIN_MAX_SIZE,
+                max_files: 2,
+            },
+            ..LogLimits::default()
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    // About 2.5 MB of records: 40 times the limit.
+    let lines = 50_000;
+    let image = wat_file(tmp.path(), "flood.wasm", &wat_print_lines(lines));
+    let ran = run_container(&rt, pod("flood"), container("flood", &image, &[]))
+        .await
+        .unwrap();
+    assert_exit(&ran.exit, 0, ExitReason::Completed);
+    let log = rt
+        .container(&ran.container_id)
+        .unwrap()
+        .log_path
+        .clone()
+        .unwrap();
+    let dir = log.parent().unwrap();
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["0.log", "0.log.1"]);
+    for f in &files {
+        let len = std::fs::metadata(dir.join(f)).unwrap().len();
+        assert!(len <= MIN_MAX_SIZE, "{f}: {len} bytes over the limit");
+    }
+    // The newest lines are kept, in order, across the two files.
+    let kept: Vec<u32> = read_log(&dir.join("0.log.1"))
+        .into_iter()
+        .chain(ran.log)
+        .map(|r| r.text.parse().unwrap())
+        .collect();
+    assert_eq!(kept.last(), Some(&lines));
+    assert!(
+        kept.windows(2).all(|w| w[1] == w[0] + 1),
+        "a gap in the kept lines"
+    );
+}
+
+/// A guest printing lines as fast as it can: every one reaches `wasmpod run`'s terminal, in
+/// order (the guest waits for the console instead of lines being dropped).
+#[test]
+fn live_output_of_wasmpod_run_keeps_every_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lines = 200_000;
+    let image = wat_file(tmp.path(), "flood.wasm", &wat_print_lines(lines));
+    let yaml = pod_yaml(
+        "flood",
+        "Never",
+        &format!(
+            "\n  containers:\n    - name: flood\n      image: {}\n",
+            image.display()
+        ),
+    );
+    let manifest = manifest_file(tmp.path(), "pod.yaml", &yaml);
+    let out = output_within(
+        wasmpod(&tmp.path().join("state"))
+            .args(["run", "--no-summary"])
+            .arg(&manifest),
+        300,
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("dropped"), "{stderr}");
+    let printed: Vec<u32> = text(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("flood | "))
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(printed.len(), lines as usize, "lines were lost on the way");
+    assert!(
+        printed.iter().zip(1..).all(|(&n, want)| n == want),
+        "out of order"
+    );
+}
+
+#[test]
+fn log_limits_below_the_minimum_are_refused_by_wasmpod_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = manifest_file(
+        tmp.path(),
+        "pod.yaml",
+        &pod_yaml("x", "Never", "\n  containers: []\n"),
+    );
+    for flags in [["--log-max-size", "1Ki"], ["--log-max-files", "0"]] {
+        let out = output_within(
+            wasmpod(&tmp.path().join("state"))
+                .arg("run")
+                .args(flags)
+                .arg(&manifest),
+            60,
+        );
+        assert_eq!(out.status.code(), Some(1), "{flags:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("log"), "{flags:?}: {stderr}");
+    }
+}
+
+/// 300k variables (an attacker's manifest or CRI request): merged later-wins in linear time,
+/// every one reaching the guest. Quadratic merging took minutes here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_thousand_env_vars_reach_the_guest() {
+    let (_tmp, rt) = temp_runtime();
+    let mut c = container("env", &wasm("hello.p1"), &[]);
+    c.env = std::iter::once(("GREETING".to_owned(), "first".to_owned()))
+        .chain((0..300_000).map(|i| (format!("VAR_{i}"), i.to_string())))
+        .chain(std::iter::once(("GREETING".to_owned(), "last".to_owned())))
+        .collect();
+    let ran = run_container(&rt, pod("env"), c).await.unwrap();
+    assert_exit(&ran.exit, 0, ExitReason::Completed);
+    assert!(ran.stdout().contains("GREETING=last\n"), "{}", ran.stdout());
+}

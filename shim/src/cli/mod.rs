@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wasmpod_runtime::image::RegistryConfig;
+use wasmpod_runtime::log::{LogLimit, LogLimits};
 use wasmpod_runtime::network::NetworkConfig;
 use wasmpod_runtime::runtime::{Runtime, RuntimeOptions};
 
@@ -118,13 +119,37 @@ fn start(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// The runtime over the state directory, with the registry settings of the command line.
 fn open_runtime(state_dir: &Path, network: NetworkConfig) -> anyhow::Result<Arc<Runtime>> {
+    open_runtime_with(state_dir, network, LogLimits::default())
+}
+
+/// [`open_runtime`] with limits for container log files.
+fn open_runtime_with(
+    state_dir: &Path,
+    network: NetworkConfig,
+    log_limits: LogLimits,
+) -> anyhow::Result<Arc<Runtime>> {
     let options = RuntimeOptions {
         state_dir: state_dir.to_path_buf(),
         registries: REGISTRIES.get().cloned().unwrap_or_default(),
         network,
+        log_limits,
         ..Default::default()
     };
     Runtime::new(options).with_context(|| format!("state directory {}", state_dir.display()))
+}
+
+/// A size as Kubernetes writes quantities (`10Mi`, `1G`, `65536`), for size flags and keys.
+fn parse_size(s: &str) -> Result<u64, String> {
+    wasmpod_runtime::log::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// A rotation limit from a size and a file count, checked against the minimums.
+fn rotate_limit(max_size: u64, max_files: u32) -> anyhow::Result<LogLimit> {
+    Ok(LogLimit::Rotate {
+        max_size,
+        max_files,
+    }
+    .check()?)
 }
 
 fn registry_config(mirrors: &[String], insecure: &[String]) -> anyhow::Result<RegistryConfig> {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use tokio::sync::broadcast::error::RecvError;
-use wasmpod_runtime::log::{LogLine, Stream};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use wasmpod_runtime::log::{LogLimits, LogLine, Stream};
 use wasmpod_runtime::manifest::PodManifest;
 use wasmpod_runtime::network::NetworkConfig;
 use wasmpod_runtime::runner::{self, PodReport, RunnerOptions};
@@ -17,7 +17,9 @@ use wasmpod_runtime::runner::{self, PodReport, RunnerOptions};
 ///
 /// Init containers run one after another, then the containers side by side in one pod: they
 /// share the pod's volumes (emptyDir, hostPath). Output is streamed live, each line prefixed
-/// with its container's name, and also kept in CRI-format log files under the state directory.
+/// with its container's name (a guest waits for a slow console), and also kept in CRI-format
+/// log files under the state directory, rotated as kubelet does (--log-max-size,
+/// --log-max-files).
 ///
 /// `image:` is a path to a .wasm file (relative to the manifest), a file:// URL, or an OCI
 /// image reference, pulled according to imagePullPolicy (credentials from
@@ -57,6 +59,15 @@ pub struct RunArgs {
     /// wasmpod.io/egress-allow annotation)
     #[arg(long, default_value = "all")]
     egress_allow: String,
+
+    /// Rotate a container's log file when it would grow past this size (kubelet's
+    /// containerLogMaxSize; at least 64Ki)
+    #[arg(long, default_value = "10Mi", value_parser = super::parse_size)]
+    log_max_size: u64,
+
+    /// Log files kept per container, the current one included (kubelet's containerLogMaxFiles)
+    #[arg(long, default_value_t = wasmpod_runtime::log::DEFAULT_MAX_FILES)]
+    log_max_files: u32,
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -67,6 +78,10 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
 }
 
 pub async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<ExitCode> {
+    let log_limits = LogLimits {
+        own: super::rotate_limit(args.log_max_size, args.log_max_files)?,
+        ..LogLimits::default()
+    };
     let manifest = PodManifest::from_file(&args.manifest)?;
     for field in &manifest.warnings {
         eprintln!("warning: ignoring field {field}: wasmpod does not use it");
@@ -77,7 +92,7 @@ pub async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<ExitCode> 
         egress_allow: args.egress_allow.clone(),
         ..Default::default()
     };
-    let rt = super::open_runtime(&state_dir, network)?;
+    let rt = super::open_runtime_with(&state_dir, network, log_limits)?;
     let width = manifest
         .init_containers
         .iter()
@@ -101,13 +116,17 @@ pub async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<ExitCode> 
             report = &mut run => break report?,
             line = logs.recv() => match line {
                 Ok(line) => print_line(&line, width),
-                Err(RecvError::Lagged(n)) => eprintln!("wasmpod: {n} log lines skipped on the console (they are in the log files)"),
+                Err(RecvError::Lagged(n)) => print_dropped(n),
                 Err(RecvError::Closed) => {}
             },
         }
     };
-    while let Ok(line) = logs.try_recv() {
-        print_line(&line, width);
+    loop {
+        match logs.try_recv() {
+            Ok(line) => print_line(&line, width),
+            Err(TryRecvError::Lagged(n)) => print_dropped(n),
+            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+        }
     }
     if !args.no_summary {
         print_summary(&report);
@@ -128,6 +147,12 @@ fn print_line(line: &LogLine, width: usize) {
         }
         Stream::Stderr => eprintln!("{text}"),
     }
+}
+
+/// Guests wait for a slow console; lines are dropped only when it stalls for a second, and
+/// never silently.
+fn print_dropped(n: u64) {
+    eprintln!("wasmpod: {n} lines dropped from the live output: the console did not keep up");
 }
 
 fn print_summary(report: &PodReport) {

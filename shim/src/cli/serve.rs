@@ -1,6 +1,6 @@
 //! `wasmpod serve`: the CRI server for kubelet and crictl.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
 use tokio::net::UnixListener;
+use wasmpod_runtime::log::{LogLimit, LogLimits};
 use wasmpod_runtime::network::NetworkConfig;
 
 /// Serve the Kubernetes CRI (RuntimeService + ImageService) on a unix socket.
@@ -29,6 +30,11 @@ use wasmpod_runtime::network::NetworkConfig;
 ///     egress_allow = "all"                   # or CIDR[:port[-port]] list, or "none"
 ///     max_sockets_per_pod = 1024
 ///     unprivileged_port_start = 1024         # guests bind ports from here up
+///     [logs]
+///     max_size = "10Mi"                      # logs wasmpod places itself (pods without a
+///     max_files = 5                          #   log directory): rotated as kubelet does
+///     cri_max_size = "1Gi"                   # hard cap on CRI log_path files, which kubelet
+///                                            #   rotates; unset: no cap
 ///
 /// SIGTERM or Ctrl-C drains in-flight calls and exits; pods and containers are kept in the
 /// state database and listed again at the next start.
@@ -54,6 +60,46 @@ pub struct ServeConfig {
     pub registry: RegistrySection,
     #[serde(default)]
     pub network: NetworkConfig,
+    #[serde(default)]
+    pub logs: LogsSection,
+}
+
+/// Container log limits. wasmpod rotates only the log files it places itself; files at a CRI
+/// client's log_path are kubelet's to rotate (it renames them and calls ReopenContainerLog),
+/// so they get at most a hard cap where no kubelet rotates them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsSection {
+    pub max_size: Option<String>,
+    pub max_files: Option<u32>,
+    pub cri_max_size: Option<String>,
+}
+
+impl LogsSection {
+    fn limits(&self) -> anyhow::Result<LogLimits> {
+        let size = |key: &str, value: &str| {
+            super::parse_size(value).map_err(|e| anyhow::anyhow!("[logs] {key}: {e}"))
+        };
+        let max_size = match &self.max_size {
+            Some(v) => size("max_size", v)?,
+            None => wasmpod_runtime::log::DEFAULT_MAX_SIZE,
+        };
+        let max_files = self
+            .max_files
+            .unwrap_or(wasmpod_runtime::log::DEFAULT_MAX_FILES);
+        let client = match &self.cri_max_size {
+            Some(v) => LogLimit::Cap {
+                max_size: size("cri_max_size", v)?,
+            }
+            .check()
+            .context("[logs] cri_max_size")?,
+            None => LogLimit::Unlimited,
+        };
+        Ok(LogLimits {
+            own: super::rotate_limit(max_size, max_files).context("[logs]")?,
+            client,
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,7 +139,8 @@ pub async fn run(
     state_dir: PathBuf,
 ) -> anyhow::Result<ExitCode> {
     let socket = args.socket.or(config.socket).unwrap_or_else(default_socket);
-    let rt = super::open_runtime(&state_dir, config.network)?;
+    let log_limits = config.logs.limits()?;
+    let rt = super::open_runtime_with(&state_dir, config.network, log_limits)?;
     let listener = bind(&socket)?;
     tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "serving the CRI");
     // In-flight calls get a moment to finish; idle client connections (kubelet keeps one open)
@@ -104,7 +151,7 @@ pub async fn run(
         let _ = stopping_tx.send(());
     };
     let served = tokio::select! {
-        served = crate::cri::serve(rt, listener, shutdown) => served.context("CRI server"),
+        served = crate::cri::serve(rt, listener.listener, shutdown) => served.context("CRI server"),
         _ = async {
             let _ = stopping.await;
             tokio::time::sleep(DRAIN).await;
@@ -113,7 +160,7 @@ pub async fn run(
             Ok(())
         }
     };
-    let _ = std::fs::remove_file(&socket);
+    listener.socket.remove();
     served?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -129,28 +176,66 @@ fn default_socket() -> PathBuf {
         .join("wasmpod/wasmpod.sock")
 }
 
-/// Binds the socket 0660 in a 0700 directory, replacing a stale socket left by a crash but
-/// refusing to steal one a live server answers on.
-fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+/// The socket file this server made, removed at exit only if it is still that file.
+struct OwnSocket {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl OwnSocket {
+    fn remove(&self) {
+        let same =
+            std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id);
+        if same {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+struct Bound {
+    listener: UnixListener,
+    socket: OwnSocket,
+}
+
+/// Binds the socket 0660 in a 0700 directory. Only a stale socket (one nobody listens on, as
+/// a crash leaves behind) is replaced: a live one belongs to another server, and any other
+/// file at the path is not ours to delete.
+fn bind(socket: &Path) -> anyhow::Result<Bound> {
     let dir = socket.parent().context("socket path has no directory")?;
     if !dir.exists() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    if socket.exists() {
-        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            anyhow::bail!(
-                "another server is already listening on {}",
-                socket.display()
-            );
+    match std::fs::symlink_metadata(socket) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                anyhow::bail!("another server listens on {}", socket.display());
+            }
+            std::fs::remove_file(socket)
+                .with_context(|| format!("removing stale socket {}", socket.display()))?;
         }
-        std::fs::remove_file(socket)
-            .with_context(|| format!("removing stale socket {}", socket.display()))?;
+        Ok(_) => anyhow::bail!(
+            "{} exists and is not a socket; refusing to replace it",
+            socket.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("checking {}", socket.display())),
     }
     let listener =
         UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
-    Ok(listener)
+    let meta = std::fs::symlink_metadata(socket)?;
+    let bound = Bound {
+        listener,
+        socket: OwnSocket {
+            path: socket.to_path_buf(),
+            id: (meta.dev(), meta.ino()),
+        },
+    };
+    if let Err(e) = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660)) {
+        bound.socket.remove();
+        return Err(e).with_context(|| format!("making {} 0660", socket.display()));
+    }
+    Ok(bound)
 }
 
 #[cfg(test)]
@@ -173,5 +258,23 @@ mod tests {
             toml::from_str("[network]\nmode = \"node\"\npod_cidr = \"10.244.1.0/24\"").unwrap();
         assert_eq!(net.network.pod_cidr.as_deref(), Some("10.244.1.0/24"));
         assert!(toml::from_str::<ServeConfig>("[network]\nmode = \"bridge\"").is_err());
+        assert_eq!(shipped.logs.limits().unwrap(), LogLimits::default());
+        let logs: ServeConfig =
+            toml::from_str("[logs]\nmax_size = \"1Mi\"\nmax_files = 2\ncri_max_size = \"100Mi\"")
+                .unwrap();
+        assert_eq!(
+            logs.logs.limits().unwrap(),
+            LogLimits {
+                own: LogLimit::Rotate {
+                    max_size: 1 << 20,
+                    max_files: 2
+                },
+                client: LogLimit::Cap {
+                    max_size: 100 << 20
+                },
+            }
+        );
+        let tiny: ServeConfig = toml::from_str("[logs]\nmax_size = \"1Ki\"").unwrap();
+        assert!(format!("{:#}", tiny.logs.limits().unwrap_err()).contains("minimum"));
     }
 }

@@ -11,6 +11,7 @@ use wasmpod_tests::cri::{
 };
 use wasmpod_tests::{read_log, require_guests, stream_text, wasm};
 
+mod hardening;
 mod network;
 
 fn file_image(name: &str) -> String {
@@ -776,7 +777,7 @@ async fn socket_is_private_and_a_stale_one_is_replaced() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already listening"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another server listens on"));
     let fresh = tempfile::tempdir().unwrap();
     let private = fresh.path().join("new/wasmpod.sock");
     let d2 = Daemon::start_at(fresh, private.clone()).await;
