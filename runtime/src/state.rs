@@ -78,11 +78,19 @@ pub enum Sync {
 impl StateStore {
     pub fn open(path: &Path) -> Result<Self> {
         let db = Database::create(path).map_err(|e| db_error(path.display(), e))?;
-        let txn = db.begin_write().map_err(|e| db_error("state", e))?;
-        for t in [PODS, CONTAINERS, QUARANTINE] {
-            txn.open_table(t).map_err(|e| db_error("state", e))?;
+        // Only a new database is written to: on a full disk the node must still start (to
+        // remove images and free space).
+        let read = db.begin_read().map_err(|e| db_error("state", e))?;
+        if [PODS, CONTAINERS, QUARANTINE]
+            .iter()
+            .any(|t| read.open_table(*t).is_err())
+        {
+            let txn = db.begin_write().map_err(|e| db_error("state", e))?;
+            for t in [PODS, CONTAINERS, QUARANTINE] {
+                txn.open_table(t).map_err(|e| db_error("state", e))?;
+            }
+            txn.commit().map_err(|e| db_error("state", e))?;
         }
-        txn.commit().map_err(|e| db_error("state", e))?;
         Ok(Self {
             db,
             queue: Default::default(),

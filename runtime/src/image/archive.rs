@@ -1,15 +1,22 @@
 //! Offline images: `import` of an OCI layout tar, a `docker save` tar or a bare `.wasm`, and
 //! `export` to an OCI layout tar, for edge nodes that never see a registry.
+//!
+//! An archive is read straight from its tar stream and never extracted: each regular file goes
+//! into the content store as it streams by, and links stay a table resolved among the
+//! archive's own names. No name in an archive is ever opened on the host, so no chain of links
+//! can make an import read a host file.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
+use super::content::ContentStore;
 use super::format::{self, Descriptor, Manifest, OCI_MANIFEST, WASM_CONFIG, WASM_LAYER};
 use super::reference as refs;
 use super::store::{ImageRecord, ImageStore};
-use super::unpack;
+use super::unpack::{self, Budget, Capped, Link, UnpackLimits, Unresolved};
 use crate::engine::GuestKind;
 use crate::error::{Error, Result};
 
@@ -17,40 +24,41 @@ const REF_NAME: &str = "org.opencontainers.image.ref.name";
 const CONTAINERD_NAME: &str = "io.containerd.image.name";
 
 impl ImageStore {
-    /// Imports every image of an archive (or a bare `.wasm`, which needs `tag`).
+    /// Imports every image of an archive (or a bare `.wasm`, which needs `tag`). What a failed
+    /// import stored, and the archive's files no image uses, are removed before it returns
+    /// (or, while another pull or import runs, as soon as the last one ends).
     pub async fn import(&self, path: &Path, tag: Option<&str>) -> Result<Vec<ImageRecord>> {
-        let _gc = self.gc_guard().await;
+        let result = {
+            let _gc = self.gc_guard().await;
+            self.import_guarded(path, tag).await
+        };
+        self.sweep_if_idle();
+        result
+    }
+
+    async fn import_guarded(&self, path: &Path, tag: Option<&str>) -> Result<Vec<ImageRecord>> {
         let head = read_head(path)?;
         if head.starts_with(b"\0asm") {
             let tag =
                 tag.ok_or_else(|| Error::invalid("a bare .wasm needs --tag to name the image"))?;
             return Ok(vec![self.import_wasm(path, tag).await?]);
         }
-        let tmp = self
-            .work_dir()
-            .join(format!(".import-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(tmp.display(), e))?;
-        let result = async {
-            unpack::unpack(&tmp, &[path.to_path_buf()], Default::default())
-                .map_err(|e| e.context(format!("archive {}", path.display())))?;
-            if tmp.join("oci-layout").is_file() {
-                self.import_layout(&tmp, tag).await
-            } else if tmp.join("manifest.json").is_file() {
-                self.import_docker(&tmp, tag).await
-            } else {
-                Err(Error::invalid(format!(
-                    "{} is not an OCI layout, a docker save archive or a .wasm",
-                    path.display()
-                )))
-            }
+        let archive = Archive::read(self.content(), path, self.limits())
+            .map_err(|e| e.context(format!("archive {}", path.display())))?;
+        if archive.has("oci-layout") {
+            self.import_layout(&archive, tag).await
+        } else if archive.has("manifest.json") {
+            self.import_docker(&archive, tag).await
+        } else {
+            Err(Error::invalid(format!(
+                "{} is not an OCI layout, a docker save archive or a .wasm",
+                path.display()
+            )))
         }
-        .await;
-        let _ = std::fs::remove_dir_all(&tmp);
-        result
     }
 
     async fn import_wasm(&self, path: &Path, tag: &str) -> Result<ImageRecord> {
-        let wasm = self.content().put_file(path, None)?;
+        let wasm = self.content().put_file(path)?;
         let bytes = self.content().read(&wasm)?;
         let os = match GuestKind::detect(&bytes)? {
             GuestKind::Preview1 => "wasip1",
@@ -76,19 +84,15 @@ impl ImageStore {
         self.register(&top, &top, names_for(Some(tag), &top)?).await
     }
 
-    async fn import_layout(&self, dir: &Path, tag: Option<&str>) -> Result<Vec<ImageRecord>> {
-        let blobs = dir.join("blobs/sha256");
-        for entry in std::fs::read_dir(&blobs)
-            .map_err(|e| Error::io("layout blobs/sha256", e))?
-            .flatten()
-        {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            self.content()
-                .put_file(&entry.path(), Some(&format!("sha256:{name}")))?;
-        }
-        let index: serde_json::Value = read_json(&dir.join("index.json"))?;
+    async fn import_layout(
+        &self,
+        archive: &Archive,
+        tag: Option<&str>,
+    ) -> Result<Vec<ImageRecord>> {
+        archive.check_layout_names()?;
+        let index = archive.read_json(self.content(), "index.json")?;
         let entries: Vec<Descriptor> = serde_json::from_value(index["manifests"].clone())
-            .map_err(|e| Error::invalid(format!("index.json: {e}")))?;
+            .map_err(|e| format::json_error("index.json", &e))?;
         if entries.is_empty() {
             return Err(Error::invalid("index.json lists no images"));
         }
@@ -123,7 +127,7 @@ impl ImageStore {
 
     /// The image manifest of `top`: itself, or the wasi/wasm entry of an index.
     fn select_image(&self, top: &str) -> Result<String> {
-        match Manifest::parse(&self.content().read(top)?)? {
+        match self.manifest(top)? {
             Manifest::Image { .. } => Ok(top.to_owned()),
             Manifest::Index(entries) => {
                 let entry = format::select_wasm_platform(&entries)?;
@@ -135,8 +139,12 @@ impl ImageStore {
         }
     }
 
-    async fn import_docker(&self, dir: &Path, tag: Option<&str>) -> Result<Vec<ImageRecord>> {
-        let manifest: serde_json::Value = read_json(&dir.join("manifest.json"))?;
+    async fn import_docker(
+        &self,
+        archive: &Archive,
+        tag: Option<&str>,
+    ) -> Result<Vec<ImageRecord>> {
+        let manifest = archive.read_json(self.content(), "manifest.json")?;
         let images = manifest
             .as_array()
             .ok_or_else(|| Error::invalid("manifest.json is not a list"))?;
@@ -147,29 +155,20 @@ impl ImageStore {
         }
         let mut out = Vec::new();
         for image in images {
-            let file = |v: &serde_json::Value| -> Result<std::path::PathBuf> {
-                let rel = v.as_str().ok_or_else(|| {
+            let file = |v: &serde_json::Value| -> Result<String> {
+                let name = v.as_str().ok_or_else(|| {
                     Error::invalid("manifest.json names a file with a non-string")
                 })?;
-                let rel = Path::new(rel);
-                if rel.is_absolute()
-                    || rel
-                        .components()
-                        .any(|c| matches!(c, std::path::Component::ParentDir))
-                {
-                    return Err(Error::invalid(format!(
-                        "manifest.json names {} outside the archive",
-                        rel.display()
-                    )));
-                }
-                Ok(dir.join(rel))
+                archive
+                    .blob(name)
+                    .map(str::to_owned)
+                    .map_err(|e| e.context("manifest.json"))
             };
-            let config_path = file(&image["Config"])?;
-            let config = self.content().put_file(&config_path, None)?;
+            let config = file(&image["Config"])?;
             let config_size = self.content().size(&config).unwrap_or(0);
             let mut layers = Vec::new();
             for layer in image["Layers"].as_array().into_iter().flatten() {
-                let digest = self.content().put_file(&file(layer)?, None)?;
+                let digest = file(layer)?;
                 let gzip = read_head(&self.content().path(&digest)?)?.starts_with(&[0x1f, 0x8b]);
                 layers.push(json!({
                     "mediaType": if gzip { "application/vnd.docker.image.rootfs.diff.tar.gzip" } else { "application/vnd.docker.image.rootfs.diff.tar" },
@@ -281,10 +280,106 @@ fn read_head(path: &Path) -> Result<Vec<u8>> {
     Ok(head)
 }
 
-fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path.display(), e))?;
-    if bytes.len() as u64 > format::MAX_METADATA_SIZE {
-        return Err(Error::invalid(format!("{} is too large", path.display())));
+/// An image archive as read from its tar stream (see the module's comment).
+struct Archive {
+    /// Regular files: path → the blob holding their content.
+    files: HashMap<PathBuf, String>,
+    /// Symlinks and hard links: path → what they name.
+    links: HashMap<PathBuf, Link>,
+}
+
+impl Archive {
+    /// Streams the archive (plain, gzip or zstd) into the content store, within `limits`.
+    fn read(content: &ContentStore, path: &Path, limits: UnpackLimits) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path.display(), e))?;
+        let mut budget = Budget::new(limits);
+        let mut entries_left = limits.max_entries;
+        let mut tar = tar::Archive::new(Capped {
+            inner: unpack::decompress(BufReader::new(file))?,
+            budget: &mut budget,
+        });
+        let mut out = Archive {
+            files: HashMap::new(),
+            links: HashMap::new(),
+        };
+        for entry in tar.entries().map_err(unpack::tar_error)? {
+            let mut entry = entry.map_err(unpack::tar_error)?;
+            unpack::count_entry(&mut entries_left)?;
+            let name = unpack::clean(&entry.path().map_err(unpack::tar_error)?)?;
+            let target = entry
+                .link_name()
+                .map_err(unpack::tar_error)?
+                .map(|t| t.into_owned());
+            let link = match (entry.header().entry_type(), target) {
+                (tar::EntryType::Regular | tar::EntryType::Continuous, _) => {
+                    let size = entry.size();
+                    let digest = content
+                        .put_reader(&mut entry, size)
+                        .map_err(|e| e.context(name.display()))?;
+                    out.links.remove(&name);
+                    out.files.insert(name, digest);
+                    continue;
+                }
+                (tar::EntryType::Symlink, Some(target)) => Link::Symbolic(target),
+                (tar::EntryType::Link, Some(target)) => Link::Hard(
+                    unpack::clean(&target)
+                        .map_err(|e| e.context(format!("hard link {}", name.display())))?,
+                ),
+                // Directories are implied by their files; nothing else names content.
+                _ => continue,
+            };
+            out.files.remove(&name);
+            out.links.insert(name, link);
+        }
+        Ok(out)
     }
-    serde_json::from_slice(&bytes).map_err(|e| Error::invalid(format!("{}: {e}", path.display())))
+
+    /// The blob of the file at `path`, links followed among the archive's own names.
+    fn blob(&self, path: impl AsRef<Path>) -> Result<&str> {
+        let path = path.as_ref();
+        let resolved = unpack::resolve(path, |p| self.links.get(p).cloned()).map_err(|e| {
+            Error::invalid(match e {
+                Unresolved::Outside => format!("{} is outside the archive", path.display()),
+                Unresolved::TooDeep => format!("{}: too many levels of links", path.display()),
+            })
+        })?;
+        self.files
+            .get(&resolved)
+            .map(String::as_str)
+            .ok_or_else(|| {
+                Error::invalid(format!("{} is not a file in the archive", path.display()))
+            })
+    }
+
+    fn has(&self, path: &str) -> bool {
+        self.blob(path).is_ok()
+    }
+
+    /// Reads a small JSON file of the archive (index.json, manifest.json).
+    fn read_json(&self, content: &ContentStore, path: &str) -> Result<serde_json::Value> {
+        let digest = self.blob(path)?;
+        format::check_metadata_size(path, content.size(digest).unwrap_or(0))?;
+        serde_json::from_slice(&content.read(digest)?).map_err(|e| format::json_error(path, &e))
+    }
+
+    /// Each `blobs/sha256/<hex>` of a layout must hold content with that digest.
+    fn check_layout_names(&self) -> Result<()> {
+        let dir = Path::new("blobs/sha256");
+        for name in self.files.keys().chain(self.links.keys()) {
+            let (Some(parent), Some(hex)) = (name.parent(), name.file_name()) else {
+                continue;
+            };
+            if parent != dir {
+                continue;
+            }
+            let named = format!("sha256:{}", hex.to_string_lossy());
+            let digest = self.blob(name)?;
+            if digest != named {
+                return Err(Error::invalid(format!(
+                    "blob {named} does not match its content ({digest})"
+                )));
+            }
+        }
+        Ok(())
+    }
 }

@@ -1,14 +1,16 @@
-//! The content-addressed blob store: `blobs/sha256/<hex>`. A blob becomes visible only once
-//! its bytes are all there and their digest and size match (written to `ingest/`, verified,
-//! then renamed), so a crash or a lying registry never leaves a partial blob behind.
+//! The content-addressed blob store: `blobs/sha256/<hex>`, private to the node (directories
+//! 0700, blobs 0600). A blob becomes visible only once its bytes are all there and their
+//! digest and size match (written to locked scratch in `ingest/`, verified, then renamed), so a
+//! crash or a lying registry never leaves a partial blob behind.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
 use super::reference::check_digest;
+use super::scratch::{self, Scratch};
 use crate::error::{Error, Result};
 
 pub struct ContentStore {
@@ -17,19 +19,19 @@ pub struct ContentStore {
 
 impl ContentStore {
     pub fn open(root: &Path) -> Result<Self> {
-        for dir in ["blobs/sha256", "ingest"] {
-            let d = root.join(dir);
-            std::fs::create_dir_all(&d).map_err(|e| Error::io(d.display(), e))?;
+        for dir in ["", "blobs", "blobs/sha256", "ingest"] {
+            scratch::private_dir(&root.join(dir))?;
         }
-        // Leftovers of an interrupted ingest are garbage.
-        if let Ok(entries) = std::fs::read_dir(root.join("ingest")) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        Ok(Self {
+        let store = Self {
             root: root.to_path_buf(),
-        })
+        };
+        store.remove_stale();
+        Ok(store)
+    }
+
+    /// Deletes the leftovers of interrupted ingests (never another process's live ingest).
+    pub fn remove_stale(&self) {
+        scratch::remove_stale(&self.root.join("ingest"), |_| false);
     }
 
     /// The path of a blob (whether or not it exists). Refuses digests that are not sha256 hex.
@@ -56,35 +58,36 @@ impl ContentStore {
     pub fn put(&self, bytes: &[u8]) -> Result<String> {
         let digest = crate::engine::sha256_digest(bytes);
         if !self.contains(&digest) {
-            let mut ingest = Ingest::new(self, &digest, bytes.len() as u64)?;
+            let mut ingest = Ingest::new(self, Some(&digest), bytes.len() as u64)?;
             ingest.write(bytes)?;
             ingest.commit()?;
         }
         Ok(digest)
     }
 
-    /// Stores a file's content; when `expected` is given the content must have that digest.
-    pub fn put_file(&self, path: &Path, expected: Option<&str>) -> Result<String> {
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        read_chunks(path, |chunk| {
-            size += chunk.len() as u64;
-            hasher.update(chunk);
-            Ok(())
-        })?;
-        let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
-        if let Some(expected) = expected.filter(|e| **e != digest) {
-            return Err(Error::invalid(format!(
-                "blob {expected} does not match its content ({digest})"
-            )));
+    /// Stores the `size` bytes `reader` yields under their digest and returns it.
+    pub fn put_reader(&self, reader: &mut dyn Read, size: u64) -> Result<String> {
+        let mut ingest = Ingest::new(self, None, size)?;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return ingest.commit(),
+                Ok(n) => ingest.write(&buf[..n])?,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("reading a blob", e)),
+            }
         }
-        if !self.contains(&digest) {
-            // Read again through the ingest, which checks the digest once more.
-            let mut ingest = Ingest::new(self, &digest, size)?;
-            read_chunks(path, |chunk| ingest.write(chunk))?;
-            ingest.commit()?;
-        }
-        Ok(digest)
+    }
+
+    /// Stores a file's content and returns its digest.
+    pub fn put_file(&self, path: &Path) -> Result<String> {
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path.display(), e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io(path.display(), e))?
+            .len();
+        self.put_reader(&mut file, size)
+            .map_err(|e| e.context(path.display()))
     }
 
     /// Streams a blob in, checking it against `digest` and `size` as it arrives.
@@ -104,7 +107,7 @@ impl ContentStore {
             progress(size);
             return Ok(());
         }
-        let mut ingest = Ingest::new(self, digest, size)?;
+        let mut ingest = Ingest::new(self, Some(digest), size)?;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
                 let text = e.to_string();
@@ -118,7 +121,7 @@ impl ContentStore {
             ingest.write(&chunk)?;
             progress(ingest.written);
         }
-        ingest.commit()
+        ingest.commit().map(drop)
     }
 
     /// Deletes a blob; a missing blob is fine.
@@ -139,55 +142,41 @@ impl ContentStore {
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
             .map(|hex| format!("sha256:{hex}"))
+            .filter(|digest| check_digest(digest).is_ok())
             .collect()
     }
 }
 
-/// Feeds a file to `f` in 64 KiB chunks.
-fn read_chunks(path: &Path, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path.display(), e))?;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        match file
-            .read(&mut buf)
-            .map_err(|e| Error::io(path.display(), e))?
-        {
-            0 => return Ok(()),
-            n => f(&buf[..n])?,
-        }
-    }
-}
-
 /// A blob being written: hashed and counted on the way, published by `commit`.
-struct Ingest {
-    tmp: PathBuf,
-    dest: PathBuf,
-    file: std::fs::File,
+struct Ingest<'a> {
+    store: &'a ContentStore,
+    scratch: Scratch,
     hasher: Sha256,
-    digest: String,
+    /// The digest the content must have, when the caller knows it.
+    expected: Option<String>,
     size: u64,
     written: u64,
 }
 
-impl Ingest {
-    fn new(store: &ContentStore, digest: &str, size: u64) -> Result<Self> {
-        let dest = store.path(digest)?;
-        let tmp =
-            store
-                .root
-                .join("ingest")
-                .join(format!("{}-{}", &digest[7..], rand::random::<u64>()));
-        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(tmp.display(), e))?;
+impl<'a> Ingest<'a> {
+    fn new(store: &'a ContentStore, expected: Option<&str>, size: u64) -> Result<Self> {
+        let hint = match expected {
+            Some(d) => check_digest(d)?,
+            None => "blob",
+        };
         Ok(Self {
-            tmp,
-            dest,
-            file,
+            store,
+            scratch: Scratch::file(&store.root.join("ingest"), hint)?,
             hasher: Sha256::new(),
-            digest: digest.into(),
+            expected: expected.map(str::to_owned),
             size,
             written: 0,
         })
+    }
+
+    /// The blob, as errors name it (never its content).
+    fn name(&self) -> &str {
+        self.expected.as_deref().unwrap_or("being stored")
     }
 
     fn write(&mut self, chunk: &[u8]) -> Result<()> {
@@ -195,43 +184,42 @@ impl Ingest {
         if self.written > self.size {
             return Err(Error::invalid(format!(
                 "blob {} is larger than its declared size of {} bytes",
-                self.digest, self.size
+                self.name(),
+                self.size
             )));
         }
         self.hasher.update(chunk);
-        self.file
-            .write_all(chunk)
-            .map_err(|e| Error::io(format!("storing blob {}", self.digest), e))
+        let written = self.scratch.handle().write_all(chunk);
+        written.map_err(|e| Error::io(format!("storing blob {}", self.name()), e))
     }
 
-    fn commit(mut self) -> Result<()> {
+    /// Checks size and digest, then makes the blob visible; returns its digest.
+    fn commit(mut self) -> Result<String> {
         if self.written != self.size {
             return Err(Error::invalid(format!(
                 "blob {} has {} bytes, its descriptor says {}",
-                self.digest, self.written, self.size
+                self.name(),
+                self.written,
+                self.size
             )));
         }
         let actual = format!(
             "sha256:{}",
             hex::encode(std::mem::take(&mut self.hasher).finalize())
         );
-        if actual != self.digest {
+        if let Some(expected) = self.expected.as_deref().filter(|e| **e != actual) {
             return Err(Error::invalid(format!(
-                "blob content does not match its digest: expected {}, got {actual}",
-                self.digest
+                "blob content does not match its digest: expected {expected}, got {actual}"
             )));
         }
-        self.file
-            .sync_all()
-            .map_err(|e| Error::io(format!("storing blob {}", self.digest), e))?;
-        std::fs::rename(&self.tmp, &self.dest)
-            .map_err(|e| Error::io(format!("storing blob {}", self.digest), e))
-    }
-}
-
-impl Drop for Ingest {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.tmp);
+        let dest = self.store.path(&actual)?;
+        if dest.exists() {
+            return Ok(actual); // the scratch copy is dropped
+        }
+        let storing = |e| Error::io(format!("storing blob {actual}"), e);
+        self.scratch.handle().sync_all().map_err(storing)?;
+        self.scratch.publish(&dest).map_err(storing)?;
+        Ok(actual)
     }
 }
 

@@ -29,6 +29,34 @@ pub const ACCEPTED_MANIFESTS: &[&str] = &[OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFE
 /// Manifests and configs larger than this are refused: real ones are a few KiB.
 pub const MAX_METADATA_SIZE: u64 = 4 << 20;
 
+/// Refuses a manifest, config or layout file over [`MAX_METADATA_SIZE`]: the one limit that
+/// pulls and imports share.
+pub fn check_metadata_size(what: &str, size: u64) -> Result<()> {
+    if size > MAX_METADATA_SIZE {
+        return Err(Error::invalid(format!(
+            "{what} is {size} bytes, over the {MAX_METADATA_SIZE}-byte limit"
+        )));
+    }
+    Ok(())
+}
+
+/// A JSON error about image content that does not repeat the content: serde quotes the values
+/// it rejects, and the bytes may not be what the image claims (a host file, a secret).
+pub fn json_error(what: &str, e: &serde_json::Error) -> Error {
+    use serde_json::error::Category;
+    let problem = match e.classify() {
+        Category::Syntax => "not JSON",
+        Category::Eof => "truncated JSON",
+        Category::Data => "JSON of the wrong shape",
+        Category::Io => "unreadable",
+    };
+    Error::invalid(format!(
+        "malformed {what}: {problem} at line {}, column {}",
+        e.line(),
+        e.column()
+    ))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WasmFormat {
     /// Tar layers with the `.wasm` inside (the image's files are the guest's `/`).
@@ -94,8 +122,9 @@ pub enum Manifest {
 
 impl Manifest {
     pub fn parse(bytes: &[u8]) -> Result<Self> {
-        let raw: RawManifest = serde_json::from_slice(bytes)
-            .map_err(|e| Error::invalid(format!("malformed manifest: {e}")))?;
+        check_metadata_size("manifest", bytes.len() as u64)?;
+        let raw: RawManifest =
+            serde_json::from_slice(bytes).map_err(|e| json_error("manifest", &e))?;
         match (raw.manifests, raw.config, raw.layers) {
             (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(Error::invalid(
                 "manifest is both an index and an image manifest",
@@ -180,8 +209,9 @@ struct RawContainerConfig {
 impl RunConfig {
     /// Reads an OCI/Docker image config (or a Wasm artifact config, which has no run settings).
     pub fn parse(bytes: &[u8]) -> Result<Self> {
-        let raw: RawImageConfig = serde_json::from_slice(bytes)
-            .map_err(|e| Error::invalid(format!("malformed image config: {e}")))?;
+        check_metadata_size("image config", bytes.len() as u64)?;
+        let raw: RawImageConfig =
+            serde_json::from_slice(bytes).map_err(|e| json_error("image config", &e))?;
         let c = raw.config.unwrap_or_default();
         let entrypoint = c
             .entrypoint
@@ -304,6 +334,16 @@ mod tests {
             Manifest::Index(_)
         ));
         assert!(Manifest::parse(b"not json").is_err());
+        let big = vec![b' '; MAX_METADATA_SIZE as usize + 1];
+        assert!(Manifest::parse(&big).unwrap_err().message.contains("limit"));
+    }
+
+    #[test]
+    fn json_errors_do_not_repeat_the_content() {
+        let secret = br#"{"schemaVersion":2,"config":"root:$6$secret-hash:19000:0:99999:7:::"}"#;
+        let e = Manifest::parse(secret).unwrap_err();
+        assert!(!e.message.contains("secret"), "{e}");
+        assert!(e.message.contains("line 1"), "{e}");
     }
 
     #[test]

@@ -7,11 +7,12 @@ mod content;
 mod format;
 mod reference;
 mod registry;
+mod scratch;
 mod store;
 mod unpack;
 
 pub use format::WasmFormat;
-pub use registry::{Credentials, RegistryConfig};
+pub use registry::{Credentials, RegistryConfig, RegistryTimeouts};
 pub use store::{ImageRecord, ImageStore, PullPolicy, PullProgress};
 pub use unpack::UnpackLimits;
 

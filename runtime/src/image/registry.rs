@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 use base64::Engine as _;
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -20,6 +21,55 @@ pub struct RegistryConfig {
     pub mirrors: HashMap<String, Vec<String>>,
     /// Hosts reached over plain HTTP besides loopback ones.
     pub insecure: Vec<String>,
+    pub timeouts: RegistryTimeouts,
+}
+
+/// How long a registry may take: a stalled or trickling registry fails the pull instead of
+/// hanging it (and the kubelet call waiting on it) forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistryTimeouts {
+    /// To open a connection.
+    pub connect: Duration,
+    /// For the registry to send anything (each read, of headers and bodies alike).
+    pub read: Duration,
+    /// For all the downloads of one pull (manifests and blobs, mirrors included): a registry
+    /// sending a byte now and then never trips `read`.
+    pub pull: Duration,
+}
+
+impl RegistryTimeouts {
+    pub const DEFAULT: Self = Self {
+        connect: Duration::from_secs(10),
+        read: Duration::from_secs(60),
+        pull: Duration::from_secs(30 * 60),
+    };
+
+    /// These timeouts with the ones given (in seconds) replaced; zero is refused.
+    pub fn with_secs(
+        self,
+        connect: Option<u64>,
+        read: Option<u64>,
+        pull: Option<u64>,
+    ) -> Result<Self> {
+        let secs = |name: &str, given: Option<u64>, current: Duration| match given {
+            Some(0) => Err(Error::invalid(format!(
+                "the registry {name} timeout must be at least 1 second"
+            ))),
+            Some(s) => Ok(Duration::from_secs(s)),
+            None => Ok(current),
+        };
+        Ok(Self {
+            connect: secs("connect", connect, self.connect)?,
+            read: secs("read", read, self.read)?,
+            pull: secs("pull", pull, self.pull)?,
+        })
+    }
+}
+
+impl Default for RegistryTimeouts {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 /// Credentials for one pull, as a CRI AuthConfig or a docker config carries them.
@@ -106,8 +156,8 @@ pub(crate) fn client(config: &RegistryConfig, hosts: &[String]) -> Client {
     Client::new(ClientConfig {
         protocol: ClientProtocol::HttpsExcept(plain),
         platform_resolver: None,
-        connect_timeout: Some(std::time::Duration::from_secs(10)),
-        read_timeout: Some(std::time::Duration::from_secs(60)),
+        connect_timeout: Some(config.timeouts.connect),
+        read_timeout: Some(config.timeouts.read),
         ..Default::default()
     })
 }
@@ -161,6 +211,9 @@ pub(crate) fn registry_error(what: &str, e: OciDistributionError) -> Error {
     let hint = match kind {
         ErrorKind::Unauthenticated => " (check the registry credentials)",
         ErrorKind::PermissionDenied => " (the credentials may not pull this image)",
+        ErrorKind::Unavailable if matches!(&e, E::RequestError(r) if r.is_timeout()) => {
+            " (timed out: the registry's connect or read timeout passed)"
+        }
         ErrorKind::Unavailable => " (is the registry reachable?)",
         _ => "",
     };
@@ -246,7 +299,7 @@ mod tests {
     fn mirrors_come_first() {
         let config = RegistryConfig {
             mirrors: HashMap::from([("docker.io".into(), vec!["127.0.0.1:5001".into()])]),
-            insecure: vec![],
+            ..Default::default()
         };
         let r: Reference = "hello".parse().unwrap();
         let c = candidates(&config, &r);

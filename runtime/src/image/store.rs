@@ -2,7 +2,7 @@
 //! embedded database (redb), unpacked root filesystems of compat images, and the AOT artifact
 //! of every image's Wasm, compiled when the image arrives rather than when a container starts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -11,9 +11,10 @@ use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::content::ContentStore;
-use super::format::{self, Descriptor, Manifest, RunConfig, WasmFormat, MAX_METADATA_SIZE};
+use super::format::{self, Descriptor, Manifest, RunConfig, WasmFormat};
 use super::reference::{self as refs, check_digest};
 use super::registry::{self, Credentials, RegistryConfig};
+use super::scratch::{self, Scratch};
 use super::unpack::{self, UnpackLimits};
 use super::{Image, ImageFuture, ImageSource, LocalFiles};
 use crate::engine::{Engine, GuestKind, Wasm};
@@ -74,22 +75,23 @@ pub struct ImageStore {
 }
 
 impl ImageStore {
+    /// Opens the store (one process at a time: the database is locked), removes what
+    /// interrupted pulls and imports left, and collects garbage: none of it needs free space.
     pub fn open(
         root: &Path,
         engine: Arc<Engine>,
         registries: RegistryConfig,
         limits: UnpackLimits,
     ) -> Result<Self> {
-        std::fs::create_dir_all(root.join("rootfs")).map_err(|e| Error::io(root.display(), e))?;
-        let content = ContentStore::open(&root.join("content"))?;
+        scratch::private_dir(root)?;
+        // The database first: a second process fails here, before touching any file.
         let db_path = root.join("images.redb");
         let db = Database::create(&db_path)
             .map_err(|e| Error::internal(format!("{}: {e}", db_path.display())))?;
-        let txn = db.begin_write().map_err(db_error)?;
-        txn.open_table(IMAGES).map_err(db_error)?;
-        txn.open_table(NAMES).map_err(db_error)?;
-        txn.commit().map_err(db_error)?;
-        Ok(Self {
+        create_tables(&db)?;
+        scratch::private_dir(&root.join("rootfs"))?;
+        let content = ContentStore::open(&root.join("content"))?;
+        let store = Self {
             root: root.to_path_buf(),
             content,
             db,
@@ -99,7 +101,9 @@ impl ImageStore {
             local: LocalFiles::default(),
             pulls: Mutex::default(),
             gc: tokio::sync::RwLock::new(()),
-        })
+        };
+        store.sweep_if_idle();
+        Ok(store)
     }
 
     /// Every image, newest name first within each.
@@ -166,25 +170,56 @@ impl ImageStore {
     }
 
     /// Pulls `reference` from its registry (mirrors first), verifying every blob, unpacking
-    /// compat images and compiling the Wasm ahead of time.
+    /// compat images and compiling the Wasm ahead of time. The whole download must finish
+    /// within the registry config's pull timeout. What a failed pull stored is removed before
+    /// it returns (or, while another pull or import runs, as soon as the last one ends).
     pub async fn pull(
         &self,
         reference: &str,
         credentials: &Credentials,
         progress: Option<&dyn PullProgress>,
     ) -> Result<ImageRecord> {
+        let result = {
+            let _gc = self.gc.read().await;
+            self.pull_guarded(reference, credentials, progress).await
+        };
+        self.sweep_if_idle();
+        result
+    }
+
+    async fn pull_guarded(
+        &self,
+        reference: &str,
+        credentials: &Credentials,
+        progress: Option<&dyn PullProgress>,
+    ) -> Result<ImageRecord> {
         let r = refs::parse(reference)?;
-        let _gc = self.gc.read().await;
         let lock = {
             let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
             pulls.entry(r.whole()).or_default().clone()
         };
         let _one_at_a_time = lock.lock().await;
         let auth = credentials.to_auth()?;
+        let limit = self.registries.timeouts.pull;
+        let deadline = tokio::time::Instant::now() + limit;
         let mut last_error = None;
         for candidate in registry::candidates(&self.registries, &r) {
-            match self.pull_from(&r, &candidate, &auth, progress).await {
-                Ok(record) => return Ok(record),
+            let fetched =
+                tokio::time::timeout_at(deadline, self.fetch(&r, &candidate, &auth, progress))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Error::unavailable(format!(
+                    "pulling {}: timed out after {limit:?} (the registry config's pull timeout)",
+                    r.whole()
+                )))
+                    });
+            match fetched {
+                Ok((top, image_digest)) => {
+                    let mut names = Vec::new();
+                    names.extend(refs::tagged_name(&r));
+                    names.push(refs::digest_name(&r, &top));
+                    return self.register(&top, &image_digest, names).await;
+                }
                 Err(e) => {
                     tracing::info!(
                         "pull of {} from {} failed: {e}",
@@ -195,16 +230,18 @@ impl ImageStore {
                 }
             }
         }
-        Err(last_error.expect("at least the registry itself is tried"))
+        Err(last_error.unwrap_or_else(|| Error::internal("no registry to pull from")))
     }
 
-    async fn pull_from(
+    /// Downloads the manifest(s) and blobs of `name` from `source` into the content store;
+    /// returns the digests of the top manifest and of the image manifest.
+    async fn fetch(
         &self,
         name: &Reference,
         source: &Reference,
         auth: &oci_client::secrets::RegistryAuth,
         progress: Option<&dyn PullProgress>,
-    ) -> Result<ImageRecord> {
+    ) -> Result<(String, String)> {
         let hosts = vec![
             source.resolve_registry().to_owned(),
             name.registry().to_owned(),
@@ -233,12 +270,7 @@ impl ImageStore {
             Manifest::Image { .. } => top.clone(),
         };
         let (config, layers) = self.image_manifest(&image_digest)?;
-        if config.size > MAX_METADATA_SIZE {
-            return Err(Error::invalid(format!(
-                "image config is {} bytes, over the limit",
-                config.size
-            )));
-        }
+        format::check_metadata_size("image config", config.size)?;
         for blob in std::iter::once(&config).chain(&layers) {
             check_digest(&blob.digest)?;
             if let Some(p) = progress {
@@ -264,20 +296,12 @@ impl ImageStore {
                 p.finish(&blob.digest);
             }
         }
-        let mut names = Vec::new();
-        names.extend(refs::tagged_name(name));
-        names.push(refs::digest_name(name, &top));
-        self.register(&top, &image_digest, names).await
+        Ok((top, image_digest))
     }
 
     /// Stores a manifest's bytes, checking them against the digest they were asked by.
     fn store_manifest(&self, bytes: &[u8], expected: Option<&str>) -> Result<String> {
-        if bytes.len() as u64 > MAX_METADATA_SIZE {
-            return Err(Error::invalid(format!(
-                "manifest is {} bytes, over the limit",
-                bytes.len()
-            )));
-        }
+        format::check_metadata_size("manifest", bytes.len() as u64)?;
         let digest = crate::engine::sha256_digest(bytes);
         if let Some(expected) = expected.filter(|e| **e != digest) {
             return Err(Error::invalid(format!(
@@ -287,8 +311,14 @@ impl ImageStore {
         self.content.put(bytes)
     }
 
+    /// A stored manifest, its size checked before it is read.
+    pub(crate) fn manifest(&self, digest: &str) -> Result<Manifest> {
+        format::check_metadata_size("manifest", self.content.size(digest).unwrap_or(0))?;
+        Manifest::parse(&self.content.read(digest)?)
+    }
+
     fn image_manifest(&self, digest: &str) -> Result<(Descriptor, Vec<Descriptor>)> {
-        match Manifest::parse(&self.content.read(digest)?)? {
+        match self.manifest(digest)? {
             Manifest::Image { config, layers } => Ok((config, layers)),
             Manifest::Index(_) => Err(Error::invalid("an image index points to another index")),
         }
@@ -316,12 +346,7 @@ impl ImageStore {
                 None => return Err(Error::invalid(format!("blob {} is missing", d.digest))),
             }
         }
-        if config.size > MAX_METADATA_SIZE {
-            return Err(Error::invalid(format!(
-                "image config is {} bytes, over the limit",
-                config.size
-            )));
-        }
+        format::check_metadata_size("image config", config.size)?;
         let config_bytes = self.content.read(&config.digest)?;
         let run = RunConfig::parse(&config_bytes)?;
         let (format, wasm_layer) = format::classify(&config, &layers)?;
@@ -391,31 +416,19 @@ impl ImageStore {
             )
         })?;
         let work_dir = run.working_dir.clone().unwrap_or_else(|| "/".into());
-        let tmp = self
-            .root
-            .join("rootfs")
-            .join(format!(".tmp-{}", rand::random::<u64>()));
+        let work = self.work_dir();
         let wasm = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
             if rootfs.exists() {
                 return read_wasm(&rootfs, &work_dir, &entry);
             }
-            // Unpacked and checked aside; only an image whose Wasm is there is published.
-            let unpacked = std::fs::create_dir_all(&tmp)
-                .map_err(|e| Error::io(tmp.display(), e))
-                .and_then(|()| unpack::unpack(&tmp, &paths, limits))
-                .and_then(|()| read_wasm(&tmp, &work_dir, &entry));
-            match unpacked {
-                Ok(wasm) => {
-                    if std::fs::rename(&tmp, &rootfs).is_err() {
-                        let _ = std::fs::remove_dir_all(&tmp); // another import won the race
-                    }
-                    Ok(wasm)
-                }
-                Err(e) => {
-                    let _ = std::fs::remove_dir_all(&tmp);
-                    Err(e)
-                }
-            }
+            // Unpacked and checked aside (locked scratch, deleted on failure); only an image
+            // whose Wasm is there is published.
+            let tmp = Scratch::dir(&work, "unpack")?;
+            unpack::unpack(tmp.path(), &paths, limits)?;
+            let wasm = read_wasm(tmp.path(), &work_dir, &entry)?;
+            // A concurrent import of the same image may have won the race: then its copy stays.
+            let _ = tmp.publish(&rootfs);
+            Ok(wasm)
         })
         .await
         .map_err(|e| Error::internal(format!("unpacking: {e}")))??;
@@ -468,7 +481,8 @@ impl ImageStore {
     }
 
     /// Removes a name; the image goes (with the blobs and root filesystem nobody else uses)
-    /// once it has no names left, or at once when it is named by its id.
+    /// once it has no names left, or at once when it is named by its id. Those files are
+    /// deleted before the database is written, so that `rm` frees space on a full disk.
     pub async fn remove(&self, reference: &str) -> Result<()> {
         let _gc = self.gc.write().await;
         let record = self
@@ -483,63 +497,97 @@ impl ImageStore {
             Some(d) => Some(refs::digest_name(&r, d)),
             None => refs::tagged_name(&r),
         });
+        let mut remaining = record.clone();
+        if !by_id {
+            if let Some(name) = &name {
+                remaining.repo_tags.retain(|t| t != name);
+                remaining.repo_digests.retain(|t| t != name);
+            }
+        }
+        let gone = by_id || remaining.repo_tags.is_empty();
+        if gone {
+            self.collect_garbage(Some(&record.id))?;
+        }
         let txn = self.db.begin_write().map_err(db_error)?;
-        let gone = {
+        {
             let mut images = txn.open_table(IMAGES).map_err(db_error)?;
             let mut names = txn.open_table(NAMES).map_err(db_error)?;
-            let mut record = record.clone();
-            if !by_id {
-                if let Some(name) = &name {
-                    record.repo_tags.retain(|t| t != name);
-                    record.repo_digests.retain(|t| t != name);
-                    names.remove(name.as_str()).map_err(db_error)?;
-                }
+            if let Some(name) = name.as_ref().filter(|_| !by_id) {
+                names.remove(name.as_str()).map_err(db_error)?;
             }
-            if by_id || record.repo_tags.is_empty() {
+            if gone {
                 for n in record.repo_tags.iter().chain(&record.repo_digests) {
                     names.remove(n.as_str()).map_err(db_error)?;
                 }
                 images.remove(record.id.as_str()).map_err(db_error)?;
-                true
             } else {
                 let json =
-                    serde_json::to_vec(&record).map_err(|e| Error::internal(e.to_string()))?;
+                    serde_json::to_vec(&remaining).map_err(|e| Error::internal(e.to_string()))?;
                 images
                     .insert(record.id.as_str(), json.as_slice())
                     .map_err(db_error)?;
-                false
             }
-        };
-        txn.commit().map_err(db_error)?;
-        if gone {
-            let _ = std::fs::remove_dir_all(self.rootfs(&record.id)?);
-            self.collect_garbage()?;
         }
-        Ok(())
+        txn.commit().map_err(db_error)
     }
 
-    /// Deletes every blob no image record refers to.
-    fn collect_garbage(&self) -> Result<()> {
-        let mut used = std::collections::HashSet::new();
-        for r in self.list()? {
-            used.insert(r.manifest_digest.clone());
-            used.insert(r.config.digest.clone());
-            used.insert(r.wasm_digest.clone());
-            used.extend(r.layers.iter().map(|l| l.digest.clone()));
-            if let Ok(Manifest::Index(entries)) = self
-                .content
-                .read(&r.manifest_digest)
-                .and_then(|b| Manifest::parse(&b))
-            {
-                used.extend(entries.into_iter().map(|e| e.digest));
+    /// Collects garbage unless a pull or import is running; the last one to end does it.
+    pub(crate) fn sweep_if_idle(&self) {
+        if let Ok(_idle) = self.gc.try_write() {
+            if let Err(e) = self.collect_garbage(None) {
+                tracing::warn!("image garbage collection: {e}");
             }
         }
+    }
+
+    /// Deletes what no image record (`except` aside: an image being removed) refers to: blobs
+    /// and root filesystems, but not scratch a live process holds. It only reads the database and
+    /// deletes files, so it works on a full disk. The caller must exclude pulls and imports
+    /// (the gc lock held exclusively, or the store just opened).
+    fn collect_garbage(&self, except: Option<&str>) -> Result<()> {
+        self.content.remove_stale();
+        let Some((blobs, images)) = self.referenced(except)? else {
+            tracing::warn!("a corrupt image record: garbage collection skipped");
+            return Ok(());
+        };
         for blob in self.content.list() {
-            if !used.contains(&blob) {
+            if !blobs.contains(&blob) {
                 self.content.remove(&blob)?;
             }
         }
+        scratch::remove_stale(&self.work_dir(), |name| images.contains(name));
         Ok(())
+    }
+
+    /// The blobs and the image ids (hex, as root filesystems are named) that the records
+    /// other than `except` use; `None` when a record cannot be read, since then nothing is
+    /// known to be unused.
+    fn referenced(
+        &self,
+        except: Option<&str>,
+    ) -> Result<Option<(HashSet<String>, HashSet<String>)>> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = txn.open_table(IMAGES).map_err(db_error)?;
+        let mut blobs = HashSet::new();
+        let mut images = HashSet::new();
+        for row in table.iter().map_err(db_error)? {
+            let (id, value) = row.map_err(db_error)?;
+            if Some(id.value()) == except {
+                continue;
+            }
+            let Ok(r) = serde_json::from_slice::<ImageRecord>(value.value()) else {
+                return Ok(None);
+            };
+            if let Ok(Manifest::Index(entries)) = self.manifest(&r.manifest_digest) {
+                blobs.extend(entries.into_iter().map(|e| e.digest));
+            }
+            images.insert(r.id.trim_start_matches("sha256:").to_owned());
+            blobs.insert(r.manifest_digest);
+            blobs.insert(r.config.digest);
+            blobs.insert(r.wasm_digest);
+            blobs.extend(r.layers.into_iter().map(|l| l.digest));
+        }
+        Ok(Some((blobs, images)))
     }
 
     /// Whether the image's Wasm has its AOT artifact on disk.
@@ -572,8 +620,13 @@ impl ImageStore {
         self.gc.read().await
     }
 
-    pub(crate) fn work_dir(&self) -> PathBuf {
+    /// Where root filesystems (and their scratch) live.
+    fn work_dir(&self) -> PathBuf {
         self.root.join("rootfs")
+    }
+
+    pub(crate) fn limits(&self) -> UnpackLimits {
+        self.limits
     }
 
     /// Makes an image available by `policy`: pulls it, or checks it is there.
@@ -664,6 +717,20 @@ fn merge(into: &mut Vec<String>, from: Vec<String>) {
             into.push(n);
         }
     }
+}
+
+/// Creates the tables when missing; an existing database is only read, so a store on a full
+/// disk still opens.
+fn create_tables(db: &Database) -> Result<()> {
+    let txn = db.begin_read().map_err(db_error)?;
+    if txn.open_table(IMAGES).is_ok() && txn.open_table(NAMES).is_ok() {
+        return Ok(());
+    }
+    drop(txn);
+    let txn = db.begin_write().map_err(db_error)?;
+    txn.open_table(IMAGES).map_err(db_error)?;
+    txn.open_table(NAMES).map_err(db_error)?;
+    txn.commit().map_err(db_error)
 }
 
 fn db_error(e: impl std::fmt::Display) -> Error {

@@ -5,14 +5,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
 
-use clap::{Subcommand, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use wasmpod_runtime::image::{Credentials, ImageRecord, PullProgress};
+use wasmpod_runtime::image::{Credentials, ImageRecord, PullProgress, RegistryTimeouts};
 
 #[derive(Subcommand)]
 pub enum ImageCommand {
     /// Pull an image from its registry (credentials from ~/.docker/config.json)
-    Pull { reference: String },
+    Pull {
+        reference: String,
+        #[command(flatten)]
+        timeouts: TimeoutArgs,
+    },
     /// Import an OCI layout tar, a `docker save` tar, or a bare .wasm (needs --tag)
     Import {
         file: PathBuf,
@@ -33,6 +37,37 @@ pub enum ImageCommand {
     Rm { references: Vec<String> },
 }
 
+/// How long the registry may take (a stalled one fails the pull instead of hanging it).
+#[derive(Args)]
+pub struct TimeoutArgs {
+    /// Seconds to connect to the registry
+    #[arg(long, value_name = "SECS", default_value_t = RegistryTimeouts::DEFAULT.connect.as_secs())]
+    connect_timeout: u64,
+    /// Seconds the registry may send nothing
+    #[arg(long, value_name = "SECS", default_value_t = RegistryTimeouts::DEFAULT.read.as_secs())]
+    read_timeout: u64,
+    /// Seconds for all the downloads of the pull
+    #[arg(long, value_name = "SECS", default_value_t = RegistryTimeouts::DEFAULT.pull.as_secs())]
+    pull_timeout: u64,
+}
+
+impl ImageCommand {
+    /// `timeouts` with the ones a pull's flags set.
+    pub fn registry_timeouts(
+        &self,
+        timeouts: RegistryTimeouts,
+    ) -> anyhow::Result<RegistryTimeouts> {
+        let ImageCommand::Pull { timeouts: t, .. } = self else {
+            return Ok(timeouts);
+        };
+        Ok(timeouts.with_secs(
+            Some(t.connect_timeout),
+            Some(t.read_timeout),
+            Some(t.pull_timeout),
+        )?)
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Output {
     Table,
@@ -43,7 +78,7 @@ pub async fn run(cmd: ImageCommand, state_dir: PathBuf) -> anyhow::Result<ExitCo
     let rt = super::open_runtime(&state_dir, Default::default())?;
     let store = rt.images();
     match cmd {
-        ImageCommand::Pull { reference } => {
+        ImageCommand::Pull { reference, .. } => {
             let registry = wasmpod_runtime::image::registry_of(&reference);
             let credentials = match (super::docker_config(), registry) {
                 (Some(path), Some(r)) => {

@@ -89,7 +89,12 @@ fn start(cli: Cli) -> anyhow::Result<ExitCode> {
                     .or_default()
                     .extend(mirrors.iter().cloned());
             }
+            registries.timeouts = config.registry.timeouts(registries.timeouts)?;
             Some(config)
+        }
+        Command::Image(cmd) => {
+            registries.timeouts = cmd.registry_timeouts(registries.timeouts)?;
+            None
         }
         _ => None,
     };

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
 use tokio::net::UnixListener;
+use wasmpod_runtime::image::RegistryTimeouts;
 use wasmpod_runtime::log::{LogLimit, LogLimits};
 use wasmpod_runtime::network::NetworkConfig;
 
@@ -21,6 +22,9 @@ use wasmpod_runtime::network::NetworkConfig;
 ///     [registry]
 ///     insecure = ["registry.local:5000"]     # plain HTTP besides loopback registries
 ///     mirrors = { "docker.io" = ["mirror.local:5000"] }
+///     connect_timeout = 10                   # seconds to connect to a registry
+///     read_timeout = 60                      # seconds a registry may send nothing
+///     pull_timeout = 1800                    # seconds for all the downloads of a pull
 ///     [network]
 ///     mode = "loopback"                      # pod IPs from pod_cidr inside 127.0.0.0/8;
 ///                                            # "node": the node's pod CIDR on a dummy interface
@@ -109,6 +113,18 @@ pub struct RegistrySection {
     pub insecure: Vec<String>,
     #[serde(default)]
     pub mirrors: std::collections::HashMap<String, Vec<String>>,
+    pub connect_timeout: Option<u64>,
+    pub read_timeout: Option<u64>,
+    pub pull_timeout: Option<u64>,
+}
+
+impl RegistrySection {
+    /// `timeouts` with the ones this section sets.
+    pub fn timeouts(&self, timeouts: RegistryTimeouts) -> anyhow::Result<RegistryTimeouts> {
+        timeouts
+            .with_secs(self.connect_timeout, self.read_timeout, self.pull_timeout)
+            .context("[registry]")
+    }
 }
 
 impl ServeArgs {
@@ -254,6 +270,10 @@ mod tests {
         let mirrors: ServeConfig =
             toml::from_str("[registry]\nmirrors = { \"docker.io\" = [\"m:5000\"] }").unwrap();
         assert_eq!(mirrors.registry.mirrors["docker.io"], ["m:5000"]);
+        let defaults = RegistryTimeouts::default();
+        assert_eq!(shipped.registry.timeouts(defaults).unwrap(), defaults);
+        let zero: ServeConfig = toml::from_str("[registry]\nread_timeout = 0").unwrap();
+        assert!(format!("{:#}", zero.registry.timeouts(defaults).unwrap_err()).contains("read"));
         let net: ServeConfig =
             toml::from_str("[network]\nmode = \"node\"\npod_cidr = \"10.244.1.0/24\"").unwrap();
         assert_eq!(net.network.pod_cidr.as_deref(), Some("10.244.1.0/24"));

@@ -237,7 +237,7 @@ fn assert_error(e: &Error, kind: Option<ErrorKind>, needles: &[&str], what: &str
 fn mirrors(from: &str, to: &str) -> RegistryConfig {
     RegistryConfig {
         mirrors: HashMap::from([(from.to_owned(), vec![to.to_owned()])]),
-        insecure: Vec::new(),
+        ..Default::default()
     }
 }
 
