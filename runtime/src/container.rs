@@ -203,6 +203,11 @@ impl Container {
         }
     }
 
+    /// What a start runs (absent for containers restored after a daemon restart).
+    pub(crate) fn prepared(&self) -> Option<&Prepared> {
+        self.prepared.as_ref()
+    }
+
     pub fn state(&self) -> ContainerState {
         self.state.borrow().clone()
     }
@@ -282,6 +287,7 @@ impl Container {
             usage: self.usage.clone(),
             network: pod.network.clone(),
             http_port: self.http_port()?,
+            files: pod.files.clone(),
         };
         let (kill_tx, kill_rx) = oneshot::channel();
         *run = Some(RunHandle {

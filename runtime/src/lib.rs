@@ -1,6 +1,7 @@
 //! wasmpod-runtime: the core of wasmpod. All behaviour lives here; front ends (the CLI, the CRI
 //! server, the containerd shim) only convert between their wire types and these.
 pub mod container;
+pub mod describe;
 pub mod engine;
 pub mod error;
 pub mod exit;

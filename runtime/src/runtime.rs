@@ -12,7 +12,7 @@ use crate::container::{
     Container, ContainerEvent, ContainerState, ContainerUsage, EventKind, NewContainer, Observer,
     Prepared,
 };
-use crate::engine::Engine;
+use crate::engine::{raise_descriptor_limit, Engine, FileBudget, FileLimits};
 use crate::error::{Error, Result};
 use crate::exit::{Exit, ExitReason};
 use crate::image::{
@@ -36,6 +36,8 @@ pub struct RuntimeOptions {
     pub network: NetworkConfig,
     /// How container log files are kept from filling the disk.
     pub log_limits: LogLimits,
+    /// Open files per container and per pod.
+    pub file_limits: FileLimits,
 }
 
 pub struct Runtime {
@@ -48,12 +50,16 @@ pub struct Runtime {
     log_limits: LogLimits,
     observer: Arc<Observer>,
     network: Network,
+    file_limits: FileLimits,
 }
 
 impl Runtime {
     pub fn new(options: RuntimeOptions) -> Result<Arc<Self>> {
         let dir = &options.state_dir;
         std::fs::create_dir_all(dir.join("pods")).map_err(|e| Error::io(dir.display(), e))?;
+        crate::tls::install_provider();
+        let guest_files = raise_descriptor_limit();
+        tracing::debug!(guest_files, "descriptor limit raised");
         let engine = Engine::new(Some(&dir.join("aot")))?;
         let images = ImageStore::open(
             &dir.join("images"),
@@ -76,6 +82,7 @@ impl Runtime {
             log_limits: options.log_limits,
             observer,
             network,
+            file_limits: options.file_limits,
         };
         rt.restore()?;
         Ok(Arc::new(rt))
@@ -105,6 +112,7 @@ impl Runtime {
                 network,
                 state: Mutex::new(r.state),
                 containers: Mutex::default(),
+                files: FileBudget::new(self.file_limits),
             };
             write(&self.pods).insert(r.id, Arc::new(pod));
         }
@@ -134,6 +142,11 @@ impl Runtime {
             return Ok(());
         }
         self.network.set_pod_cidr(cidr)
+    }
+
+    /// Where pods' scratch space, images and the state database live.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
     }
 
     pub fn network(&self) -> &Network {
@@ -228,6 +241,7 @@ impl Runtime {
             network: Some(network),
             state: Mutex::new(PodState::Ready),
             containers: Mutex::default(),
+            files: FileBudget::new(self.file_limits),
         };
         let pod = Arc::new(pod);
         let unwind = |pod: &Pod| {

@@ -6,11 +6,13 @@ use std::time::SystemTime;
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_server::ImageService;
 use tonic::{Request, Response, Status};
+use wasmpod_runtime::describe;
 use wasmpod_runtime::error::ErrorKind;
 use wasmpod_runtime::image::{Credentials, ImageRecord};
 use wasmpod_runtime::runtime::Runtime;
 
 use super::convert::{nanos, status};
+use super::verbose_info;
 
 pub struct ImageApi {
     pub rt: Arc<Runtime>,
@@ -67,11 +69,16 @@ impl ImageService for ImageApi {
         &self,
         r: Request<cri::ImageStatusRequest>,
     ) -> Result<cri::ImageStatusResponse> {
-        let name = image_name(r.into_inner().image)?;
+        let r = r.into_inner();
+        let name = image_name(r.image)?;
         let record = self.rt.images().get(&name).map_err(status)?;
+        let info = match &record {
+            Some(rec) => verbose_info(r.verbose, || describe::image(&self.rt, rec)),
+            None => Default::default(),
+        };
         Ok(Response::new(cri::ImageStatusResponse {
             image: record.as_ref().map(image),
-            info: Default::default(),
+            info,
         }))
     }
 

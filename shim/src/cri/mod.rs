@@ -16,6 +16,18 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use wasmpod_runtime::runtime::Runtime;
 
+/// The `info` map of a status response: empty unless `verbose`, else one key `info` holding
+/// JSON, as containerd answers (crictl prints it parsed).
+fn verbose_info(
+    verbose: bool,
+    info: impl FnOnce() -> serde_json::Value,
+) -> std::collections::HashMap<String, String> {
+    if !verbose {
+        return Default::default();
+    }
+    [("info".to_owned(), info().to_string())].into()
+}
+
 /// Messages up to this size either way, as kubelet and containerd allow.
 pub const MAX_MESSAGE: usize = 16 << 20;
 

@@ -12,11 +12,13 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 use wasmpod_runtime::container::{Container, EventKind};
+use wasmpod_runtime::describe;
 use wasmpod_runtime::error::ErrorKind;
 use wasmpod_runtime::pod::Pod;
 use wasmpod_runtime::runtime::Runtime;
 
 use super::convert::{self, nanos, status};
+use super::verbose_info;
 
 pub struct RuntimeApi {
     pub rt: Arc<Runtime>,
@@ -239,10 +241,8 @@ impl RuntimeService for RuntimeApi {
         &self,
         r: Request<cri::PodSandboxStatusRequest>,
     ) -> Result<cri::PodSandboxStatusResponse> {
-        let pod = self
-            .rt
-            .pod(&r.into_inner().pod_sandbox_id)
-            .map_err(status)?;
+        let r = r.into_inner();
+        let pod = self.rt.pod(&r.pod_sandbox_id).map_err(status)?;
         let containers_statuses = self
             .rt
             .pod_containers(&pod)
@@ -251,7 +251,7 @@ impl RuntimeService for RuntimeApi {
             .collect();
         Ok(Response::new(cri::PodSandboxStatusResponse {
             status: Some(convert::pod_status(&pod)),
-            info: Default::default(),
+            info: verbose_info(r.verbose, || describe::pod(&self.rt, &pod)),
             containers_statuses,
             timestamp: nanos(SystemTime::now()),
         }))
@@ -338,13 +338,11 @@ impl RuntimeService for RuntimeApi {
         &self,
         r: Request<cri::ContainerStatusRequest>,
     ) -> Result<cri::ContainerStatusResponse> {
-        let c = self
-            .rt
-            .container(&r.into_inner().container_id)
-            .map_err(status)?;
+        let r = r.into_inner();
+        let c = self.rt.container(&r.container_id).map_err(status)?;
         Ok(Response::new(cri::ContainerStatusResponse {
             status: Some(convert::container_status(&c)),
-            info: Default::default(),
+            info: verbose_info(r.verbose, || describe::container(&c)),
         }))
     }
 
@@ -446,7 +444,7 @@ impl RuntimeService for RuntimeApi {
         Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
 
-    async fn status(&self, _: Request<cri::StatusRequest>) -> Result<cri::StatusResponse> {
+    async fn status(&self, r: Request<cri::StatusRequest>) -> Result<cri::StatusResponse> {
         let conditions = vec![
             cri::RuntimeCondition {
                 r#type: "RuntimeReady".into(),
@@ -470,7 +468,18 @@ impl RuntimeService for RuntimeApi {
         ];
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions }),
-            ..Default::default()
+            info: verbose_info(r.into_inner().verbose, || describe::runtime(&self.rt)),
+            // Wasm guests see no uids and no mount flags: neither feature applies.
+            runtime_handlers: vec![cri::RuntimeHandler {
+                name: describe::RUNTIME_HANDLER.into(),
+                features: Some(cri::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    user_namespaces: false,
+                }),
+            }],
+            features: Some(cri::RuntimeFeatures {
+                supplemental_groups_policy: false,
+            }),
         }))
     }
 

@@ -12,6 +12,7 @@ use wasmpod_tests::cri::{
 use wasmpod_tests::{read_log, require_guests, stream_text, wasm};
 
 mod hardening;
+mod inspect;
 mod network;
 
 fn file_image(name: &str) -> String {
