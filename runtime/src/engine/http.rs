@@ -7,12 +7,20 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use rustls::pki_types::ServerName;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -20,7 +28,8 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme as IncomingScheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{
-    RequestOptions, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
+    WasiHttpView,
 };
 
 use super::cache::AotCache;
@@ -185,7 +194,12 @@ pub(super) async fn serve(
     // Connections and in-flight guests end with the server.
     let stop = CancellationToken::new();
     let _stop_on_drop = stop.clone().drop_guard();
-    let server = Arc::new(Server { engine, pre, spec });
+    let server = Arc::new(Server {
+        engine,
+        pre,
+        spec,
+        tls: crate::tls::outgoing(),
+    });
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(c) => c,
@@ -225,6 +239,7 @@ struct Server {
     engine: wasmtime::Engine,
     pre: ProxyPre<HttpHost>,
     spec: GuestSpec,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl Server {
@@ -244,6 +259,7 @@ impl Server {
                 http: WasiHttpCtx::new(),
                 hooks: PodHttpHooks {
                     net: self.spec.network.clone(),
+                    tls: self.tls.clone(),
                 },
                 limiter: MemoryLimiter::new(self.spec.memory_limit, self.spec.usage.clone()),
                 sockets: PodSockets::new(self.spec.network.clone()),
@@ -296,76 +312,186 @@ impl Server {
 /// Sends a guest's outgoing requests through its pod's network.
 struct PodHttpHooks {
     net: Option<Arc<PodNetwork>>,
+    /// What `https://` trusts (the process's CA bundles and the system's roots).
+    tls: Arc<rustls::ClientConfig>,
 }
 
 /// The I/O side of an outgoing request, as wasmtime-wasi-http's hook shapes it.
-type IoFuture = Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
-type Sent =
-    Result<(http::Response<wasmtime_wasi_http::WasiBody>, IoFuture), wasmtime_wasi_http::Error>;
+type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
+type Sent = Result<(http::Response<WasiBody>, IoFuture), HttpError>;
 
 impl WasiHttpHooks for PodHttpHooks {
     fn send_request(
         &mut self,
-        mut request: http::Request<wasmtime_wasi_http::WasiBody>,
+        request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         fut: IoFuture,
     ) -> Box<dyn Future<Output = Sent> + Send> {
         let net = self.net.clone();
+        let tls = self.tls.clone();
         Box::new(async move {
-            use http_body_util::BodyExt;
-            let net = net.ok_or(wasmtime_wasi_http::Error::DestinationIpProhibited)?;
-            route_request(&net, &mut request).await?;
-            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            let net = net.ok_or(HttpError::DestinationIpProhibited)?;
+            let sent = send(&net, tls, request, options.unwrap_or_default()).await;
             drop(fut);
-            Ok((res.map(BodyExt::boxed_unsync), Box::new(io) as IoFuture))
+            sent
         })
     }
 }
 
-/// Checks every address the request's host resolves to against the pod's policy. Plain HTTP
-/// is sent to the routed address (so `localhost` reaches the pod); HTTPS keeps the name, which
-/// its certificate must match.
-async fn route_request(
+/// How long a request waits for each step when it sets no timeout (wasmtime-wasi-http's).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Sends the request to the routed, policy-checked address of its host (so `localhost` is the
+/// pod), over TLS for `https://`, where the certificate must match the URL's host.
+async fn send(
     net: &PodNetwork,
-    request: &mut http::Request<wasmtime_wasi_http::WasiBody>,
-) -> Result<(), wasmtime_wasi_http::Error> {
-    use wasmtime_wasi_http::Error as E;
+    tls: Arc<rustls::ClientConfig>,
+    mut request: http::Request<WasiBody>,
+    options: RequestOptions,
+) -> Sent {
     let uri = request.uri().clone();
-    let authority = uri.authority().ok_or(E::HttpRequestUriInvalid)?;
-    let tls = uri.scheme() == Some(&Scheme::HTTPS);
-    let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let authority = uri.authority().ok_or(HttpError::HttpRequestUriInvalid)?;
+    let https = uri.scheme() == Some(&Scheme::HTTPS);
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
     let host = authority
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']');
-    let addrs: Vec<SocketAddr> = net
-        .lookup(host)
+    let dest = route(net, host, port).await?;
+
+    let connect = async {
+        let tcp = TcpStream::connect(dest).await.map_err(HttpError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        if !https {
+            return Ok(Either::Left(tcp));
+        }
+        let name =
+            ServerName::try_from(host.to_owned()).map_err(|_| HttpError::HttpRequestUriInvalid)?;
+        TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map(Either::Right)
+            .map_err(|e| tls_error(authority, e))
+    };
+    let connect_timeout = options.connect_timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let stream = tokio::time::timeout(connect_timeout, connect)
         .await
-        .map_err(|_| E::DnsError {
-            rcode: None,
-            info_code: None,
-        })?
-        .into_iter()
-        .map(|ip| SocketAddr::new(ip, port))
-        .collect();
+        .map_err(|_| HttpError::ConnectionTimeout)??;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+
+    // On the wire the request names only its path: the host is in its `host` header.
+    *request.uri_mut() = uri
+        .path_and_query()
+        .cloned()
+        .map_or_else(|| http::Uri::from_static("/"), http::Uri::from);
+    let first_byte = options.first_byte_timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let response = tokio::time::timeout(first_byte, sender.send_request(request));
+    let mut response = std::pin::pin!(response);
+    // The connection does its I/O while the response is awaited, then while the guest reads
+    // the body (the hook's I/O future).
+    let mut conn = Box::pin(conn);
+    let (response, conn) = tokio::select! {
+        biased;
+        response = &mut response => (response, Some(conn)),
+        closed = &mut conn => {
+            closed?;
+            (response.await, None)
+        }
+    };
+    let response = response.map_err(|_| HttpError::ConnectionReadTimeout)??;
+    let idle = options.between_bytes_timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let response = response.map(|body| {
+        IdleTimeout {
+            body,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+        }
+        .boxed_unsync()
+    });
+    let io = async move {
+        if let Some(conn) = conn {
+            conn.await?;
+        }
+        Ok(())
+    };
+    Ok((response, Box::new(io) as IoFuture))
+}
+
+/// The address `host:port` is reached at from the pod, once every address the host resolves
+/// to passed the pod's egress policy.
+async fn route(net: &PodNetwork, host: &str, port: u16) -> Result<SocketAddr, HttpError> {
+    let ips = net.lookup(host).await.map_err(|_| HttpError::DnsError {
+        rcode: None,
+        info_code: None,
+    })?;
     let mut routed = None;
-    for a in addrs {
-        match net.route(a) {
+    for ip in ips {
+        let addr = SocketAddr::new(ip, port);
+        match net.route(addr) {
             Ok(r) => {
                 routed.get_or_insert(r.dest);
             }
             Err(e) => {
-                tracing::debug!("outgoing HTTP to {a}: {e}");
-                return Err(E::DestinationIpProhibited);
+                tracing::debug!("outgoing HTTP to {addr}: {e}");
+                return Err(HttpError::DestinationIpProhibited);
             }
         }
     }
-    let dest = routed.ok_or(E::DestinationNotFound)?;
-    if !tls {
-        let mut parts = uri.into_parts();
-        parts.authority =
-            Some(Authority::try_from(dest.to_string()).map_err(|_| E::HttpRequestUriInvalid)?);
-        *request.uri_mut() = http::Uri::from_parts(parts).map_err(|_| E::HttpRequestUriInvalid)?;
+    routed.ok_or(HttpError::DestinationNotFound)
+}
+
+/// The wasi:http error of a failed TLS handshake: a certificate not trusted or not for the
+/// host, an alert from the server, any other TLS failure, or the connection lost.
+fn tls_error(authority: &Authority, e: std::io::Error) -> HttpError {
+    tracing::warn!("outgoing HTTPS to {authority}: {e}");
+    match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(_)) => HttpError::TlsCertificateError,
+        Some(rustls::Error::AlertReceived(alert)) => HttpError::TlsAlertReceived {
+            alert_id: Some(u8::from(*alert)),
+            alert_message: Some(format!("{alert:?}")),
+        },
+        Some(_) => HttpError::TlsProtocolError,
+        None => HttpError::ConnectionTerminated,
     }
-    Ok(())
+}
+
+/// A response body that fails when the upstream sends nothing for `idle` (the request's
+/// between-bytes timeout).
+struct IdleTimeout {
+    body: Incoming,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Body for IdleTimeout {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.deadline.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(end) => Poll::Ready(end.map(|r| r.map_err(HttpError::from))),
+            Poll::Pending => this
+                .deadline
+                .as_mut()
+                .poll(cx)
+                .map(|()| Some(Err(HttpError::ConnectionReadTimeout))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }

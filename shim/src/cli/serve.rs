@@ -39,6 +39,9 @@ use wasmpod_runtime::network::NetworkConfig;
 ///     max_files = 5                          #   log directory): rotated as kubelet does
 ///     cri_max_size = "1Gi"                   # hard cap on CRI log_path files, which kubelet
 ///                                            #   rotates; unset: no cap
+///     [http]
+///     ca_bundles = ["/etc/wasmpod/ca.pem"]   # PEM CAs guests' outgoing https:// trusts
+///                                            #   besides the system's roots
 ///
 /// SIGTERM or Ctrl-C drains in-flight calls and exits; pods and containers are kept in the
 /// state database and listed again at the next start.
@@ -66,6 +69,17 @@ pub struct ServeConfig {
     pub network: NetworkConfig,
     #[serde(default)]
     pub logs: LogsSection,
+    #[serde(default)]
+    pub http: HttpSection,
+}
+
+/// wasi:http guests' outgoing requests.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// PEM files of CAs `https://` trusts besides the system's roots.
+    #[serde(default)]
+    pub ca_bundles: Vec<PathBuf>,
 }
 
 /// Container log limits. wasmpod rotates only the log files it places itself; files at a CRI
@@ -156,6 +170,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let socket = args.socket.or(config.socket).unwrap_or_else(default_socket);
     let log_limits = config.logs.limits()?;
+    wasmpod_runtime::tls::trust(&config.http.ca_bundles).context("[http] ca_bundles")?;
     let rt = super::open_runtime_with(&state_dir, config.network, log_limits)?;
     let listener = bind(&socket)?;
     tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "serving the CRI");
@@ -278,6 +293,8 @@ mod tests {
             toml::from_str("[network]\nmode = \"node\"\npod_cidr = \"10.244.1.0/24\"").unwrap();
         assert_eq!(net.network.pod_cidr.as_deref(), Some("10.244.1.0/24"));
         assert!(toml::from_str::<ServeConfig>("[network]\nmode = \"bridge\"").is_err());
+        let http: ServeConfig = toml::from_str("[http]\nca_bundles = [\"/ca.pem\"]").unwrap();
+        assert_eq!(http.http.ca_bundles, [PathBuf::from("/ca.pem")]);
         assert_eq!(shipped.logs.limits().unwrap(), LogLimits::default());
         let logs: ServeConfig =
             toml::from_str("[logs]\nmax_size = \"1Mi\"\nmax_files = 2\ncri_max_size = \"100Mi\"")
