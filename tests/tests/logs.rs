@@ -302,10 +302,13 @@ async fn a_flooding_guest_gets_its_own_log_rotated_at_the_limit() {
     );
 }
 
-/// A guest printing lines as fast as it can: every one reaches `wasmpod run`'s terminal, in
-/// order (the guest waits for the console instead of lines being dropped).
+/// A guest printing lines as fast as it can to a console that pauses now and then (the pipe
+/// fills, the printer waits): every line reaches `wasmpod run`'s terminal, in order, because
+/// the guest waits for the console instead of lines being dropped.
 #[test]
-fn live_output_of_wasmpod_run_keeps_every_line() {
+fn live_output_of_wasmpod_run_keeps_every_line_for_a_slow_console() {
+    use std::io::{BufRead, Read};
+    use std::process::Stdio;
     let tmp = tempfile::tempdir().unwrap();
     let lines = 200_000;
     let image = wat_file(tmp.path(), "flood.wasm", &wat_print_lines(lines));
@@ -318,20 +321,47 @@ fn live_output_of_wasmpod_run_keeps_every_line() {
         ),
     );
     let manifest = manifest_file(tmp.path(), "pod.yaml", &yaml);
-    let out = output_within(
-        wasmpod(&tmp.path().join("state"))
-            .args(["run", "--no-summary"])
-            .arg(&manifest),
-        300,
-    );
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let mut child = wasmpod(&tmp.path().join("state"))
+        .args(["run", "--no-summary"])
+        .arg(&manifest)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A hang guard, not a speed check.
+    let pid = child.id();
+    let (done, watchdog) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if watchdog
+            .recv_timeout(std::time::Duration::from_secs(300))
+            .is_err()
+        {
+            // SAFETY: kill has no memory-safety preconditions; pid is our own child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let mut printed = Vec::new();
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(n) = line.strip_prefix("flood | ") {
+            printed.push(n.parse::<u32>().unwrap());
+            if printed.len() % 20_000 == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    }
+    let status = child.wait().unwrap();
+    let _ = done.send(());
+    let stderr = errors.join().unwrap();
+    assert!(status.success(), "{status:?}: {stderr}");
     assert!(!stderr.contains("dropped"), "{stderr}");
-    let printed: Vec<u32> = text(&out.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("flood | "))
-        .map(|n| n.parse().unwrap())
-        .collect();
     assert_eq!(printed.len(), lines as usize, "lines were lost on the way");
     assert!(
         printed.iter().zip(1..).all(|(&n, want)| n == want),
