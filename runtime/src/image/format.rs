@@ -50,11 +50,12 @@ pub fn json_error(what: &str, e: &serde_json::Error) -> Error {
         Category::Data => "JSON of the wrong shape",
         Category::Io => "unreadable",
     };
-    Error::invalid(format!(
-        "malformed {what}: {problem} at line {}, column {}",
-        e.line(),
-        e.column()
-    ))
+    // Errors from an already parsed value have no position.
+    let at = match e.line() {
+        0 => String::new(),
+        line => format!(" at line {line}, column {}", e.column()),
+    };
+    Error::invalid(format!("malformed {what}: {problem}{at}"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

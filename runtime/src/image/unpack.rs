@@ -171,6 +171,9 @@ fn unpack_layer(
                     .into_owned();
                 remove_any(root, &path)?;
                 root.symlink(&target, &path).map_err(|e| io_at(&path, e))?;
+                // Caught here when it already leads out, with a clear message; the check of
+                // the finished tree catches links that later entries turn outwards.
+                check_link(root, &path)?;
             }
             tar::EntryType::Link => {
                 let target = entry
@@ -284,17 +287,23 @@ fn check_links(root: &Dir) -> Result<()> {
             if kind.is_dir() {
                 dirs.push(path);
             } else if kind.is_symlink() {
-                // Too many links is ELOOP for the kernel too: harmless.
-                if let Err(Unresolved::Outside) = resolve(&path, |p| link_in(root, p)) {
-                    let target = root.read_link_contents(&path).unwrap_or_default();
-                    return Err(Error::invalid(format!(
-                        "symlink {} -> {} leads outside the image",
-                        path.display(),
-                        target.display()
-                    )));
-                }
+                check_link(root, &path)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Refuses the symlink at `path` if, followed as the kernel follows it, it climbs above the
+/// root. Too many links on the way is ELOOP for the kernel too: harmless.
+fn check_link(root: &Dir, path: &Path) -> Result<()> {
+    if let Err(Unresolved::Outside) = resolve(path, |p| link_in(root, p)) {
+        let target = root.read_link_contents(path).unwrap_or_default();
+        return Err(Error::invalid(format!(
+            "symlink {} -> {} leads outside the image",
+            path.display(),
+            target.display()
+        )));
     }
     Ok(())
 }
