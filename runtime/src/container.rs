@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{broadcast, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, GuestSpec, GuestUsage, Program};
 use crate::error::{Error, Result};
@@ -123,10 +124,44 @@ impl Observer {
     }
 }
 
-/// What a running container needs from outside: how to kill it and its open log.
+/// What a running container needs from outside: how to stop or kill it and its open log.
 struct RunHandle {
     kill: Option<oneshot::Sender<Exit>>,
+    /// Asks a wasi:http handler to stop accepting and drain.
+    drain: CancellationToken,
+    stop: StopMode,
     log: ContainerLog,
+}
+
+/// The pod annotation that picks how its containers take a stop (`wait-grace`).
+pub const STOP_ANNOTATION: &str = "wasmpod.io/stop";
+
+/// What a stop with a grace period does to a running guest. A WASI guest has no signals, so
+/// a stop means what SIGTERM means to a process that cannot catch it, unless the guest has a
+/// way to learn of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// A WASI command: ended at once (143, `Error`), as SIGTERM ends a process.
+    Terminate,
+    /// A wasi:http handler: stops accepting at once, lets in-flight requests finish within the
+    /// grace period, then exits 0.
+    Drain,
+    /// `wasmpod.io/stop: wait-grace`: the guest gets its whole grace period to end by itself
+    /// (batch work), then is killed (137).
+    WaitGrace,
+}
+
+impl StopMode {
+    fn of(pod: &Pod, program: &Program) -> Result<Self> {
+        match pod.config.annotations.get(STOP_ANNOTATION).map(String::as_str) {
+            Some("wait-grace") => Ok(StopMode::WaitGrace),
+            None | Some("") | Some("default") if program.is_http_handler() => Ok(StopMode::Drain),
+            None | Some("") | Some("default") => Ok(StopMode::Terminate),
+            Some(other) => Err(Error::invalid(format!(
+                "pod annotation {STOP_ANNOTATION}: {other:?} is neither \"wait-grace\" nor \"default\""
+            ))),
+        }
+    }
 }
 
 pub(crate) struct NewContainer {
@@ -288,10 +323,13 @@ impl Container {
             network: pod.network.clone(),
             http_port: self.http_port()?,
             files: pod.files.clone(),
+            drain: CancellationToken::new(),
         };
         let (kill_tx, kill_rx) = oneshot::channel();
         *run = Some(RunHandle {
             kill: Some(kill_tx),
+            drain: spec.drain.clone(),
+            stop: StopMode::of(pod, &prepared.program)?,
             log,
         });
         let started_at = SystemTime::now();
@@ -337,31 +375,49 @@ impl Container {
         }
     }
 
-    /// Gives a running guest `grace` to exit on its own, then kills it, reporting `reason`.
-    /// A container that never started, or has exited, is left as it is.
+    /// Stops a running guest as its [`StopMode`] says; past `grace` (or at once when it is
+    /// zero) it is killed, reporting `reason`. A container that never started, or has exited,
+    /// is left as it is; a second stop only waits for the first.
     pub async fn stop(&self, grace: Duration, reason: ExitReason, message: &str) {
-        {
-            let _run = self.run.lock().unwrap_or_else(|e| e.into_inner());
-            let state = self.state.borrow().clone();
-            match state {
-                ContainerState::Exited { .. } => return,
+        let mode = {
+            let run = self.run.lock().unwrap_or_else(|e| e.into_inner());
+            match (&*self.state.borrow(), run.as_ref()) {
                 // As in containerd: stopping a container that never started leaves it created.
-                ContainerState::Created => return,
-                ContainerState::Running { .. } => {}
+                (ContainerState::Running { .. }, Some(run)) => run.stop,
+                _ => return,
             }
-        }
-        if grace.is_zero() || tokio::time::timeout(grace, self.wait()).await.is_err() {
-            let kill = self
-                .run
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_mut()
-                .and_then(|r| r.kill.take());
-            if let Some(kill) = kill {
-                let _ = kill.send(Exit::killed(reason, message));
+        };
+        let ended_in_grace = match mode {
+            _ if grace.is_zero() => false,
+            StopMode::Terminate => {
+                self.kill(Exit::terminated());
+                true
             }
+            StopMode::Drain => {
+                if let Some(run) = self.run.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                    run.drain.cancel();
+                }
+                tokio::time::timeout(grace, self.wait()).await.is_ok()
+            }
+            StopMode::WaitGrace => tokio::time::timeout(grace, self.wait()).await.is_ok(),
+        };
+        if !ended_in_grace {
+            self.kill(Exit::killed(reason, message));
         }
         self.wait().await;
+    }
+
+    /// Ends the guest's task with `exit` (a no-op once it is ending).
+    fn kill(&self, exit: Exit) {
+        let kill = self
+            .run
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .and_then(|r| r.kill.take());
+        if let Some(kill) = kill {
+            let _ = kill.send(exit);
+        }
     }
 
     /// Reopens the log file after rotation (a no-op when the container is not running).

@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 
 /// The exit code wasmpod reports for a guest it killed (128 + SIGKILL, as for a process).
 pub const KILLED_CODE: i32 = 137;
+/// The exit code of a WASI command stopped by the runtime: it cannot catch the SIGTERM a stop
+/// means, so it ends as a process without a handler would (128 + SIGTERM).
+pub const TERMINATED_CODE: i32 = 143;
 /// The exit code of a guest that trapped (128 + SIGABRT, as `wasmtime run` reports it).
 pub const TRAP_CODE: i32 = 134;
 
@@ -69,6 +72,15 @@ impl Exit {
             code: KILLED_CODE,
             reason,
             message: message.into(),
+        }
+    }
+    /// The exit of a WASI command ended by a stop, reported as containerd reports a process
+    /// that SIGTERM killed.
+    pub fn terminated() -> Self {
+        Self {
+            code: TERMINATED_CODE,
+            reason: ExitReason::Error,
+            message: "terminated by a stop (a WASI command cannot catch SIGTERM)".into(),
         }
     }
     /// The exit of a guest stopped at its memory limit: 137 as for a process the kernel's

@@ -209,7 +209,10 @@ async fn supervise(
     };
     let halt_on_shutdown = async {
         shutdown.await;
-        (opts.on_event)("pod", "stopping: each container gets its grace period");
+        (opts.on_event)(
+            "pod",
+            "stopping: commands end at once, wasi:http handlers drain within the grace period",
+        );
         let _ = halt_tx.send(Some(Halt::Shutdown));
         std::future::pending::<Result<()>>().await
     };

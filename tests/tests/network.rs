@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use wasmpod_runtime::container::ContainerState;
 use wasmpod_runtime::error::ErrorKind;
-use wasmpod_runtime::exit::Exit;
+use wasmpod_runtime::exit::{Exit, ExitReason};
 use wasmpod_runtime::network::{NetworkConfig, EGRESS_ANNOTATION};
 use wasmpod_runtime::runtime::{Runtime, RuntimeOptions};
 use wasmpod_runtime::spec::{ContainerConfig, DnsConfig, PodConfig, PortMapping, Protocol};
@@ -275,12 +275,71 @@ async fn wasi_http_handlers_are_served_at_the_pod_ip() {
     .await;
     assert!(all.iter().all(|(code, _)| *code == 200), "{all:?}");
 
-    // Stopping the container closes the server.
-    rt.stop_container(&id, Duration::from_secs(1))
+    // Stopping the idle handler drains nothing: it exits 0 and closes the server.
+    rt.stop_container(&id, Duration::from_secs(3600))
         .await
         .unwrap();
+    let exit = rt.wait_container(&id).await.unwrap();
+    assert_exit(&exit, 0, ExitReason::Completed);
     let addr: SocketAddr = format!("{ip}:8080").parse().unwrap();
     assert!(std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err());
+}
+
+/// A stopped wasi:http handler stops accepting at once but lets a request in flight finish
+/// (here one waiting on an upstream the test holds), then exits 0.
+#[tokio::test]
+async fn a_stopped_wasi_http_handler_drains_in_flight_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_tmp, rt) = temp_runtime();
+    let pod_id = rt.run_pod(pod("drain")).unwrap();
+    let id = start(
+        &rt,
+        &pod_id,
+        container("hello", &wasm("http-hello.p2"), &[]),
+    )
+    .await;
+    log_line(&rt, &id, "serving wasi:http").await;
+    let ip = ip_of(&rt, &pod_id);
+    let upstream = tokio::net::TcpListener::bind("127.0.0.9:0").await.unwrap();
+    let up = upstream.local_addr().unwrap();
+    let url = format!(
+        "http://{ip}:8080/fetch?url={}",
+        urlencode(&format!("http://{up}/"))
+    );
+    let request = tokio::spawn(async move { curl(&url).await });
+    let (mut held, _) = within(30, "the guest's upstream request", upstream.accept())
+        .await
+        .unwrap();
+    let mut head = [0u8; 1024];
+    let _ = held.read(&mut head).await.unwrap();
+
+    let stopping = {
+        let rt = rt.clone();
+        let id = id.clone();
+        tokio::spawn(async move { rt.stop_container(&id, Duration::from_secs(3600)).await })
+    };
+    let addr: SocketAddr = format!("{ip}:8080").parse().unwrap();
+    within(30, "the handler to stop accepting", async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(matches!(
+        rt.container(&id).unwrap().state(),
+        ContainerState::Running { .. }
+    ));
+    held.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\ndrained\n")
+        .await
+        .unwrap();
+    let (code, body) = request.await.unwrap();
+    assert_eq!((code, body.as_str()), (200, "drained\n"));
+    within(30, "the drained stop", stopping)
+        .await
+        .unwrap()
+        .unwrap();
+    let exit = rt.wait_container(&id).await.unwrap();
+    assert_exit(&exit, 0, ExitReason::Completed);
 }
 
 async fn futures_join<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {

@@ -1,6 +1,8 @@
-//! Stopping containers: a guest that does not exit within its grace period is killed (137,
-//! Killed) whether it sleeps in a host call or spins in pure Wasm, and leaves no busy thread
-//! behind; a guest that exits within its grace is not killed; zero grace kills at once.
+//! Stopping containers. A WASI command cannot catch the SIGTERM a stop means, so it ends at
+//! once (143, Error) whatever its grace period, sleeping in a host call or spinning in pure
+//! Wasm, and leaves no busy thread behind. With the pod annotation `wasmpod.io/stop:
+//! wait-grace`, a guest that does not exit within its grace period is killed (137, Killed) and
+//! one that exits within it is not. Zero grace kills at once (137).
 //!
 //! The tests of this file run one at a time (they take [`SERIAL`]) so that the CPU-time
 //! checks see only their own guest.
@@ -8,17 +10,36 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmpod_runtime::container::ContainerState;
-use wasmpod_runtime::exit::{ExitReason, KILLED_CODE};
+use wasmpod_runtime::container::{ContainerState, STOP_ANNOTATION};
+use wasmpod_runtime::exit::{ExitReason, KILLED_CODE, TERMINATED_CODE};
 use wasmpod_runtime::runtime::Runtime;
+use wasmpod_runtime::spec::PodConfig;
 use wasmpod_tests::*;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// A pod whose containers get their whole grace period on a stop.
+fn wait_grace_pod(name: &str) -> PodConfig {
+    let mut p = pod(name);
+    p.annotations
+        .insert(STOP_ANNOTATION.into(), "wait-grace".into());
+    p
+}
+
 /// Creates and starts `image args` in a new pod; waits until its first stdout line.
 async fn start_and_wait_for_output(rt: &Arc<Runtime>, image: &str, args: &[&str]) -> String {
+    start_in(rt, pod("stop"), image, args).await
+}
+
+/// Creates and starts `image args` in a new pod made of `p`; waits until its first stdout line.
+async fn start_in(rt: &Arc<Runtime>, p: PodConfig, image: &str, args: &[&str]) -> String {
     let mut live = rt.subscribe_logs();
-    let id = start_in_new_pod(rt, "stop", container("guest", &wasm(image), args)).await;
+    let pod_id = rt.run_pod(p).unwrap();
+    let id = rt
+        .create_container(&pod_id, container("guest", &wasm(image), args))
+        .await
+        .unwrap();
+    rt.start_container(&id).unwrap();
     within(30, "the guest's first line", async {
         loop {
             let line = live.recv().await.unwrap();
@@ -66,7 +87,7 @@ async fn stop(rt: &Arc<Runtime>, id: &str, grace: Duration) {
 
 async fn killed_after_grace(image: &str, args: &[&str]) {
     let (_tmp, rt) = temp_runtime();
-    let id = start_and_wait_for_output(&rt, image, args).await;
+    let id = start_in(&rt, wait_grace_pod("stop"), image, args).await;
     stop(&rt, &id, Duration::from_millis(200)).await;
     let c = rt.container(&id).unwrap();
     let ContainerState::Exited { exit, .. } = c.state() else {
@@ -104,8 +125,33 @@ async fn spinning_p1_guest_is_killed_after_grace_and_stops_using_cpu() {
     killed_after_grace("forever.p1", &["--spin"]).await;
 }
 
+/// Stopped with an hour of grace, a WASI command ends at once (the stop would otherwise hang
+/// past the test's bound) with 143, and nothing of it runs on.
+async fn terminated_at_once(image: &str, args: &[&str]) {
+    let (_tmp, rt) = temp_runtime();
+    let id = start_and_wait_for_output(&rt, image, args).await;
+    stop(&rt, &id, Duration::from_secs(3600)).await;
+    let exit = rt.wait_container(&id).await.unwrap();
+    assert_eq!(exit.code, TERMINATED_CODE, "{image}: {exit:?}");
+    assert_exit(&exit, 143, ExitReason::Error);
+    assert!(exit.message.contains("SIGTERM"), "{exit:?}");
+    assert_idle_after(&format!("the stop of {image}")).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spinning_wat_loop_is_killed() {
+async fn sleeping_p2_command_is_terminated_at_once() {
+    let _serial = SERIAL.lock().await;
+    terminated_at_once("forever.p2", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinning_p1_command_is_terminated_at_once() {
+    let _serial = SERIAL.lock().await;
+    terminated_at_once("forever.p1", &["--spin"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinning_wat_loop_is_terminated() {
     // A loop with no call at all, not even to the Rust standard library.
     let _serial = SERIAL.lock().await;
     let (tmp, rt) = temp_runtime();
@@ -115,10 +161,10 @@ async fn spinning_wat_loop_is_killed() {
         r#"(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))"#,
     );
     let id = start_in_new_pod(&rt, "loop", container("loop", &image, &[])).await;
-    stop(&rt, &id, Duration::from_millis(200)).await;
+    stop(&rt, &id, Duration::from_secs(3600)).await;
     let exit = rt.wait_container(&id).await.unwrap();
-    assert_exit(&exit, 137, ExitReason::Killed);
-    assert_idle_after("the kill").await;
+    assert_exit(&exit, 143, ExitReason::Error);
+    assert_idle_after("the stop").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,7 +173,7 @@ async fn guest_exiting_within_its_grace_is_not_killed() {
     let (_tmp, rt) = temp_runtime();
     // The reader polls for a file a writer in the same pod fills, then exits 0 by itself:
     // stopping it with a long grace waits for that instead of killing it.
-    let mut p = pod("graceful");
+    let mut p = wait_grace_pod("graceful");
     p.volumes = vec![empty_dir("data", wasmpod_runtime::spec::Medium::Disk, None)];
     let pod_id = rt.run_pod(p).unwrap();
     let mut reader = container("reader", &wasm("reader.p1"), &["/data/m", "60000"]);
@@ -149,7 +195,12 @@ async fn guest_exiting_within_its_grace_is_not_killed() {
     assert_exit(&exit, 0, ExitReason::Completed);
 
     // hello stopped right after it started: it finishes on its own.
-    let id = start_in_new_pod(&rt, "hello", container("hello", &wasm("hello.p2"), &[])).await;
+    let pod_id = rt.run_pod(wait_grace_pod("hello")).unwrap();
+    let id = rt
+        .create_container(&pod_id, container("hello", &wasm("hello.p2"), &[]))
+        .await
+        .unwrap();
+    rt.start_container(&id).unwrap();
     rt.stop_container(&id, Duration::from_secs(30))
         .await
         .unwrap();
@@ -200,7 +251,7 @@ async fn stopping_one_container_leaves_its_neighbour_running() {
         .await
         .unwrap();
     let exit = rt.wait_container(&a).await.unwrap();
-    assert_exit(&exit, 137, ExitReason::Killed);
+    assert_exit(&exit, 143, ExitReason::Error);
     rt.stop_container(&a, Duration::ZERO).await.unwrap();
     assert_eq!(rt.wait_container(&a).await.unwrap(), exit);
 }

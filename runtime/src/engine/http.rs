@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme as IncomingScheme;
@@ -173,7 +174,9 @@ pub(super) fn is_handler(
         .any(|(name, _)| name.starts_with("wasi:http/incoming-handler@0.2"))
 }
 
-/// Serves the handler until the container is stopped (this future dropped) or cannot listen.
+/// Serves the handler until the container is killed (this future dropped), cannot listen, or
+/// is asked to drain: then it stops accepting, lets open connections finish their requests
+/// (idle ones are closed) and exits 0.
 pub(super) async fn serve(
     engine: wasmtime::Engine,
     pre: ProxyPre<HttpHost>,
@@ -191,7 +194,9 @@ pub(super) async fn serve(
         Stream::Stderr,
         &format!("wasmpod: serving wasi:http on http://{addr}/"),
     );
+    let drain = spec.drain.clone();
     // Connections and in-flight guests end with the server.
+    let connections = TaskTracker::new();
     let stop = CancellationToken::new();
     let _stop_on_drop = stop.clone().drop_guard();
     let server = Arc::new(Server {
@@ -201,7 +206,11 @@ pub(super) async fn serve(
         tls: crate::tls::outgoing(),
     });
     loop {
-        let (stream, _) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = drain.cancelled() => break,
+        };
+        let (stream, _) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!("wasi:http accept: {e}");
@@ -211,7 +220,8 @@ pub(super) async fn serve(
         let _ = stream.set_nodelay(true);
         let server = server.clone();
         let stop = stop.clone();
-        tokio::spawn(stop.clone().run_until_cancelled_owned(async move {
+        let drain = drain.clone();
+        connections.spawn(stop.clone().run_until_cancelled_owned(async move {
             let service = hyper::service::service_fn(move |req| {
                 let server = server.clone();
                 let stop = stop.clone();
@@ -220,11 +230,23 @@ pub(super) async fn serve(
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
+            tokio::pin!(conn);
+            let done = tokio::select! {
+                done = conn.as_mut() => done,
+                () = drain.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = done {
                 tracing::debug!("wasi:http connection: {e}");
             }
         }));
     }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+    Exit::code(0)
 }
 
 fn failed(message: String) -> Exit {

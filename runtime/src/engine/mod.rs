@@ -182,6 +182,8 @@ pub struct GuestSpec {
     pub http_port: u16,
     /// The pod's open-file account, which also carries the per-container cap.
     pub files: Arc<FileBudget>,
+    /// Cancelled when the container is asked to stop: a wasi:http handler drains.
+    pub drain: tokio_util::sync::CancellationToken,
 }
 
 /// Live resource figures of a running guest, for stats.

@@ -153,6 +153,7 @@ pub(crate) fn client(config: &RegistryConfig, hosts: &[String]) -> Client {
         .filter(|h| is_loopback(h) || config.insecure.contains(h))
         .cloned()
         .collect();
+    crate::tls::install_provider();
     Client::new(ClientConfig {
         protocol: ClientProtocol::HttpsExcept(plain),
         platform_resolver: None,

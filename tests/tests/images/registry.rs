@@ -184,6 +184,7 @@ impl Pusher {
     }
 
     pub fn with_auth(auth: RegistryAuth) -> Self {
+        wasmpod_runtime::tls::install_provider();
         Self {
             client: Client::new(ClientConfig {
                 protocol: ClientProtocol::Http,
