@@ -170,3 +170,27 @@ async fn the_cache_key_is_private() {
         };
     assert!(err.message.contains("key"), "{err}");
 }
+
+/// Removing an image removes the compiled code of its Wasm too: the AOT cache holds nothing
+/// the image store no longer has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_an_image_removes_its_artifact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let rt = runtime(&state);
+    let records = rt
+        .images()
+        .import(&wasm("hello.p1"), Some("local/aot-gc:1"))
+        .await
+        .unwrap();
+    let digest = records[0].wasm_digest.clone();
+    assert!(rt.images().has_artifact(&records[0]), "compiled on import");
+    let named = |d: &str| {
+        artifacts(&state)
+            .iter()
+            .any(|p| p.file_name().unwrap().to_string_lossy().starts_with(d))
+    };
+    assert!(named(&digest));
+    rt.images().remove("local/aot-gc:1").await.unwrap();
+    assert!(!named(&digest), "{:?}", artifacts(&state));
+}

@@ -90,6 +90,15 @@ impl AotCache {
     }
 
     /// Whether a (not yet verified) artifact exists for `digest`.
+    /// Deletes the artifact of `digest`, if any: its Wasm is gone from the image store.
+    pub(crate) fn remove(&self, digest: &str) {
+        match std::fs::remove_file(self.path(digest)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(digest, "removing an AOT artifact: {e}"),
+        }
+    }
+
     pub(crate) fn contains(&self, digest: &str) -> bool {
         self.path(digest).exists()
     }

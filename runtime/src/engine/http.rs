@@ -135,6 +135,13 @@ impl HttpEngine {
         })
     }
 
+    /// Drops the handler's AOT artifact of `digest`.
+    pub(super) fn forget(&self, digest: &str) {
+        if let Some(aot) = &self.aot {
+            aot.remove(digest);
+        }
+    }
+
     /// The handler compiled earlier, from the AOT cache.
     pub(super) fn cached(&self, digest: &str) -> Option<ProxyPre<HttpHost>> {
         let artifact = self.aot.as_ref()?.load(digest)?;

@@ -34,10 +34,10 @@ use crate::exit::{Exit, ExitReason, TRAP_CODE};
 use crate::log::{ContainerLog, Stream};
 use crate::network::PodNetwork;
 use cache::AotCache;
-use http::{HttpEngine, HttpHost};
-use sockets::{PodSockets, SocketsView};
 use files::OpenFiles;
 pub use files::{raise_descriptor_limit, FileBudget, FileLimits};
+use http::{HttpEngine, HttpHost};
+use sockets::{PodSockets, SocketsView};
 use stdio::LogOutput;
 use wasmtime_wasi::sockets::WasiSocketsCtxView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -257,6 +257,19 @@ impl Engine {
             })
             .await?;
         Ok(program.clone())
+    }
+
+    /// Forgets the compiled code of `digest` (memory and disk): the image store no longer
+    /// holds that Wasm. Guests running it keep their copy.
+    pub fn forget(&self, digest: &str) {
+        self.programs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(digest);
+        if let Some(aot) = &self.aot {
+            aot.remove(digest);
+        }
+        self.http.forget(digest);
     }
 
     /// Whether a verified-or-not AOT artifact for this binary is on disk (for image status).

@@ -553,6 +553,8 @@ impl ImageStore {
         for blob in self.content.list() {
             if !blobs.contains(&blob) {
                 self.content.remove(&blob)?;
+                // Compiled code of a Wasm blob goes with it (a no-op for other blobs).
+                self.engine.forget(&blob);
             }
         }
         scratch::remove_stale(&self.work_dir(), |name| images.contains(name));
