@@ -259,25 +259,23 @@ impl Container {
         }
     }
 
-    /// The port a wasi:http handler is served on: the container's first TCP port, else the
-    /// [`HTTP_PORT_ANNOTATION`] (the CRI carries no container ports), else 8080.
+    /// The port a wasi:http handler is served on: the [`HTTP_PORT_ANNOTATION`] when set (an
+    /// override), else the container's first declared TCP port (kubelet passes them in an
+    /// annotation), else 8080.
     fn http_port(&self) -> Result<u16> {
-        if let Some(p) = self
+        if let Some(v) = self.config.annotations.get(HTTP_PORT_ANNOTATION) {
+            return v.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+                Error::invalid(format!(
+                    "annotation {HTTP_PORT_ANNOTATION}: {v:?} is not a port"
+                ))
+            });
+        }
+        Ok(self
             .config
             .ports
             .iter()
             .find(|p| p.protocol == Protocol::Tcp)
-        {
-            return Ok(p.container_port);
-        }
-        match self.config.annotations.get(HTTP_PORT_ANNOTATION) {
-            Some(v) => v.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
-                Error::invalid(format!(
-                    "annotation {HTTP_PORT_ANNOTATION}: {v:?} is not a port"
-                ))
-            }),
-            None => Ok(DEFAULT_HTTP_PORT),
-        }
+            .map_or(DEFAULT_HTTP_PORT, |p| p.container_port))
     }
 
     /// Starts the guest as a task on the current tokio runtime.

@@ -213,6 +213,7 @@ impl Runtime {
     /// Creates a pod sandbox and its volumes; returns its id. A sandbox with the same name,
     /// namespace, uid and attempt as one not yet removed is refused, as containerd refuses it.
     pub fn run_pod(&self, config: PodConfig) -> Result<String> {
+        config.check_namespaces()?;
         self.check_unique_pod(&config)?;
         let id = new_id();
         // Made on first use (volumes, file mounts, logs): most CRI pods need none of it.

@@ -31,9 +31,41 @@ pub struct PodConfig {
     /// hostPorts: host listeners forwarded to the pod's ports.
     #[serde(default)]
     pub port_mappings: Vec<PortMapping>,
+    /// Which of the node's namespaces the pod asks to share (all are refused, see
+    /// [`PodConfig::check_namespaces`]).
+    #[serde(default)]
+    pub host_namespaces: HostNamespaces,
+}
+
+/// The node namespaces a pod may ask for (`hostNetwork`, `hostPID`, `hostIPC`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostNamespaces {
+    pub network: bool,
+    pub pid: bool,
+    pub ipc: bool,
 }
 
 impl PodConfig {
+    /// Refuses host namespaces, the one decision for the manifest runner and the CRI: a Wasm
+    /// guest has no processes or System V IPC to share, and its sockets live in the pod's own
+    /// network namespace (the node's network is not offered yet), so granting any of them
+    /// silently would be a lie.
+    pub fn check_namespaces(&self) -> Result<()> {
+        let ns = self.host_namespaces;
+        for (asked, what, why) in [
+            (ns.network, "hostNetwork", "its sockets live in the pod's own network namespace; sharing the node's network is not supported"),
+            (ns.pid, "hostPID", "a Wasm guest has no processes to share"),
+            (ns.ipc, "hostIPC", "a Wasm guest has no System V IPC to share"),
+        ] {
+            if asked {
+                return Err(Error::invalid(format!(
+                    "{what}: a Wasm pod cannot use the node's namespace: {why}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `other` names the same sandbox: kubelet tells sandboxes apart by name,
     /// namespace, uid and attempt, so two alive at once would be ambiguous.
     pub fn same_sandbox(&self, other: &PodConfig) -> bool {

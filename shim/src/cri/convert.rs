@@ -10,7 +10,8 @@ use wasmpod_runtime::container::{Container, ContainerState};
 use wasmpod_runtime::error::{Error, ErrorKind};
 use wasmpod_runtime::pod::{Pod, PodState};
 use wasmpod_runtime::spec::{
-    ContainerConfig, DnsConfig, MountSource, MountSpec, PodConfig, PortMapping, Protocol,
+    ContainerConfig, ContainerPort, DnsConfig, HostNamespaces, MountSource, MountSpec, PodConfig,
+    PortMapping, Protocol,
 };
 
 /// The one place core errors become gRPC statuses.
@@ -82,7 +83,63 @@ pub fn pod_config(c: cri::PodSandboxConfig) -> Result<PodConfig, Status> {
             .iter()
             .map(port_mapping)
             .collect::<Result<_, _>>()?,
+        host_namespaces: host_namespaces(c.linux.as_ref()),
     })
+}
+
+/// Which node namespaces the sandbox asks for (NamespaceMode NODE); the core decides.
+fn host_namespaces(linux: Option<&cri::LinuxPodSandboxConfig>) -> HostNamespaces {
+    let ns = linux
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
+    let node = |mode: i32| mode == cri::NamespaceMode::Node as i32;
+    HostNamespaces {
+        network: ns.is_some_and(|n| node(n.network)),
+        pid: ns.is_some_and(|n| node(n.pid)),
+        ipc: ns.is_some_and(|n| node(n.ipc)),
+    }
+}
+
+/// kubelet passes a container's declared ports only in this annotation (JSON, the Pod's
+/// `ports`); a wasi:http handler is served on the first TCP one.
+const KUBELET_PORTS_ANNOTATION: &str = "io.kubernetes.container.ports";
+
+fn container_ports(annotations: &HashMap<String, String>) -> Result<Vec<ContainerPort>, Status> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct KubeletPort {
+        #[serde(default)]
+        name: String,
+        container_port: u16,
+        #[serde(default)]
+        protocol: Option<String>,
+    }
+    let Some(json) = annotations.get(KUBELET_PORTS_ANNOTATION) else {
+        return Ok(Vec::new());
+    };
+    let ports: Vec<KubeletPort> = serde_json::from_str(json).map_err(|e| {
+        Status::invalid_argument(format!("annotation {KUBELET_PORTS_ANNOTATION}: {e}"))
+    })?;
+    ports
+        .into_iter()
+        .map(|p| {
+            let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
+                "TCP" => Protocol::Tcp,
+                "UDP" => Protocol::Udp,
+                "SCTP" => Protocol::Sctp,
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "annotation {KUBELET_PORTS_ANNOTATION}: unknown protocol {other:?}"
+                    )))
+                }
+            };
+            Ok(ContainerPort {
+                name: p.name,
+                container_port: p.container_port,
+                protocol,
+            })
+        })
+        .collect()
 }
 
 /// A CRI hostPort mapping; mappings without a host port only document the container's port.
@@ -158,8 +215,7 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Stat
         labels: map(&c.labels),
         annotations: map(&c.annotations),
         log_path: (!c.log_path.is_empty()).then(|| PathBuf::from(c.log_path)),
-        // The CRI carries no container ports; wasi:http uses the http-port annotation.
-        ports: Vec::new(),
+        ports: container_ports(&c.annotations)?,
     })
 }
 

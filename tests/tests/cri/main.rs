@@ -13,6 +13,7 @@ use wasmpod_tests::{read_log, require_guests, stream_text, wasm};
 
 mod hardening;
 mod inspect;
+mod kubelet_conventions;
 mod network;
 
 fn file_image(name: &str) -> String {
