@@ -2,6 +2,11 @@
 mod cli;
 mod cri;
 
+/// wasmpod's own gRPC calls (`shim/proto/wasmpod.proto`), served beside the CRI.
+mod proto {
+    tonic::include_proto!("wasmpod.v1");
+}
+
 fn main() -> std::process::ExitCode {
     cli::main()
 }

@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch; each subcommand lives in its own file.
 
+mod daemon;
 mod image;
 mod run;
 mod serve;
@@ -50,7 +51,17 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Run(run::RunArgs),
-    #[command(subcommand)]
+    /// Pull, import, export, list, inspect and remove images
+    ///
+    /// Images live in the state directory. While `wasmpod serve` holds it, these commands go
+    /// through the daemon's socket, so what they change the daemon sees at once.
+    ///
+    /// Examples:
+    ///     wasmpod image pull 127.0.0.1:5000/hello:1
+    ///     wasmpod image import app.wasm --tag local/app:1
+    ///     wasmpod image ls
+    ///     wasmpod image rm local/app:1
+    #[command(subcommand, verbatim_doc_comment)]
     Image(image::ImageCommand),
     Serve(serve::ServeArgs),
 }
@@ -127,7 +138,8 @@ fn open_runtime(state_dir: &Path, network: NetworkConfig) -> anyhow::Result<Arc<
     open_runtime_with(state_dir, network, LogLimits::default())
 }
 
-/// [`open_runtime`] with limits for container log files.
+/// [`open_runtime`] with limits for container log files. A state directory another process
+/// holds fails with an error naming it.
 fn open_runtime_with(
     state_dir: &Path,
     network: NetworkConfig,
@@ -140,7 +152,12 @@ fn open_runtime_with(
         log_limits,
         ..Default::default()
     };
-    Runtime::new(options).with_context(|| format!("state directory {}", state_dir.display()))
+    Runtime::new(options)
+        .with_context(|| format!("state directory {}", state_dir.display()))
+        .map_err(|e| match daemon::is_locked(&e) {
+            true => daemon::locked_error(state_dir, e),
+            false => e,
+        })
 }
 
 /// A size as Kubernetes writes quantities (`10Mi`, `1G`, `65536`), for size flags and keys.

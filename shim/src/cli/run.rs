@@ -1,11 +1,12 @@
 //! `wasmpod run`: run a Pod manifest locally, without a cluster.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use wasmpod_runtime::log::{LogLimits, LogLine, Stream};
@@ -92,7 +93,16 @@ pub async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<ExitCode> 
         egress_allow: args.egress_allow.clone(),
         ..Default::default()
     };
-    let rt = super::open_runtime_with(&state_dir, network, log_limits)?;
+    let (rt, _own_state) = match super::open_runtime_with(&state_dir, network.clone(), log_limits) {
+        Err(e) if super::daemon::is_locked(&e) => {
+            let own = OwnState::beside(&state_dir)?;
+            (
+                super::open_runtime_with(&own.dir, network, log_limits)?,
+                Some(own),
+            )
+        }
+        opened => (opened?, None),
+    };
     let width = manifest
         .init_containers
         .iter()
@@ -132,6 +142,39 @@ pub async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<ExitCode> 
         print_summary(&report);
     }
     Ok(exit_code(report.exit_code()))
+}
+
+/// A state directory of this run's own, for when another process (`wasmpod serve`, another
+/// run) holds the given one: the run shares nothing with it but the pod IP range, whose blocks
+/// wasmpod processes claim apart. Removed when the run ends.
+struct OwnState {
+    dir: PathBuf,
+}
+
+impl OwnState {
+    fn beside(state_dir: &Path) -> anyhow::Result<Self> {
+        let dir = state_dir.join("runs").join(std::process::id().to_string());
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let holder = match super::daemon::ServeRecord::read(state_dir) {
+            Some(r) => r.describe(),
+            None => "another wasmpod process".to_owned(),
+        };
+        eprintln!(
+            "wasmpod: {} is in use by {holder}; this run keeps its state (logs, pulled images) \
+             in {}, removed when it ends",
+            state_dir.display(),
+            dir.display()
+        );
+        Ok(Self { dir })
+    }
+}
+
+impl Drop for OwnState {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("wasmpod: removing {}: {e}", self.dir.display());
+        }
+    }
 }
 
 fn print_line(line: &LogLine, width: usize) {

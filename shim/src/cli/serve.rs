@@ -173,6 +173,14 @@ pub async fn run(
     wasmpod_runtime::tls::trust(&config.http.ca_bundles).context("[http] ca_bundles")?;
     let rt = super::open_runtime_with(&state_dir, config.network, log_limits)?;
     let listener = bind(&socket)?;
+    // The CLI finds this daemon through the state directory and goes through its socket.
+    let record = match super::daemon::ServeRecord::write(&state_dir, &socket) {
+        Ok(record) => record,
+        Err(e) => {
+            listener.socket.remove();
+            return Err(e);
+        }
+    };
     tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "serving the CRI");
     // In-flight calls get a moment to finish; idle client connections (kubelet keeps one open)
     // do not hold the exit up.
@@ -192,6 +200,7 @@ pub async fn run(
         }
     };
     listener.socket.remove();
+    record.remove();
     served?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

@@ -1,4 +1,5 @@
-//! `wasmpod serve`: the CRI (runtime.v1 RuntimeService + ImageService) over a unix socket.
+//! `wasmpod serve`: the CRI (runtime.v1 RuntimeService + ImageService) over a unix socket,
+//! with wasmpod's own `wasmpod.v1.Images` beside it for the CLI.
 //! Transport and conversion only; all behaviour is in `wasmpod-runtime`.
 
 mod convert;
@@ -6,6 +7,7 @@ mod convert;
 mod fuzz;
 mod image_service;
 mod runtime_service;
+pub mod wasmpod_images;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,15 +42,18 @@ pub async fn serve(
     let runtime = RuntimeServiceServer::new(runtime_service::RuntimeApi { rt: rt.clone() })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let images = ImageServiceServer::new(image_service::ImageApi { rt })
+    let images = ImageServiceServer::new(image_service::ImageApi { rt: rt.clone() })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
+    let own_images =
+        crate::proto::images_server::ImagesServer::new(wasmpod_images::ImagesApi { rt });
     // Large lists (ListContainers at 10,000) must not crawl through 64 KiB flow-control
     // windows: let them grow with the connection's bandwidth-delay product, as grpc-go does.
     tonic::transport::Server::builder()
         .http2_adaptive_window(Some(true))
         .add_service(runtime)
         .add_service(images)
+        .add_service(own_images)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
 }
