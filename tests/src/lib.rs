@@ -447,6 +447,18 @@ pub fn wasmpod_bin() -> &'static Path {
 }
 
 /// A process's captured output as text (invalid UTF-8 replaced, so a failure still shows).
+/// Debian's curl against `url` (30 s at most): (HTTP status, body); status 0 when no answer.
+pub async fn curl(url: &str) -> (u16, String) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-w", "\n%{http_code}", url])
+        .output()
+        .await
+        .expect("running curl (apt install curl)");
+    let out = text(&out.stdout);
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }

@@ -72,18 +72,6 @@ fn tls_server(ca: &CertifiedIssuer<'static, KeyPair>) -> SocketAddr {
     addr
 }
 
-/// Debian's curl against `url`: (HTTP status, body).
-async fn curl(url: &str) -> (u16, String) {
-    let out = tokio::process::Command::new("curl")
-        .args(["-sS", "--max-time", "30", "-w", "\n%{http_code}", url])
-        .output()
-        .await
-        .expect("running curl (apt install curl)");
-    let out = text(&out.stdout);
-    let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
 #[tokio::test]
 async fn https_from_a_guest_trusts_the_configured_ca_and_refuses_others() {
     let tmp = tempfile::tempdir().unwrap();

@@ -113,18 +113,6 @@ fn ip_of(rt: &Arc<Runtime>, pod_id: &str) -> String {
         .to_string()
 }
 
-/// Debian's curl against `url`: (HTTP status, body).
-async fn curl(url: &str) -> (u16, String) {
-    let out = tokio::process::Command::new("curl")
-        .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}", url])
-        .output()
-        .await
-        .expect("running curl (apt install curl)");
-    let out = text(&out.stdout);
-    let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
 #[tokio::test]
 async fn tcp_over_the_pods_localhost_ipv4_and_ipv6() {
     let (_tmp, rt) = temp_runtime();
