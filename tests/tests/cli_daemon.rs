@@ -163,3 +163,29 @@ fn image_commands_have_help() {
         "{top}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_does_not_answer_is_named_in_the_error() {
+    let d = Daemon::start().await;
+    let state = d.dir.path().join("state");
+    // The daemon's record now points at a socket nobody listens on, as for a daemon that has
+    // stopped answering: the CLI cannot go through it and must say who holds the directory.
+    let gone = d.dir.path().join("gone.sock");
+    let pid = d.pid().unwrap();
+    std::fs::write(
+        state.join("serve.json"),
+        serde_json::json!({"pid": pid, "socket": gone}).to_string(),
+    )
+    .unwrap();
+    let out = output_within(wasmpod(&state).args(["image", "ls"]), 60);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "wasmpod serve, pid {pid}, socket {}",
+            gone.display()
+        )) && stderr.contains("--state-dir"),
+        "{stderr}"
+    );
+    d.stop();
+}
