@@ -1,8 +1,10 @@
 //! Kubernetes `v1` Pod manifests (YAML) for the local runner, converted into core specs.
 //!
-//! Only the fields that mean something for a Wasm pod are modelled. Other fields are accepted
-//! with a warning that names them; fields that promise what a Wasm pod cannot keep (host
-//! namespaces, privileged mode, volume kinds wasmpod lacks) are refused with the reason.
+//! Only the fields that mean something for a Wasm pod are modelled. Other fields Kubernetes
+//! defines are accepted with a warning that names them; fields that promise what a Wasm pod
+//! cannot keep (host namespaces, privileged mode, volume kinds wasmpod lacks) are refused with
+//! the reason. A field Kubernetes does not define is an error, as `kubectl apply` makes it: it is
+//! most often a typo (`comand:`) that would otherwise run the pod without what it asked for.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,8 +15,8 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::image::PullPolicy;
 use crate::spec::{
-    ContainerConfig, ContainerPort, HostPathKind, Medium, MountSource, MountSpec, PodConfig,
-    PortMapping, Protocol, VolumeSource, VolumeSpec, DEFAULT_GRACE,
+    ContainerConfig, ContainerPort, HostNamespaces, HostPathKind, Medium, MountSource, MountSpec,
+    PodConfig, PortMapping, Protocol, VolumeSource, VolumeSpec, DEFAULT_GRACE,
 };
 
 /// When a finished container is started again (`spec.restartPolicy`).
@@ -44,13 +46,29 @@ pub struct PodManifest {
     pub containers: Vec<ContainerConfig>,
     pub restart_policy: RestartPolicy,
     pub grace: Duration,
-    /// Fields that were ignored, as `spec.containers[0].livenessProbe`.
+    /// Fields that were ignored, each a message starting with its path, as
+    /// `spec.containers[0].livenessProbe`.
     pub warnings: Vec<String>,
+}
+
+/// What the parser does with a field Kubernetes does not define.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownFields {
+    /// Refuse the manifest, as `kubectl apply` does: the field is most likely a typo.
+    #[default]
+    Error,
+    /// Ignore the field with a warning (`wasmpod run --warn-unknown-fields`).
+    Warn,
 }
 
 impl PodManifest {
     /// Reads and parses a manifest file; relative image paths are taken from its directory.
     pub fn from_file(path: &Path) -> Result<Self> {
+        Self::from_file_with(path, UnknownFields::Error)
+    }
+
+    /// [`PodManifest::from_file`] with a choice of what unknown fields do.
+    pub fn from_file_with(path: &Path, unknown: UnknownFields) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io(format!("manifest {}", path.display()), e))?;
         let base = match path.parent() {
@@ -58,19 +76,361 @@ impl PodManifest {
             _ => Path::new("."),
         };
         let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
-        Self::parse(&text, &base).map_err(|e| e.context(path.display()))
+        Self::parse_with(&text, &base, unknown).map_err(|e| e.context(path.display()))
     }
 
     /// Parses manifest text; `base` is the directory relative image paths are resolved from.
     pub fn parse(text: &str, base: &Path) -> Result<Self> {
-        let mut warnings = Vec::new();
-        let de = serde_yaml_ng::Deserializer::from_str(text);
-        let raw: RawPod = serde_ignored::deserialize(de, |path| {
-            warnings.push(path.to_string().replace(".?", ""))
-        })
-        .map_err(|e| Error::invalid(format!("malformed manifest: {e}")))?;
-        raw.into_manifest(base, warnings)
+        Self::parse_with(text, base, UnknownFields::Error)
     }
+
+    /// [`PodManifest::parse`] with a choice of what unknown fields do.
+    pub fn parse_with(text: &str, base: &Path, unknown: UnknownFields) -> Result<Self> {
+        let mut ignored = Vec::new();
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let raw: std::result::Result<RawPod, _> =
+            serde_ignored::deserialize(de, |path| ignored.push(FieldPath::from(&path)));
+        let mut warnings = Vec::new();
+        let mut typos = Vec::new();
+        for path in ignored {
+            match path.classify() {
+                Field::Ignored => {
+                    warnings.push(format!("{path}: ignored, wasmpod does not use it"))
+                }
+                Field::Refused(why) => return Err(Error::invalid(format!("{path}: {why}"))),
+                Field::Unknown if unknown == UnknownFields::Warn => warnings.push(format!(
+                    "{path}: ignored unknown field{}",
+                    path.suggestion()
+                )),
+                Field::Unknown => typos.push(path),
+            }
+        }
+        // A typo often makes the document malformed too (`nmae:` leaves `name` missing): name
+        // the typo either way, it is the cause.
+        let typos = (!typos.is_empty()).then(|| unknown_fields_message(&typos));
+        match (raw, typos) {
+            (Ok(raw), None) => raw.into_manifest(base, warnings),
+            (Ok(_), Some(typos)) => Err(Error::invalid(typos)),
+            (Err(e), None) => Err(Error::invalid(format!("malformed manifest: {e}"))),
+            (Err(e), Some(typos)) => {
+                Err(Error::invalid(format!("{typos}; malformed manifest: {e}")))
+            }
+        }
+    }
+}
+
+/// Where a field sits in the manifest: keys and list indices from the root.
+struct FieldPath(Vec<Segment>);
+
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+/// What a field serde did not model is.
+enum Field {
+    /// Kubernetes defines it; it means nothing for a Wasm pod.
+    Ignored,
+    /// Kubernetes defines it; wasmpod cannot keep its promise.
+    Refused(&'static str),
+    /// Kubernetes does not define it.
+    Unknown,
+}
+
+impl From<&serde_ignored::Path<'_>> for FieldPath {
+    fn from(path: &serde_ignored::Path<'_>) -> Self {
+        let mut segments = Vec::new();
+        let mut at = path;
+        loop {
+            at = match at {
+                serde_ignored::Path::Root => break,
+                serde_ignored::Path::Seq { parent, index } => {
+                    segments.push(Segment::Index(*index));
+                    parent
+                }
+                serde_ignored::Path::Map { parent, key } => {
+                    segments.push(Segment::Key(key.clone()));
+                    parent
+                }
+                serde_ignored::Path::Some { parent }
+                | serde_ignored::Path::NewtypeStruct { parent }
+                | serde_ignored::Path::NewtypeVariant { parent } => parent,
+            }
+        }
+        segments.reverse();
+        FieldPath(segments)
+    }
+}
+
+impl std::fmt::Display for FieldPath {
+    /// As kubectl writes paths: `spec.containers[0].command`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, segment) in self.0.iter().enumerate() {
+            match segment {
+                Segment::Key(key) if i == 0 => write!(f, "{key}")?,
+                Segment::Key(key) => write!(f, ".{key}")?,
+                Segment::Index(index) => write!(f, "[{index}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FieldPath {
+    /// The keys of the path, list indices left out.
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Key(k) => Some(k.as_str()),
+                Segment::Index(_) => None,
+            })
+            .collect()
+    }
+
+    /// The field's own name and the fields Kubernetes defines beside it.
+    fn field_and_siblings(&self) -> (&str, &'static [&'static str]) {
+        let keys = self.keys();
+        let Some((field, parent)) = keys.split_last() else {
+            return ("", &[]);
+        };
+        let siblings: &[&str] = match parent {
+            [] => k8s::POD,
+            ["metadata"] => k8s::OBJECT_META,
+            ["spec"] => k8s::POD_SPEC,
+            ["spec", "containers" | "initContainers"] => k8s::CONTAINER,
+            ["spec", "containers" | "initContainers", rest] => match *rest {
+                "ports" => k8s::CONTAINER_PORT,
+                "env" => k8s::ENV_VAR,
+                "volumeMounts" => k8s::VOLUME_MOUNT,
+                "resources" => k8s::RESOURCES,
+                "securityContext" => k8s::SECURITY_CONTEXT,
+                _ => &[],
+            },
+            ["spec", "volumes"] => k8s::VOLUME,
+            ["spec", "volumes", "emptyDir"] => k8s::EMPTY_DIR,
+            ["spec", "volumes", "hostPath"] => k8s::HOST_PATH,
+            _ => &[],
+        };
+        (field, siblings)
+    }
+
+    fn classify(&self) -> Field {
+        let (field, siblings) = self.field_and_siblings();
+        if !siblings.contains(&field) {
+            Field::Unknown
+        } else if matches!(self.keys()[..], ["spec", "volumes", _]) {
+            // Every volume field but the two modelled sources is a source wasmpod lacks.
+            Field::Refused("only emptyDir and hostPath volumes are supported")
+        } else {
+            Field::Ignored
+        }
+    }
+
+    /// ` (did you mean command?)` for the nearest field Kubernetes defines there, if one is near.
+    fn suggestion(&self) -> String {
+        let (field, siblings) = self.field_and_siblings();
+        // Long keys are no typo of a field name; bounding them also bounds the work.
+        if field.len() > 64 {
+            return String::new();
+        }
+        let field = field.to_ascii_lowercase();
+        siblings
+            .iter()
+            .map(|s| (levenshtein(&field, &s.to_ascii_lowercase()), *s))
+            .filter(|(d, _)| *d <= 1 + field.len() / 3)
+            .min_by_key(|(d, _)| *d)
+            .map(|(_, s)| format!(" (did you mean {s}?)"))
+            .unwrap_or_default()
+    }
+}
+
+/// The error for unknown fields: a few named (aliases can repeat one many times), with the way
+/// out.
+fn unknown_fields_message(typos: &[FieldPath]) -> String {
+    const SHOWN: usize = 5;
+    let mut message = typos
+        .iter()
+        .take(SHOWN)
+        .map(|p| format!("unknown field {p}{}", p.suggestion()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if typos.len() > SHOWN {
+        message += &format!("; and {} more", typos.len() - SHOWN);
+    }
+    message
+        + " (Kubernetes defines no such field; fix it, or pass --warn-unknown-fields to ignore it)"
+}
+
+/// Edit distance (insertions, deletions, substitutions) between two strings.
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// Field names of the Kubernetes v1 objects a Pod manifest is made of: what is not here is a
+/// typo; what is here and not modelled is ignored or refused.
+mod k8s {
+    pub const POD: &[&str] = &["apiVersion", "kind", "metadata", "spec", "status"];
+    pub const OBJECT_META: &[&str] = &[
+        "name",
+        "generateName",
+        "namespace",
+        "selfLink",
+        "uid",
+        "resourceVersion",
+        "generation",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "labels",
+        "annotations",
+        "ownerReferences",
+        "finalizers",
+        "managedFields",
+    ];
+    pub const POD_SPEC: &[&str] = &[
+        "volumes",
+        "initContainers",
+        "containers",
+        "ephemeralContainers",
+        "restartPolicy",
+        "terminationGracePeriodSeconds",
+        "activeDeadlineSeconds",
+        "dnsPolicy",
+        "nodeSelector",
+        "serviceAccountName",
+        "serviceAccount",
+        "automountServiceAccountToken",
+        "nodeName",
+        "hostNetwork",
+        "hostPID",
+        "hostIPC",
+        "shareProcessNamespace",
+        "securityContext",
+        "imagePullSecrets",
+        "hostname",
+        "subdomain",
+        "affinity",
+        "schedulerName",
+        "tolerations",
+        "hostAliases",
+        "priorityClassName",
+        "priority",
+        "dnsConfig",
+        "readinessGates",
+        "runtimeClassName",
+        "enableServiceLinks",
+        "preemptionPolicy",
+        "overhead",
+        "topologySpreadConstraints",
+        "setHostnameAsFQDN",
+        "os",
+        "hostUsers",
+        "schedulingGates",
+        "resourceClaims",
+        "resources",
+    ];
+    pub const CONTAINER: &[&str] = &[
+        "name",
+        "image",
+        "command",
+        "args",
+        "workingDir",
+        "ports",
+        "envFrom",
+        "env",
+        "resources",
+        "resizePolicy",
+        "restartPolicy",
+        "volumeMounts",
+        "volumeDevices",
+        "livenessProbe",
+        "readinessProbe",
+        "startupProbe",
+        "lifecycle",
+        "terminationMessagePath",
+        "terminationMessagePolicy",
+        "imagePullPolicy",
+        "securityContext",
+        "stdin",
+        "stdinOnce",
+        "tty",
+    ];
+    pub const CONTAINER_PORT: &[&str] =
+        &["name", "hostPort", "containerPort", "protocol", "hostIP"];
+    pub const ENV_VAR: &[&str] = &["name", "value", "valueFrom"];
+    pub const VOLUME_MOUNT: &[&str] = &[
+        "name",
+        "readOnly",
+        "recursiveReadOnly",
+        "mountPath",
+        "subPath",
+        "mountPropagation",
+        "subPathExpr",
+    ];
+    pub const RESOURCES: &[&str] = &["limits", "requests", "claims"];
+    pub const SECURITY_CONTEXT: &[&str] = &[
+        "capabilities",
+        "privileged",
+        "seLinuxOptions",
+        "windowsOptions",
+        "runAsUser",
+        "runAsGroup",
+        "runAsNonRoot",
+        "readOnlyRootFilesystem",
+        "allowPrivilegeEscalation",
+        "procMount",
+        "seccompProfile",
+        "appArmorProfile",
+    ];
+    pub const VOLUME: &[&str] = &[
+        "name",
+        "hostPath",
+        "emptyDir",
+        "gcePersistentDisk",
+        "awsElasticBlockStore",
+        "gitRepo",
+        "secret",
+        "nfs",
+        "iscsi",
+        "glusterfs",
+        "persistentVolumeClaim",
+        "rbd",
+        "flexVolume",
+        "cinder",
+        "cephfs",
+        "flocker",
+        "downwardAPI",
+        "fc",
+        "azureFile",
+        "configMap",
+        "vsphereVolume",
+        "quobyte",
+        "azureDisk",
+        "photonPersistentDisk",
+        "projected",
+        "portworxVolume",
+        "scaleIO",
+        "storageos",
+        "csi",
+        "ephemeral",
+        "image",
+    ];
+    pub const EMPTY_DIR: &[&str] = &["medium", "sizeLimit"];
+    pub const HOST_PATH: &[&str] = &["path", "type"];
 }
 
 #[derive(Deserialize)]
@@ -237,8 +597,6 @@ struct RawVolume {
     name: String,
     empty_dir: Option<RawEmptyDir>,
     host_path: Option<RawHostPath>,
-    #[serde(flatten)]
-    other: BTreeMap<String, serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize, Default)]
@@ -281,17 +639,18 @@ impl RawPod {
         let spec = self
             .spec
             .ok_or_else(|| Error::invalid("spec is required"))?;
-        for (set, field) in [
-            (spec.host_network, "hostNetwork"),
-            (spec.host_pid, "hostPID"),
-            (spec.host_ipc, "hostIPC"),
-        ] {
-            if set {
-                return Err(Error::invalid(format!(
-                    "spec.{field}: a Wasm pod has no host namespaces to share; remove {field}"
-                )));
-            }
+        // The runtime decides about host namespaces, for the CRI and manifests alike.
+        let host_namespaces = HostNamespaces {
+            network: spec.host_network,
+            pid: spec.host_pid,
+            ipc: spec.host_ipc,
+        };
+        PodConfig {
+            host_namespaces,
+            ..Default::default()
         }
+        .check_namespaces()
+        .map_err(|e| Error::invalid(format!("spec.{}", e.message)))?;
         if spec.containers.is_empty() {
             return Err(Error::invalid(
                 "spec.containers: a pod needs at least one container",
@@ -375,6 +734,7 @@ impl RawPod {
             log_directory: None,
             dns: Default::default(),
             port_mappings,
+            host_namespaces,
             name,
         };
         Ok(PodManifest {
@@ -392,7 +752,7 @@ impl RawVolume {
     fn into_spec(self) -> Result<VolumeSpec> {
         check_dns_label("name", &self.name)?;
         let source = match (self.empty_dir, self.host_path) {
-            (Some(e), None) if self.other.is_empty() => VolumeSource::EmptyDir {
+            (Some(e), None) => VolumeSource::EmptyDir {
                 medium: match e.medium.as_deref() {
                     None | Some("") => Medium::Disk,
                     Some("Memory") => Medium::Memory,
@@ -407,7 +767,7 @@ impl RawVolume {
                     .map(|q| parse_quantity(&q).map_err(|e| e.context("emptyDir.sizeLimit")))
                     .transpose()?,
             },
-            (None, Some(h)) if self.other.is_empty() => VolumeSource::HostPath {
+            (None, Some(h)) => VolumeSource::HostPath {
                 path: h.path,
                 kind: match h.kind.as_deref().unwrap_or("") {
                     "" => HostPathKind::Unchecked,
@@ -422,16 +782,15 @@ impl RawVolume {
                     }
                 },
             },
-            (None, None) if self.other.is_empty() => {
+            // Other sources were refused with the unknown fields.
+            (None, None) => {
                 return Err(Error::invalid(format!("volume {} has no source", self.name)))
             }
-            _ => {
-                let kinds: Vec<_> = self.other.keys().map(String::as_str).collect();
+            (Some(_), Some(_)) => {
                 return Err(Error::invalid(format!(
-                    "volume {}: only emptyDir and hostPath volumes are supported, found {}",
-                    self.name,
-                    if kinds.is_empty() { "several sources".to_owned() } else { kinds.join(", ") }
-                )));
+                    "volume {}: emptyDir and hostPath both given; a volume has one source",
+                    self.name
+                )))
             }
         };
         Ok(VolumeSpec {
@@ -460,13 +819,9 @@ impl RawContainer {
             mappings.extend(mapping);
         }
         if let Some(sc) = &self.security_context {
-            if sc.privileged {
-                return Err(Error::invalid(format!(
-                    "{}: a Wasm container cannot be privileged; remove privileged: true",
-                    ctx("securityContext.privileged")
-                )));
-            }
-            let _ = sc.read_only_root_filesystem; // A Wasm guest has no root filesystem to write.
+            // Accepted, as over the CRI: privileged grants a Wasm guest nothing (it has no
+            // devices, capabilities or mounts to gain), and it has no root filesystem to write.
+            let _ = (sc.privileged, sc.read_only_root_filesystem);
         }
         let image = self
             .image
@@ -701,7 +1056,74 @@ spec:
         assert_eq!(app.memory_limit, Some(128 << 20));
         assert_eq!(app.mounts[0].container_path, "/data");
         assert!(app.mounts[1].read_only);
-        assert_eq!(m.warnings, ["spec.containers.0.livenessProbe"]);
+        assert_eq!(
+            m.warnings,
+            ["spec.containers[0].livenessProbe: ignored, wasmpod does not use it"]
+        );
+    }
+
+    const POD: &str = "kind: Pod\napiVersion: v1\nmetadata: {name: x}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [CONTAINER]}";
+
+    #[test]
+    fn typos_are_errors_with_a_suggestion() {
+        let cases = [
+            ("{name: a, image: a.wasm, comand: [x]}", "unknown field spec.containers[0].comand (did you mean command?)"),
+            ("{name: a, image: a.wasm, volumeMounts: [{name: v, mountPth: /x}]}", "unknown field spec.containers[0].volumeMounts[0].mountPth (did you mean mountPath?)"),
+            ("{name: a, image: a.wasm, resources: {limit: {memory: 1Mi}}}", "unknown field spec.containers[0].resources.limit (did you mean limits?)"),
+            ("{name: a, image: a.wasm, zzzzzzzz: 1}", "unknown field spec.containers[0].zzzzzzzz (Kubernetes defines no such field"),
+            // The typo is the cause of the missing name: it comes first.
+            ("{nmae: a, image: a.wasm}", "unknown field spec.containers[0].nmae (did you mean name?) ("),
+        ];
+        for (container, want) in cases {
+            let err = parse(&POD.replace("CONTAINER", container)).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::InvalidArgument);
+            assert!(err.message.starts_with(want), "{want}: {err}");
+            assert!(err.message.contains("--warn-unknown-fields"), "{err}");
+        }
+        let err = parse(&POD.replace("CONTAINER", "{nmae: a, image: a.wasm}")).unwrap_err();
+        assert!(err.message.contains("missing field `name`"), "{err}");
+        let err = parse(&POD.replace("{volumes:", "{hostpid: true, volumes:")).unwrap_err();
+        assert!(
+            err.message.contains("spec.hostpid (did you mean hostPID?)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn many_unknown_fields_give_a_bounded_message() {
+        let keys: Vec<_> = (0..50).map(|i| format!("k{i}: 1")).collect();
+        let container = format!("{{name: a, image: a.wasm, {}}}", keys.join(", "));
+        let err = parse(&POD.replace("CONTAINER", &container)).unwrap_err();
+        assert!(
+            err.message.contains(".k4;") && !err.message.contains(".k5"),
+            "{err}"
+        );
+        assert!(err.message.contains("and 45 more"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_can_be_warnings() {
+        let text = POD.replace("CONTAINER", "{name: a, image: a.wasm, comand: [x]}");
+        let m = PodManifest::parse_with(&text, Path::new("/base"), UnknownFields::Warn).unwrap();
+        assert_eq!(
+            m.warnings,
+            ["spec.containers[0].comand: ignored unknown field (did you mean command?)"]
+        );
+        assert!(m.containers[0].command.is_empty());
+    }
+
+    #[test]
+    fn edit_distance() {
+        assert_eq!(levenshtein("comand", "command"), 1);
+        assert_eq!(levenshtein("", "abc"), 3);
+        assert_eq!(levenshtein("kitten", "sitting"), 3);
+        assert_eq!(levenshtein("same", "same"), 0);
+    }
+
+    #[test]
+    fn privileged_is_accepted_and_grants_nothing() {
+        let m = parse("kind: Pod\napiVersion: v1\nmetadata: {name: x}\nspec: {containers: [{name: a, image: a.wasm, securityContext: {privileged: true}}]}").unwrap();
+        assert_eq!(m.containers.len(), 1);
     }
 
     #[test]
@@ -716,7 +1138,7 @@ spec:
         let cases = [
             ("kind: Pod\napiVersion: v1\nmetadata: {name: x}\nspec: {hostNetwork: true, containers: [{name: a, image: a.wasm}]}", "hostNetwork"),
             ("kind: Deployment\napiVersion: apps/v1\nmetadata: {name: x}", "not a Pod"),
-            ("kind: Pod\napiVersion: v1\nmetadata: {name: x}\nspec: {containers: [{name: a, image: a.wasm, securityContext: {privileged: true}}]}", "privileged"),
+            ("kind: Pod\napiVersion: v1\nmetadata: {name: x}\nspec: {hostPID: true, containers: [{name: a, image: a.wasm}]}", "hostPID"),
             ("kind: Pod\napiVersion: v1\nmetadata: {name: x}\nspec: {containers: [{name: a, image: a.wasm, volumeMounts: [{name: nope, mountPath: /x}]}]}", "\"nope\""),
             ("kind: Pod\napiVersion: v1\nmetadata: {name: x}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: a, image: a.wasm, volumeMounts: [{name: v, mountPath: /x}, {name: v, mountPath: /x/}]}]}", "two mounts"),
             ("kind: Pod\napiVersion: v1\nmetadata: {name: x}\nspec: {volumes: [{name: v, configMap: {name: c}}], containers: [{name: a, image: a.wasm}]}", "configMap"),

@@ -25,7 +25,7 @@ use wasmpod_runtime::runtime::{Runtime, RuntimeOptions};
 struct Cli {
     /// Where pods' scratch space, images and the compiled-code cache live
     /// [default: /var/lib/wasmpod as root, else $XDG_STATE_HOME/wasmpod or ~/.local/state/wasmpod]
-    #[arg(long, global = true, env = "WASMPOD_STATE_DIR")]
+    #[arg(long, global = true, value_name = "DIR", env = "WASMPOD_STATE_DIR")]
     state_dir: Option<PathBuf>,
 
     /// Pull from MIRROR before REGISTRY: `docker.io=127.0.0.1:5001` (repeatable)
@@ -41,7 +41,7 @@ struct Cli {
     insecure: Vec<String>,
 
     /// Log level: error, warn, info, debug, trace (RUST_LOG filters override it)
-    #[arg(long, global = true, env = "WASMPOD_LOG")]
+    #[arg(long, global = true, value_name = "LEVEL", env = "WASMPOD_LOG")]
     log_level: Option<String>,
 
     #[command(subcommand)]
@@ -115,6 +115,7 @@ fn start(cli: Cli) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(stderr_colours())
         .init();
     let _ = REGISTRIES.set(registries);
     let state_dir = state_dir.unwrap_or_else(default_state_dir);
@@ -160,6 +161,23 @@ fn open_runtime_with(
         })
 }
 
+/// A duration flag in seconds (`1.5`): refused with a reason, not a panic, when negative, not a
+/// number, or beyond what a `Duration` holds.
+fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| match secs {
+        s if s.is_nan() => "not a number of seconds".to_owned(),
+        s if s < 0.0 => "a duration cannot be negative".to_owned(),
+        _ => format!(
+            "too large: at most {} seconds",
+            std::time::Duration::MAX.as_secs()
+        ),
+    })
+}
+
 /// A size as Kubernetes writes quantities (`10Mi`, `1G`, `65536`), for size flags and keys.
 fn parse_size(s: &str) -> Result<u64, String> {
     wasmpod_runtime::log::parse_size(s).map_err(|e| e.to_string())
@@ -198,6 +216,13 @@ fn docker_config() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))
         .map(|d| d.join("config.json"))
+}
+
+/// Colour only on a terminal, and not with NO_COLOR set (no-color.org): under systemd stderr
+/// goes to journald, where escape codes are noise.
+fn stderr_colours() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn is_root() -> bool {

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use wasmpod_runtime::log::{LogLimits, LogLine, Stream};
-use wasmpod_runtime::manifest::PodManifest;
+use wasmpod_runtime::manifest::{PodManifest, UnknownFields};
 use wasmpod_runtime::network::NetworkConfig;
 use wasmpod_runtime::runner::{self, PodReport, RunnerOptions};
 
@@ -41,41 +41,45 @@ pub struct RunArgs {
     manifest: PathBuf,
 
     /// First restart back-off, in seconds (kubelet uses 10)
-    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
-    backoff: f64,
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "10",
+        value_parser = super::parse_seconds,
+        allow_negative_numbers = true
+    )]
+    backoff: Duration,
 
     /// Do not print the per-container summary at the end
     #[arg(long)]
     no_summary: bool,
 
     /// Where pod IPs come from (a range inside 127.0.0.0/8)
-    #[arg(long, default_value = wasmpod_runtime::network::DEFAULT_LOOPBACK_CIDR)]
+    #[arg(long, value_name = "CIDR", default_value = wasmpod_runtime::network::DEFAULT_LOOPBACK_CIDR)]
     pod_cidr: String,
 
     /// Where hostPorts listen when the manifest names no hostIP
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
     host_port_address: std::net::IpAddr,
 
     /// Allowed egress: "all", "none", or CIDR[:port[-port]],... (pods may narrow it with the
     /// wasmpod.io/egress-allow annotation)
-    #[arg(long, default_value = "all")]
+    #[arg(long, value_name = "RULES", default_value = "all")]
     egress_allow: String,
 
     /// Rotate a container's log file when it would grow past this size (kubelet's
     /// containerLogMaxSize; at least 64Ki)
-    #[arg(long, default_value = "10Mi", value_parser = super::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "10Mi", value_parser = super::parse_size)]
     log_max_size: u64,
 
     /// Log files kept per container, the current one included (kubelet's containerLogMaxFiles)
-    #[arg(long, default_value_t = wasmpod_runtime::log::DEFAULT_MAX_FILES)]
+    #[arg(long, value_name = "N", default_value_t = wasmpod_runtime::log::DEFAULT_MAX_FILES)]
     log_max_files: u32,
-}
 
-fn parse_seconds(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!("{s:?} is not a number of seconds")),
-    }
+    /// Ignore fields Kubernetes does not define, with a warning, instead of refusing the
+    /// manifest (they are most often typos)
+    #[arg(long)]
+    warn_unknown_fields: bool,
 }
 
 pub async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<ExitCode> {
@@ -83,9 +87,13 @@ pub async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<ExitCode> 
         own: super::rotate_limit(args.log_max_size, args.log_max_files)?,
         ..LogLimits::default()
     };
-    let manifest = PodManifest::from_file(&args.manifest)?;
-    for field in &manifest.warnings {
-        eprintln!("warning: ignoring field {field}: wasmpod does not use it");
+    let unknown = match args.warn_unknown_fields {
+        true => UnknownFields::Warn,
+        false => UnknownFields::Error,
+    };
+    let manifest = PodManifest::from_file_with(&args.manifest, unknown)?;
+    for warning in &manifest.warnings {
+        eprintln!("warning: {warning}");
     }
     let network = NetworkConfig {
         pod_cidr: Some(args.pod_cidr.clone()),
@@ -111,7 +119,7 @@ pub async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<ExitCode> 
         .max()
         .unwrap_or(0);
     let opts = RunnerOptions {
-        backoff_initial: Duration::from_secs_f64(args.backoff),
+        backoff_initial: args.backoff,
         on_event: Arc::new(move |name, message| {
             eprintln!("{:width$} | wasmpod: {message}", name);
         }),
