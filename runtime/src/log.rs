@@ -12,7 +12,7 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use rustix::fs::{self as rfs, Mode, OFlags};
@@ -241,9 +241,8 @@ fn open_subdir(dir: &OwnedFd, name: &OsStr) -> rustix::io::Result<OwnedFd> {
     };
     opened.map_err(|e| {
         let is_link = || {
-            rfs::statat(dir, name, rfs::AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| {
-                rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Symlink
-            })
+            rfs::statat(dir, name, rfs::AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Symlink)
         };
         if e == Errno::NOTDIR && is_link() {
             Errno::LOOP
@@ -330,6 +329,43 @@ impl ContainerLog {
         })
     }
 
+    /// How many bytes the guest may write now without overrunning a live subscriber: every
+    /// record takes at least one byte, so as many bytes as the slowest one has room for (all
+    /// it wants with no subscriber, as in the CRI server, or once one has stalled).
+    pub(crate) fn live_room(&self, want: usize) -> usize {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(live) = inner.live.as_ref().filter(|l| l.receiver_count() > 0) else {
+            return want;
+        };
+        let room = LIVE_CAPACITY.saturating_sub(live.len());
+        if room > 0 {
+            inner.live_stalled = false;
+        }
+        if inner.live_stalled {
+            want
+        } else {
+            room.min(want)
+        }
+    }
+
+    /// Backpressure for live subscribers: waits (asynchronously: the guest's task yields, no
+    /// thread is held) until the slowest one has room, for at most [`LIVE_STALL`]; after that
+    /// the subscriber counts as stalled and the guest's lines are dropped there (broadcast's
+    /// `Lagged` tells it how many) until it drains.
+    pub(crate) async fn wait_for_live_room(&self) {
+        let deadline = tokio::time::Instant::now() + LIVE_STALL;
+        while self.live_room(1) == 0 {
+            if tokio::time::Instant::now() >= deadline {
+                self.inner
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .live_stalled = true;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// Appends guest output; complete lines are recorded at once, the rest waits for more.
     pub fn write(&self, stream: Stream, bytes: &[u8]) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -414,7 +450,6 @@ impl Inner {
             self.append(&record);
         }
         if let Some(live) = &self.live {
-            self.live_stalled = wait_for_live_room(live, self.live_stalled);
             let _ = live.send(LogLine {
                 pod: self.pod.clone(),
                 container: self.container.clone(),
@@ -486,31 +521,6 @@ impl Inner {
 
 fn now() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true)
-}
-
-/// Backpressure for live subscribers: when the slowest one is [`LIVE_CAPACITY`] records
-/// behind, the writing guest waits (its worker thread handed to other tasks, so other
-/// containers run on) until it catches up, for at most [`LIVE_STALL`]; after that its lines
-/// are dropped there, and the subscriber learns how many (broadcast's `Lagged`), until it
-/// drains. With no subscriber (the CRI server) nothing ever waits. Returns whether the
-/// subscriber is stalled.
-fn wait_for_live_room(live: &broadcast::Sender<LogLine>, stalled: bool) -> bool {
-    let full = || live.receiver_count() > 0 && live.len() >= LIVE_CAPACITY;
-    if !full() {
-        return false;
-    }
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if stalled || !multi_thread {
-        return true;
-    }
-    let deadline = Instant::now() + LIVE_STALL;
-    tokio::task::block_in_place(|| {
-        while full() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    });
-    full()
 }
 
 /// Where to cut an over-long line: at [`MAX_LINE`], moved back to the start of a UTF-8

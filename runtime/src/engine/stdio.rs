@@ -11,7 +11,8 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 use crate::log::{ContainerLog, Stream};
 
-/// One of a container's output streams; writes never block the guest.
+/// One of a container's output streams. Writes never block a thread; a guest outrunning a
+/// live subscriber (the console of `wasmpod run`) is made to wait for it, asynchronously.
 #[derive(Clone)]
 pub(crate) struct LogOutput {
     log: ContainerLog,
@@ -65,11 +66,13 @@ impl OutputStream for LogOutput {
         Ok(())
     }
     fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(64 * 1024)
+        Ok(self.log.live_room(64 * 1024))
     }
 }
 
 #[wasmtime_wasi::async_trait]
 impl Pollable for LogOutput {
-    async fn ready(&mut self) {}
+    async fn ready(&mut self) {
+        self.log.wait_for_live_room().await;
+    }
 }
