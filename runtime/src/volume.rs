@@ -405,10 +405,7 @@ mod tests {
             let sneaky = tmp.path().join("extra/../target");
             let spec = VolumeSpec {
                 name: "h".into(),
-                source: VolumeSource::HostPath {
-                    path: sneaky,
-                    kind,
-                },
+                source: VolumeSource::HostPath { path: sneaky, kind },
             };
             let err = PodVolumes::create(&pod, "p", &[spec]).unwrap_err();
             assert_eq!(err.kind, crate::error::ErrorKind::InvalidArgument, "{err}");
