@@ -112,13 +112,25 @@ pub fn wat_print_lines(count: u32) -> String {
     )
 }
 
-/// A runtime over `state` that runs local `.wasm` files.
+/// A runtime over `state` that runs local `.wasm` files. A runtime of this process that was
+/// just dropped on the same state directory may still hold its database for a moment (its
+/// last container task ends after waking the waiter), so opening retries for up to 5 s.
 pub fn runtime(state: &Path) -> Arc<Runtime> {
-    Runtime::new(RuntimeOptions {
-        state_dir: state.to_path_buf(),
-        ..Default::default()
-    })
-    .expect("creating the runtime")
+    let open = || {
+        Runtime::new(RuntimeOptions {
+            state_dir: state.to_path_buf(),
+            ..Default::default()
+        })
+    };
+    for _ in 0..250 {
+        match open() {
+            Err(e) if e.message.contains("Database already open") => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => return other.expect("creating the runtime"),
+        }
+    }
+    open().expect("creating the runtime")
 }
 
 /// A fresh temporary directory and a runtime whose state lives in its `state` subdirectory,
