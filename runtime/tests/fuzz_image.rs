@@ -8,6 +8,8 @@
 //! Corpora: `__fuzz__/<target>/corpus` beside this file. Random inputs per target are bounded
 //! (`BOLERO_RANDOM_ITERATIONS` overrides); `scripts/fuzz` runs them coverage-guided.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -80,29 +82,8 @@ fn rand_u128() -> u128 {
     t.as_nanos() ^ ((std::process::id() as u128) << 64)
 }
 
-/// Every path under `top` but the store and the input, with file contents.
 fn snapshot_outside(top: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![top.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path == top.join("store") || path == top.join("in") {
-                continue;
-            }
-            let kind = entry.file_type().unwrap();
-            if kind.is_dir() {
-                stack.push(path.clone());
-            }
-            let content = if kind.is_file() {
-                std::fs::read(&path).unwrap()
-            } else {
-                Vec::new()
-            };
-            out.insert(path, content);
-        }
-    }
-    out
+    common::snapshot_except(top, &["store", "in"])
 }
 
 /// Imports `archive` and checks the contract; `input_len` scales the allowed message size.

@@ -2,6 +2,8 @@
 //! Run as ordinary tests with a bounded number of random inputs (`BOLERO_RANDOM_ITERATIONS`
 //! overrides it); `scripts/fuzz` runs the same targets coverage-guided.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -202,29 +204,8 @@ impl Fixture {
     }
 }
 
-/// Every path under `top` outside the volume, with file contents.
 fn snapshot_outside(top: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![top.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path == top.join("vol") {
-                continue;
-            }
-            let kind = entry.file_type().unwrap();
-            let content = if kind.is_file() {
-                std::fs::read(&path).unwrap()
-            } else {
-                Vec::new()
-            };
-            if kind.is_dir() {
-                stack.push(path.clone());
-            }
-            out.insert(path, content);
-        }
-    }
-    out
+    common::snapshot_except(top, &["vol"])
 }
 
 #[test]
