@@ -1,0 +1,47 @@
+//! The real Go peers (cri-tools' `crictl` and `critest`), built from the Go module proxy with
+//! the machine's Go by `scripts/peers` into a cache keyed by module and version
+//! (`${WASMPOD_PEERS:-$HOME/.cache/wasmpod/peers}/<module>-<version>/<tool>`). The versions
+//! live in that script only: it is asked for the path, and builds the tool first when it is
+//! missing, so `cargo test` alone works on a machine with Go. Once per process per tool.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// cri-tools' `crictl`, the CRI command line.
+pub fn crictl() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| peer("crictl")).clone()
+}
+
+/// cri-tools' `critest`, the CRI validation suite (a Ginkgo test binary).
+pub fn critest() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| peer("critest")).clone()
+}
+
+/// `scripts/peers --path <tool>`: builds the tool if it is not cached (under a lock, so the
+/// test processes running at once build it once) and answers its path.
+fn peer(tool: &str) -> PathBuf {
+    let script = crate::workspace_root().join("scripts/peers");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("--path")
+        .arg(tool)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "`scripts/peers {tool}` failed ({}): the tests need Go to build the real {tool} \
+         (see the messages above)",
+        out.status
+    );
+    let path = PathBuf::from(crate::text(&out.stdout).trim());
+    assert!(
+        path.is_file(),
+        "scripts/peers answered {}, which is not a file",
+        path.display()
+    );
+    path
+}
