@@ -1,6 +1,7 @@
 //! The `wasmpod` binary: a thin front end over `wasmpod-runtime`.
 mod cli;
 mod cri;
+mod streaming;
 
 /// wasmpod's own gRPC calls (`shim/proto/wasmpod.proto`), served beside the CRI.
 mod proto {
