@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the guest programs in guests/ for wasm32-wasip1 (core modules) and
-# wasm32-wasip2 (components) and copies them to wasm/<name>.p1.wasm and
-# wasm/<name>.p2.wasm, which the example pods and the test suite use.
+# Builds the guest programs in guests/ and the toolbox (../toolbox) for
+# wasm32-wasip1 (core modules) and wasm32-wasip2 (components) and copies them to
+# wasm/<name>.p1.wasm and wasm/<name>.p2.wasm, which the example pods and the
+# test suite use.
 #
 # Each member crate of the guests workspace must build one binary named like
 # its directory, or one cdylib (src/lib.rs; cargo names its file with `_` for
@@ -63,4 +64,19 @@ for manifest in "$guests"/*/Cargo.toml; do
         cp "$guests/target/$target/release/$artifact.wasm" "$dest"
         printf '%9d  %s\n' "$(wc -c <"$dest")" "${dest#"$here"/}"
     done
+done
+
+# The toolbox (../toolbox, a member of the main workspace): a multi-call program for the test
+# images (sh, echo, cat, ls, top, …). The preview1 build reports exit codes exactly; the
+# preview2 one has sockets (httpd). Its own target directory and size-minded profile keep
+# the host builds of the workspace untouched.
+root="$(dirname "$here")"
+for target in "${targets[@]}"; do
+    cargo build --release --manifest-path "$root/Cargo.toml" -p wasmpod-toolbox \
+        --target "$target" --target-dir "$root/toolbox/target" \
+        --config 'profile.release.opt-level="s"' --config profile.release.lto=true \
+        --config profile.release.codegen-units=1
+    dest="$out/toolbox.${target#wasm32-wasi}.wasm"
+    cp "$root/toolbox/target/$target/release/toolbox.wasm" "$dest"
+    printf '%9d  %s\n' "$(wc -c <"$dest")" "${dest#"$here"/}"
 done
