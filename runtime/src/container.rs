@@ -7,17 +7,20 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{broadcast, oneshot, watch};
+use std::collections::HashMap;
+
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Engine, GuestSpec, GuestUsage, Program};
+use crate::engine::{Engine, GuestSpec, GuestUsage, Program, Task};
 use crate::error::{Error, Result};
 use crate::exit::{Exit, ExitReason};
-use crate::log::{ContainerLog, LogLimit, LogLine, LogTarget};
+use crate::log::{ContainerLog, LogLimit, LogLine, LogTarget, OutputChunk, Stream};
 use crate::mounts::GuestFs;
 use crate::pod::Pod;
 use crate::spec::{ContainerConfig, Protocol};
 use crate::state::{ContainerRecord, Sync};
+use crate::stdio::{Output, Stdio};
 
 /// Names the port a wasi:http container is served on, for CRI clients.
 pub const HTTP_PORT_ANNOTATION: &str = "wasmpod.io/http-port";
@@ -71,7 +74,23 @@ pub struct Container {
     usage: Arc<GuestUsage>,
     state: watch::Sender<ContainerState>,
     run: Mutex<Option<RunHandle>>,
+    /// Every write of the guest, for attachers.
+    attach: broadcast::Sender<OutputChunk>,
+    execs: Mutex<Execs>,
+    /// Programs execs found in the image's files, by the name typed (the files never change).
+    exec_programs: Mutex<HashMap<String, Program>>,
     observer: Arc<Observer>,
+}
+
+/// Chunks of output an attacher may fall behind by before it loses some.
+const ATTACH_BACKLOG: usize = 256;
+
+/// The execs running in a container; closed when the container's guest ends, which ends them.
+#[derive(Default)]
+struct Execs {
+    closed: bool,
+    next: u64,
+    tasks: HashMap<u64, Arc<Task>>,
 }
 
 /// A container ready to start: its program, argv, environment and filesystem.
@@ -80,6 +99,8 @@ pub(crate) struct Prepared {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub fs: GuestFs,
+    /// The image's files, where execs find their programs (`None`: a single-binary image).
+    pub rootfs: Option<PathBuf>,
 }
 
 /// What a lifecycle change is, for the event stream.
@@ -124,9 +145,9 @@ impl Observer {
     }
 }
 
-/// What a running container needs from outside: how to stop or kill it and its open log.
+/// What a running container needs from outside: its task and how to stop it, its open log.
 struct RunHandle {
-    kill: Option<oneshot::Sender<Exit>>,
+    task: Arc<Task>,
     /// Asks a wasi:http handler to stop accepting and drain.
     drain: CancellationToken,
     stop: StopMode,
@@ -189,6 +210,9 @@ impl Container {
             usage: Arc::default(),
             state: watch::Sender::new(ContainerState::Created),
             run: Mutex::new(None),
+            attach: broadcast::Sender::new(ATTACH_BACKLOG),
+            execs: Mutex::default(),
+            exec_programs: Mutex::default(),
             observer,
         }
     }
@@ -221,6 +245,12 @@ impl Container {
             usage: Arc::default(),
             state: watch::Sender::new(state),
             run: Mutex::new(None),
+            attach: broadcast::Sender::new(ATTACH_BACKLOG),
+            execs: Mutex::new(Execs {
+                closed: true,
+                ..Execs::default()
+            }),
+            exec_programs: Mutex::default(),
             observer,
         }
     }
@@ -310,54 +340,140 @@ impl Container {
             limit,
             Some(live),
         )?;
-        let spec = GuestSpec {
-            argv: prepared.argv.clone(),
+        log.attach_to(self.attach.clone());
+        let stdio = match self.config.tty {
+            true => Stdio::merged(self.config.stdin, Output::Log(log.clone(), Stream::Stdout)),
+            false => Stdio {
+                stdin: self.config.stdin,
+                stdout: Output::Log(log.clone(), Stream::Stdout),
+                stderr: Output::Log(log.clone(), Stream::Stderr),
+            },
+        };
+        let spec = self.guest_spec(pod, prepared.argv.clone(), stdio)?;
+        let stop = StopMode::of(pod, &prepared.program)?;
+        let drain = spec.drain.clone();
+        let started_at = SystemTime::now();
+        let this = self.clone();
+        let task = engine.spawn(&prepared.program, spec, move |exit| {
+            this.ended(started_at, exit.clone())
+        });
+        *run = Some(RunHandle {
+            task,
+            drain,
+            stop,
+            log,
+        });
+        self.state
+            .send_replace(ContainerState::Running { started_at });
+        self.observer.changed(self, EventKind::Started);
+        Ok(())
+    }
+
+    /// What a guest of this container runs with: its volumes, env, working dir, limits and
+    /// the pod's network (a container's own run, or an exec in it).
+    fn guest_spec(&self, pod: &Pod, argv: Vec<String>, stdio: Stdio) -> Result<GuestSpec> {
+        let prepared = self.prepared.as_ref().ok_or_else(|| {
+            Error::precondition(format!(
+                "container {} was created before wasmpod restarted and cannot run anything",
+                self.id
+            ))
+        })?;
+        Ok(GuestSpec {
+            argv,
             env: prepared.env.clone(),
             cwd: self.config.working_dir.clone(),
             preopens: prepared.fs.preopens.clone(),
-            log: log.clone(),
+            stdio,
             memory_limit: self.config.memory_limit,
             usage: self.usage.clone(),
             network: pod.network.clone(),
             http_port: self.http_port()?,
             files: pod.files.clone(),
             drain: CancellationToken::new(),
+        })
+    }
+
+    /// The guest has ended: its execs end with it, then the state says so.
+    fn ended(&self, started_at: SystemTime, exit: Exit) {
+        let execs = {
+            let mut execs = self.execs.lock().unwrap_or_else(|e| e.into_inner());
+            execs.closed = true;
+            std::mem::take(&mut execs.tasks)
         };
-        let (kill_tx, kill_rx) = oneshot::channel();
-        *run = Some(RunHandle {
-            kill: Some(kill_tx),
-            drain: spec.drain.clone(),
-            stop: StopMode::of(pod, &prepared.program)?,
-            log,
+        for task in execs.values() {
+            task.kill(Exit::killed(ExitReason::Killed, "its container ended"));
+        }
+        if let Some(p) = &self.prepared {
+            p.fs.write_back();
+        }
+        self.run.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.state.send_replace(ContainerState::Exited {
+            started_at: Some(started_at),
+            finished_at: SystemTime::now(),
+            exit,
         });
-        let started_at = SystemTime::now();
-        self.state
-            .send_replace(ContainerState::Running { started_at });
-        self.observer.changed(self, EventKind::Started);
-        let this = self.clone();
-        let engine = engine.clone();
-        let program = prepared.program.clone();
-        tokio::spawn(async move {
-            let kill = async move {
-                match kill_rx.await {
-                    Ok(exit) => exit,
-                    Err(_) => std::future::pending().await,
-                }
-            };
-            let exit = engine.run(&program, spec, kill).await;
-            if let Some(p) = &this.prepared {
-                p.fs.write_back();
+        self.observer.changed(self, EventKind::Stopped);
+    }
+
+    /// Runs `argv` as a new guest in this container's context (see [`crate::exec`]): it
+    /// shares the container's volumes, env, limits and network, and never outlives it.
+    pub(crate) fn spawn_exec(
+        self: &Arc<Self>,
+        engine: &Arc<Engine>,
+        pod: &Pod,
+        program: &Program,
+        argv: Vec<String>,
+        stdio: Stdio,
+    ) -> Result<Arc<Task>> {
+        let spec = self.guest_spec(pod, argv, stdio)?;
+        let mut execs = self.execs.lock().unwrap_or_else(|e| e.into_inner());
+        if execs.closed || !matches!(*self.state.borrow(), ContainerState::Running { .. }) {
+            return Err(self.not_running());
+        }
+        let id = execs.next;
+        execs.next += 1;
+        let this = Arc::downgrade(self);
+        let task = engine.spawn(program, spec, move |_| {
+            if let Some(c) = this.upgrade() {
+                let mut execs = c.execs.lock().unwrap_or_else(|e| e.into_inner());
+                execs.tasks.remove(&id);
             }
-            let finished_at = SystemTime::now();
-            this.run.lock().unwrap_or_else(|e| e.into_inner()).take();
-            this.state.send_replace(ContainerState::Exited {
-                started_at: Some(started_at),
-                finished_at,
-                exit,
-            });
-            this.observer.changed(&this, EventKind::Stopped);
         });
-        Ok(())
+        execs.tasks.insert(id, task.clone());
+        Ok(task)
+    }
+
+    fn not_running(&self) -> Error {
+        Error::precondition(format!(
+            "container {} is {}, not running",
+            self.id,
+            self.state.borrow().name()
+        ))
+    }
+
+    /// The running guest's task, for attach.
+    pub(crate) fn task(&self) -> Result<Arc<Task>> {
+        self.run
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|r| r.task.clone())
+            .ok_or_else(|| self.not_running())
+    }
+
+    pub(crate) fn cached_exec_program(&self, name: &str) -> Option<Program> {
+        let programs = self.exec_programs.lock().unwrap_or_else(|e| e.into_inner());
+        programs.get(name).cloned()
+    }
+
+    pub(crate) fn cache_exec_program(&self, name: &str, program: Program) {
+        let mut programs = self.exec_programs.lock().unwrap_or_else(|e| e.into_inner());
+        programs.insert(name.to_owned(), program);
+    }
+
+    /// The guest's output from now on, as written.
+    pub(crate) fn watch_output(&self) -> broadcast::Receiver<OutputChunk> {
+        self.attach.subscribe()
     }
 
     /// Waits until the guest has exited and returns how.
@@ -407,14 +523,8 @@ impl Container {
 
     /// Ends the guest's task with `exit` (a no-op once it is ending).
     fn kill(&self, exit: Exit) {
-        let kill = self
-            .run
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-            .and_then(|r| r.kill.take());
-        if let Some(kill) = kill {
-            let _ = kill.send(exit);
+        if let Some(run) = self.run.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            run.task.kill(exit);
         }
     }
 

@@ -22,6 +22,8 @@ pub enum ErrorKind {
     Unauthenticated,
     /// The credentials do not allow this (a registry's 403).
     PermissionDenied,
+    /// The operation did not finish in the time it was given.
+    DeadlineExceeded,
     /// A peer (a registry) could not be reached; retrying may help.
     Unavailable,
     /// A fault of the runtime or the host (I/O, compiler).

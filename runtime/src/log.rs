@@ -280,6 +280,13 @@ pub struct LogLine {
     pub partial: bool,
 }
 
+/// A container's output as the guest wrote it, for attachers.
+#[derive(Debug, Clone)]
+pub struct OutputChunk {
+    pub stream: Stream,
+    pub bytes: bytes::Bytes,
+}
+
 /// The log of one container run: splits both streams into lines and records them.
 #[derive(Clone)]
 pub struct ContainerLog {
@@ -299,6 +306,8 @@ struct Inner {
     live: Option<broadcast::Sender<LogLine>>,
     /// A live subscriber stayed full for [`LIVE_STALL`]: no more waiting until it drains.
     live_stalled: bool,
+    /// Attachers: every write as it comes, before it is cut into lines.
+    attach: Option<broadcast::Sender<OutputChunk>>,
     pending: [Vec<u8>; 2],
 }
 
@@ -324,6 +333,7 @@ impl ContainerLog {
                 capped: false,
                 live,
                 live_stalled: false,
+                attach: None,
                 pending: [Vec::new(), Vec::new()],
             })),
         })
@@ -366,9 +376,21 @@ impl ContainerLog {
         }
     }
 
+    /// Sends every later write to `attach` as well (a slow attacher lags; it never holds the
+    /// guest back).
+    pub fn attach_to(&self, attach: broadcast::Sender<OutputChunk>) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).attach = Some(attach);
+    }
+
     /// Appends guest output; complete lines are recorded at once, the rest waits for more.
     pub fn write(&self, stream: Stream, bytes: &[u8]) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(attach) = inner.attach.as_ref().filter(|a| a.receiver_count() > 0) {
+            let _ = attach.send(OutputChunk {
+                stream,
+                bytes: bytes::Bytes::copy_from_slice(bytes),
+            });
+        }
         let idx = stream as usize;
         let mut buf = std::mem::take(&mut inner.pending[idx]);
         buf.extend_from_slice(bytes);

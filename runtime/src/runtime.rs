@@ -412,6 +412,7 @@ impl Runtime {
                     argv,
                     env,
                     fs,
+                    rootfs: image.rootfs,
                 },
                 config,
             },

@@ -156,6 +156,15 @@ pub struct ContainerConfig {
     /// Ports the container declares; a wasi:http handler is served on the first TCP one.
     #[serde(default)]
     pub ports: Vec<ContainerPort>,
+    /// The guest reads stdin from attachers; without it, stdin is empty.
+    #[serde(default)]
+    pub stdin: bool,
+    /// Stdin ends when the first attacher closes it.
+    #[serde(default)]
+    pub stdin_once: bool,
+    /// A terminal was asked for: WASI has none, so stderr is merged into stdout.
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// Refuses env entries a guest's `environ` cannot carry: an empty name, a name with `=` (it

@@ -41,7 +41,6 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::exit::{Exit, ExitReason};
-use crate::log::Stream;
 use crate::network::PodNetwork;
 
 /// Host state of one request's instance.
@@ -197,10 +196,9 @@ pub(super) async fn serve(
         Ok(l) => l,
         Err(e) => return failed(format!("serving wasi:http on {addr}: {e}")),
     };
-    spec.log.runtime_line(
-        Stream::Stderr,
-        &format!("wasmpod: serving wasi:http on http://{addr}/"),
-    );
+    spec.stdio
+        .stderr
+        .runtime_line(&format!("wasmpod: serving wasi:http on http://{addr}/"));
     let drain = spec.drain.clone();
     // Connections and in-flight guests end with the server.
     let connections = TaskTracker::new();
@@ -278,7 +276,7 @@ impl Server {
         req: hyper::Request<Incoming>,
         stop: CancellationToken,
     ) -> Result<hyper::Response<HyperOutgoingBody>, wasmtime::Error> {
-        let ctx = wasi_builder(&self.spec).map(|mut b| b.build());
+        let ctx = wasi_builder(&self.spec, None).map(|mut b| b.build());
         let ctx = ctx.map_err(|e| wasmtime::Error::msg(e.message))?;
         let mut store = new_store(
             &self.engine,
@@ -330,8 +328,9 @@ impl Server {
                     Err(e) => e.to_string(),
                 };
                 self.spec
-                    .log
-                    .runtime_line(Stream::Stderr, &format!("wasmpod: request failed: {why}"));
+                    .stdio
+                    .stderr
+                    .runtime_line(&format!("wasmpod: request failed: {why}"));
                 Err(wasmtime::Error::msg(why))
             }
         }

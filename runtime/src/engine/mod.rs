@@ -10,6 +10,7 @@ mod files;
 mod http;
 mod sockets;
 mod stdio;
+mod task;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -31,14 +32,14 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 
 use crate::error::{Error, Result};
 use crate::exit::{Exit, ExitReason, TRAP_CODE};
-use crate::log::{ContainerLog, Stream};
 use crate::network::PodNetwork;
 use cache::AotCache;
 use files::OpenFiles;
 pub use files::{raise_descriptor_limit, FileBudget, FileLimits};
 use http::{HttpEngine, HttpHost};
 use sockets::{PodSockets, SocketsView};
-use stdio::LogOutput;
+use stdio::{GuestInput, GuestOutput};
+pub use task::Task;
 use wasmtime_wasi::sockets::WasiSocketsCtxView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
@@ -173,7 +174,7 @@ pub struct GuestSpec {
     pub env: Vec<(String, String)>,
     pub cwd: Option<String>,
     pub preopens: Vec<Preopen>,
-    pub log: ContainerLog,
+    pub stdio: crate::stdio::Stdio,
     pub memory_limit: Option<u64>,
     pub usage: Arc<GuestUsage>,
     /// The pod's network; without it the guest has no sockets.
@@ -361,38 +362,72 @@ impl Engine {
         }
     }
 
+    /// Starts `program` as a task on the current tokio runtime; `on_exit` runs in that task
+    /// once the guest has ended, before [`Task::wait`] returns.
+    pub fn spawn(
+        self: &Arc<Self>,
+        program: &Program,
+        spec: GuestSpec,
+        on_exit: impl FnOnce(&Exit) + Send + 'static,
+    ) -> Arc<Task> {
+        let (task, ends) = Task::new(spec.stdio.stdin);
+        let engine = self.clone();
+        let program = program.clone();
+        tokio::spawn(async move {
+            let kill = async move {
+                match ends.kill.await {
+                    Ok(exit) => exit,
+                    // Nobody can kill it any more: it runs to its end.
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            let stdin = ends.stdin.map(GuestInput::new);
+            let exit = engine.run(&program, spec, stdin, kill).await;
+            on_exit(&exit);
+            ends.exit.send_replace(Some(exit));
+        });
+        Arc::new(task)
+    }
+
     /// Runs `program` to completion, or until `kill` resolves with the exit to report instead.
     /// Killing drops the guest's task (and its store) at its next yield point.
-    pub async fn run(
+    async fn run(
         &self,
         program: &Program,
         spec: GuestSpec,
+        stdin: Option<GuestInput>,
         kill: impl Future<Output = Exit>,
     ) -> Exit {
-        let log = spec.log.clone();
+        let stderr = spec.stdio.stderr.clone();
+        let stdout = spec.stdio.stdout.clone();
         let usage = spec.usage.clone();
         let guest = Metered {
-            inner: self.run_guest(program, spec),
+            inner: self.run_guest(program, spec, stdin),
             usage: &usage,
         };
         let exit = tokio::select! {
             exit = guest => exit,
             exit = kill => exit,
         };
-        usage.memory_bytes.store(0, Ordering::Relaxed);
+        stdout.finish();
         if !exit.message.is_empty() && exit.reason != ExitReason::Completed {
-            log.runtime_line(Stream::Stderr, &format!("wasmpod: {}", exit.message));
+            stderr.runtime_line(&format!("wasmpod: {}", exit.message));
         }
-        log.finish();
+        stderr.finish();
         exit
     }
 
-    async fn run_guest(&self, program: &Program, spec: GuestSpec) -> Exit {
+    async fn run_guest(
+        &self,
+        program: &Program,
+        spec: GuestSpec,
+        stdin: Option<GuestInput>,
+    ) -> Exit {
         if let Compiled::Http(pre) = &program.inner.compiled {
             return http::serve(self.http.engine.clone(), pre.clone(), spec).await;
         }
         let limiter = MemoryLimiter::new(spec.memory_limit, spec.usage.clone());
-        let ctx = match wasi_builder(&spec) {
+        let ctx = match wasi_builder(&spec, stdin) {
             Ok(b) => b,
             Err(e) => {
                 return Exit {
@@ -466,12 +501,15 @@ fn new_store<T: HasLimiter>(engine: &wasmtime::Engine, host: T) -> Store<T> {
     store
 }
 
-fn wasi_builder(spec: &GuestSpec) -> Result<WasiCtxBuilder> {
+fn wasi_builder(spec: &GuestSpec, stdin: Option<GuestInput>) -> Result<WasiCtxBuilder> {
     let mut b = WasiCtxBuilder::new();
     b.args(&spec.argv)
         .envs(&spec.env)
-        .stdout(LogOutput::new(spec.log.clone(), Stream::Stdout))
-        .stderr(LogOutput::new(spec.log.clone(), Stream::Stderr));
+        .stdout(GuestOutput(spec.stdio.stdout.clone()))
+        .stderr(GuestOutput(spec.stdio.stderr.clone()));
+    if let Some(stdin) = stdin {
+        b.stdin(stdin);
+    }
     if let Some(cwd) = &spec.cwd {
         b.initial_cwd(cwd);
         // wasi-libc reads the working directory from PWD.

@@ -42,6 +42,12 @@ use wasmpod_runtime::network::NetworkConfig;
 ///     [http]
 ///     ca_bundles = ["/etc/wasmpod/ca.pem"]   # PEM CAs guests' outgoing https:// trusts
 ///                                            #   besides the system's roots
+///     [streaming]                            # exec, attach, port-forward sessions
+///     address = "127.0.0.1:0"                # where their URLs point (port 0: any free one)
+///     tls_cert = "/etc/wasmpod/stream.crt"   # with tls_key: https URLs
+///     tls_key = "/etc/wasmpod/stream.key"
+///     idle_timeout = 14400                   # seconds a session may carry nothing
+///     creation_timeout = 30                  # seconds to open a session's streams
 ///
 /// SIGTERM or Ctrl-C drains in-flight calls and exits; pods and containers are kept in the
 /// state database and listed again at the next start.
@@ -71,6 +77,8 @@ pub struct ServeConfig {
     pub logs: LogsSection,
     #[serde(default)]
     pub http: HttpSection,
+    #[serde(default)]
+    pub streaming: crate::streaming::StreamingConfig,
 }
 
 /// wasi:http guests' outgoing requests.
@@ -189,8 +197,18 @@ pub async fn run(
         super::shutdown_signal().await;
         let _ = stopping_tx.send(());
     };
+    let stop_streaming = tokio_util::sync::CancellationToken::new();
+    let _stop_streaming = stop_streaming.clone().drop_guard();
+    let streaming = crate::streaming::StreamingServer::start(
+        &config.streaming,
+        crate::cri::streaming_backend(rt.clone()),
+        stop_streaming,
+    )
+    .await
+    .context("[streaming] server")?;
+    tracing::info!(address = %streaming.local_addr(), "serving exec, attach and port-forward sessions");
     let served = tokio::select! {
-        served = crate::cri::serve(rt, listener.listener, shutdown) => served.context("CRI server"),
+        served = crate::cri::serve(rt, streaming, listener.listener, shutdown) => served.context("CRI server"),
         _ = async {
             let _ = stopping.await;
             tokio::time::sleep(DRAIN).await;

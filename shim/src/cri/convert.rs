@@ -27,6 +27,7 @@ pub fn status(e: Error) -> Status {
         ErrorKind::Unauthenticated => Status::unauthenticated(message),
         ErrorKind::PermissionDenied => Status::permission_denied(message),
         ErrorKind::Unavailable => Status::unavailable(message),
+        ErrorKind::DeadlineExceeded => Status::deadline_exceeded(message),
         ErrorKind::Internal => Status::internal(message),
     }
 }
@@ -216,6 +217,9 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Stat
         annotations: map(&c.annotations),
         log_path: (!c.log_path.is_empty()).then(|| PathBuf::from(c.log_path)),
         ports: container_ports(&c.annotations)?,
+        stdin: c.stdin,
+        stdin_once: c.stdin_once,
+        tty: c.tty,
     })
 }
 

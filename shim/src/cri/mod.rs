@@ -7,6 +7,7 @@ mod convert;
 mod fuzz;
 mod image_service;
 mod runtime_service;
+mod streams;
 pub mod wasmpod_images;
 
 use std::future::Future;
@@ -33,15 +34,25 @@ fn verbose_info(
 /// Messages up to this size either way, as kubelet and containerd allow.
 pub const MAX_MESSAGE: usize = 16 << 20;
 
+/// The streaming server's backend: exec, attach and port-forward sessions run by `rt`.
+pub fn streaming_backend(rt: Arc<Runtime>) -> Arc<dyn crate::streaming::Backend> {
+    Arc::new(streams::RuntimeBackend { rt })
+}
+
 /// Serves the CRI on `listener` until `shutdown` resolves, then drains in-flight calls.
+/// Exec, Attach and PortForward answer with URLs of `streaming`.
 pub async fn serve(
     rt: Arc<Runtime>,
+    streaming: Arc<crate::streaming::StreamingServer>,
     listener: UnixListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let runtime = RuntimeServiceServer::new(runtime_service::RuntimeApi { rt: rt.clone() })
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+    let runtime = RuntimeServiceServer::new(runtime_service::RuntimeApi {
+        rt: rt.clone(),
+        streaming,
+    })
+    .max_decoding_message_size(MAX_MESSAGE)
+    .max_encoding_message_size(MAX_MESSAGE);
     let images = ImageServiceServer::new(image_service::ImageApi { rt: rt.clone() })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);

@@ -19,9 +19,11 @@ use wasmpod_runtime::runtime::Runtime;
 
 use super::convert::{self, nanos, status};
 use super::verbose_info;
+use crate::streaming::{Request as Session, StreamingServer};
 
 pub struct RuntimeApi {
     pub rt: Arc<Runtime>,
+    pub streaming: Arc<StreamingServer>,
 }
 
 type Result<T> = std::result::Result<Response<T>, Status>;
@@ -39,6 +41,13 @@ fn unimplemented(what: &str) -> Status {
 }
 
 impl RuntimeApi {
+    /// A URL of the streaming server for one session.
+    fn session(&self, request: Session) -> std::result::Result<String, Status> {
+        self.streaming
+            .url(request)
+            .map_err(Status::invalid_argument)
+    }
+
     /// Containers whose id and pod id start with the filter's and whose labels match.
     fn select_containers(
         &self,
@@ -363,23 +372,72 @@ impl RuntimeService for RuntimeApi {
         Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
 
-    async fn exec_sync(&self, _: Request<cri::ExecSyncRequest>) -> Result<cri::ExecSyncResponse> {
-        Err(unimplemented("ExecSync"))
+    async fn exec_sync(&self, req: Request<cri::ExecSyncRequest>) -> Result<cri::ExecSyncResponse> {
+        let r = req.into_inner();
+        // As kubelet means it: 0 is no timeout.
+        let timeout = (r.timeout > 0).then(|| Duration::from_secs(r.timeout as u64));
+        let out = self
+            .rt
+            .exec_sync(&r.container_id, &r.cmd, timeout)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(cri::ExecSyncResponse {
+            stdout: out.stdout,
+            stderr: out.stderr,
+            exit_code: out.exit_code,
+        }))
     }
 
-    async fn exec(&self, _: Request<cri::ExecRequest>) -> Result<cri::ExecResponse> {
-        Err(unimplemented("Exec"))
+    async fn exec(&self, req: Request<cri::ExecRequest>) -> Result<cri::ExecResponse> {
+        let r = req.into_inner();
+        if r.cmd.is_empty() {
+            return Err(Status::invalid_argument("exec: the command is empty"));
+        }
+        self.rt.running_container(&r.container_id).map_err(status)?;
+        let url = self.session(Session::Exec {
+            container_id: r.container_id,
+            cmd: r.cmd,
+            tty: r.tty,
+            stdin: r.stdin,
+            stdout: r.stdout,
+            stderr: r.stderr,
+        })?;
+        Ok(Response::new(cri::ExecResponse { url }))
     }
 
-    async fn attach(&self, _: Request<cri::AttachRequest>) -> Result<cri::AttachResponse> {
-        Err(unimplemented("Attach"))
+    async fn attach(&self, req: Request<cri::AttachRequest>) -> Result<cri::AttachResponse> {
+        let r = req.into_inner();
+        self.rt.running_container(&r.container_id).map_err(status)?;
+        let url = self.session(Session::Attach {
+            container_id: r.container_id,
+            tty: r.tty,
+            stdin: r.stdin,
+            stdout: r.stdout,
+            stderr: r.stderr,
+        })?;
+        Ok(Response::new(cri::AttachResponse { url }))
     }
 
     async fn port_forward(
         &self,
-        _: Request<cri::PortForwardRequest>,
+        req: Request<cri::PortForwardRequest>,
     ) -> Result<cri::PortForwardResponse> {
-        Err(unimplemented("PortForward"))
+        let r = req.into_inner();
+        let ports =
+            r.port
+                .iter()
+                .map(|&p| {
+                    u16::try_from(p).ok().filter(|p| *p != 0).ok_or_else(|| {
+                        Status::invalid_argument(format!("port {p} is not a TCP port"))
+                    })
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+        self.rt.ready_pod(&r.pod_sandbox_id).map_err(status)?;
+        let url = self.session(Session::PortForward {
+            pod_id: r.pod_sandbox_id,
+            ports,
+        })?;
+        Ok(Response::new(cri::PortForwardResponse { url }))
     }
 
     async fn container_stats(
@@ -500,6 +558,7 @@ impl RuntimeService for RuntimeApi {
     ) -> Result<Self::GetContainerEventsStream> {
         let api = RuntimeApi {
             rt: self.rt.clone(),
+            streaming: self.streaming.clone(),
         };
         let events =
             BroadcastStream::new(self.rt.subscribe_events()).filter_map(move |e| match e {

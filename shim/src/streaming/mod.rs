@@ -45,8 +45,6 @@ use remotecommand::{Command, Target};
 use tokens::TokenCache;
 
 /// Where and how the streaming server listens (the `[streaming]` table of the daemon's config).
-// Until the CRI service and `wasmpod serve` use the server (being wired in parallel).
-#[allow(dead_code)]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StreamingConfig {
@@ -75,8 +73,6 @@ impl Default for StreamingConfig {
 }
 
 /// A streaming request the CRI accepted; the client's connection to its URL carries it out.
-// Until the CRI service and `wasmpod serve` use the server (being wired in parallel).
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Exec {
@@ -179,8 +175,6 @@ pub struct TermSize {
 }
 
 /// One remotecommand session's streams, as plain channels (the backend never sees SPDY).
-// Until the CRI service and `wasmpod serve` use the server (being wired in parallel).
-#[allow(dead_code)]
 pub struct Stdio {
     /// The client's stdin; `recv()` gives `None` at EOF (the client half-closed) or disconnect.
     pub stdin: Option<tokio::sync::mpsc::Receiver<Bytes>>,
@@ -196,8 +190,6 @@ pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 
 /// What runs behind a session. Dropping a returned future means the client went away: the backend
 /// must then end the exec/attach. A session ends once the future is done and the backend dropped
 /// its stdout/stderr senders (everything sent before is delivered first).
-// Until the CRI service and `wasmpod serve` use the server (being wired in parallel).
-#[allow(dead_code)]
 pub trait Backend: Send + Sync + 'static {
     /// Ok(exit code); Err(message) = could not run.
     fn exec(
@@ -252,8 +244,6 @@ pub struct StreamingServer {
 
 type HttpResponse = Response<Full<Bytes>>;
 
-// Until the CRI service and `wasmpod serve` use the server (being wired in parallel).
-#[allow(dead_code)]
 impl StreamingServer {
     /// Binds and serves until `shutdown` is cancelled.
     pub async fn start(

@@ -261,17 +261,22 @@ impl ResizeDecoder {
     }
 }
 
-/// Forwards resize events from a byte stream to the backend until either side stops.
+/// Forwards resize events from a byte stream to the backend. Reads the stream to its end even
+/// when the backend ignores resizes or the client sends garbage: a stream left unread would
+/// stall the whole connection (SPDY here has no per-stream flow control).
 pub async fn pump_resize(mut rx: mpsc::Receiver<Bytes>, tx: mpsc::Sender<TermSize>) {
-    let mut decoder = ResizeDecoder::default();
+    let mut decoder = Some(ResizeDecoder::default());
     while let Some(chunk) = rx.recv().await {
-        let Ok(events) = decoder.feed(&chunk) else {
-            return;
+        let Some(events) = decoder.as_mut().map(|d| d.feed(&chunk)) else {
+            continue;
         };
-        for event in events {
-            if tx.send(event).await.is_err() {
-                return;
+        match events {
+            Ok(events) => {
+                for event in events {
+                    let _ = tx.try_send(event);
+                }
             }
+            Err(_) => decoder = None,
         }
     }
 }
