@@ -58,11 +58,20 @@ int main(void) {
 "#;
 
 /// Prints `tick 1` (the line wasmpod's idle guest prints first) and then sleeps like pause:
-/// one idle container per pod for density figures.
+/// one idle container per pod for density figures. `/idle echo WORDS…` prints the words and
+/// exits, as `echo` does: what the exec figures run.
 const IDLE_C: &str = r#"#include <signal.h>
+#include <string.h>
 #include <unistd.h>
 static void quit(int sig) { (void)sig; _exit(0); }
-int main(void) {
+int main(int argc, char **argv) {
+  if (argc > 1 && strcmp(argv[1], "echo") == 0) {
+    for (int i = 2; i < argc; i++) {
+      if (i > 2) write(1, " ", 1);
+      write(1, argv[i], strlen(argv[i]));
+    }
+    return write(1, "\n", 1) == 1 ? 0 : 1;
+  }
   static const char m[] = "tick 1\n";
   struct sigaction term = {.sa_handler = quit};
   sigaction(SIGINT, &term, 0);

@@ -601,15 +601,12 @@ async fn write_output<Si>(
             chunk = recv_or_pending(&mut stderr) => (STDERR, chunk),
         };
         let Some(chunk) = chunk else {
+            // No close signal back: client-go reads only its own direction's (stdin) and
+            // logs any other as an unknown stream; the session's end closes the rest.
             if channel == STDOUT {
                 stdout = None;
             } else {
                 stderr = None;
-            }
-            if framing.close_signal && open {
-                let _ = sink
-                    .send(Message::Binary(vec![CLOSE, channel].into()))
-                    .await;
             }
             continue;
         };

@@ -19,6 +19,8 @@ pub enum Peer {
         daemon: Daemon,
         hello: String,
         idle: String,
+        /// The toolbox as a single-binary image: what exec runs `echo` from.
+        toolbox: String,
     },
     Containerd(Containerd),
 }
@@ -49,6 +51,28 @@ impl Peer {
         match self {
             Peer::Wasmpod { idle, .. } => idle,
             Peer::Containerd(c) => c.idle_image(),
+        }
+    }
+
+    /// An image, command and exec command for the exec figures: a container that prints a
+    /// line and idles, and an `echo hello` run in it.
+    fn exec_target(&self) -> (&str, Vec<String>, Vec<String>) {
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect();
+        match self {
+            Peer::Wasmpod { toolbox, .. } => (
+                toolbox,
+                words(&["sh", "-c", "echo ready; pause"]),
+                words(&["echo", "hello"]),
+            ),
+            Peer::Containerd(c) => (c.idle_image(), vec![], words(&["/idle", "echo", "hello"])),
+        }
+    }
+
+    /// The CRI socket, for crictl.
+    fn socket(&self) -> &Path {
+        match self {
+            Peer::Wasmpod { daemon, .. } => &daemon.socket,
+            Peer::Containerd(c) => &c.socket,
         }
     }
 
@@ -98,10 +122,19 @@ pub struct Started {
 
 /// RunPodSandbox + CreateContainer + StartContainer → the first line in the container's log.
 pub async fn start_pod(peer: &Peer, rt: &mut Rt, name: &str, image: &str) -> Res<Started> {
+    start_pod_with(peer, rt, name, container_config("c", image, &[])).await
+}
+
+/// [`start_pod`] with a container config of the caller's.
+async fn start_pod_with(
+    peer: &Peer,
+    rt: &mut Rt,
+    name: &str,
+    mut config: cri::ContainerConfig,
+) -> Res<Started> {
     let logs = peer.logs(name);
     std::fs::create_dir_all(&logs)?;
     let sandbox = peer.sandbox(name, &logs);
-    let mut config = container_config("c", image, &[]);
     config.log_path = "c/0.log".into();
     let log = logs.join("c/0.log");
     let t0 = Instant::now();
@@ -293,6 +326,94 @@ pub async fn pod_start(peers: &[&Peer], n: usize) -> Res<Vec<Vec<Duration>>> {
         v.sort();
     }
     Ok(out)
+}
+
+/// Exec figures, interleaved across peers in one pod each: ExecSync `echo hello` round trips
+/// through the CRI (n of them), and `crictl exec` (SPDY, the whole client process) (n_crictl).
+pub async fn exec(
+    peers: &[&Peer],
+    n: usize,
+    crictl: &Path,
+    n_crictl: usize,
+) -> Res<(Vec<Vec<Duration>>, Vec<Vec<Duration>>)> {
+    let mut targets = Vec::new();
+    for p in peers {
+        let mut rt = p.client().await;
+        let (image, command, exec) = p.exec_target();
+        let mut config = container_config("c", image, &[]);
+        config.command = command;
+        let started = start_pod_with(p, &mut rt, "exec", config).await?;
+        targets.push((rt, started, exec));
+    }
+    let mut sync = vec![Vec::with_capacity(n); peers.len()];
+    let mut spdy = vec![Vec::with_capacity(n_crictl); peers.len()];
+    let progress = bar(((n + n_crictl) * peers.len()) as u64, "exec, interleaved");
+    // One warm-up each (the program's compiled code, runc's first exec), not counted.
+    for i in 0..=n {
+        for (k, (rt, started, cmd)) in targets.iter_mut().enumerate() {
+            let t0 = Instant::now();
+            let out = rt
+                .exec_sync(cri::ExecSyncRequest {
+                    container_id: started.container.clone(),
+                    cmd: cmd.clone(),
+                    timeout: 10,
+                })
+                .await?
+                .into_inner();
+            let took = t0.elapsed();
+            if out.exit_code != 0 || out.stdout != b"hello\n" {
+                return Err(format!(
+                    "{}: exec {cmd:?} gave {} {:?} {:?}",
+                    peers[k].name(),
+                    out.exit_code,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                )
+                .into());
+            }
+            if i > 0 {
+                sync[k].push(took);
+                progress.inc(1);
+            }
+        }
+    }
+    for _ in 0..n_crictl {
+        for (k, (_, started, cmd)) in targets.iter().enumerate() {
+            let endpoint = format!("unix://{}", peers[k].socket().display());
+            let mut command = tokio::process::Command::new(crictl);
+            command
+                .args([
+                    "--runtime-endpoint",
+                    &endpoint,
+                    "--image-endpoint",
+                    &endpoint,
+                ])
+                .args(["--timeout", "10s", "exec", &started.container])
+                .args(cmd);
+            let t0 = Instant::now();
+            let out = command.output().await?;
+            let took = t0.elapsed();
+            if !out.status.success() || out.stdout != b"hello\n" {
+                return Err(format!(
+                    "{}: crictl exec {cmd:?}: {} {:?}",
+                    peers[k].name(),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                )
+                .into());
+            }
+            spdy[k].push(took);
+            progress.inc(1);
+        }
+    }
+    progress.finish_and_clear();
+    for (rt, started, _) in &mut targets {
+        remove_pod(rt, started).await?;
+    }
+    for v in sync.iter_mut().chain(spdy.iter_mut()) {
+        v.sort();
+    }
+    Ok((sync, spdy))
 }
 
 /// Full lifecycles (start → first line → exit → stop → remove) per second with `clients` concurrent

@@ -50,6 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "forever.p1.wasm",
         "netprobe.p2.wasm",
         "http-hello.p2.wasm",
+        "toolbox.p1.wasm",
     ] {
         if !wasm.join(name).exists() {
             return Err(format!(
@@ -108,6 +109,7 @@ async fn compare_over_cri(
         daemon: Daemon::start_bin(bin.to_path_buf(), dir, socket).await,
         hello: file_image(&wasm.join("hello.p1.wasm")),
         idle: file_image(&wasm.join("forever.p1.wasm")),
+        toolbox: file_image(&wasm.join("toolbox.p1.wasm")),
     };
     let theirs = match Containerd::try_start().await {
         Ok(c) => Some(Peer::Containerd(c)),
@@ -158,6 +160,38 @@ async fn compare_over_cri(
             .zip(starts)
             .collect(),
     });
+
+    let (n_exec, n_crictl) = if quick { (20, 3) } else { (500, 30) };
+    let crictl = wasmpod_tests::peers::crictl();
+    let (sync, spdy) = compare::exec(&peers, n_exec, &crictl, n_crictl)
+        .await
+        .map_err(|e| e.to_string())?;
+    report.row(
+        &format!("ExecSync `echo hello` round trip through the CRI, n={n_exec}, interleaved"),
+        p50_p99(&sync[0]),
+        sync.get(1).map(|l| p50_p99(l)),
+        sync.get(1).map(|l| times(pct(l, 50), pct(&sync[0], 50))),
+    );
+    report.row(
+        &format!("`crictl exec` (SPDY; the whole crictl process), n={n_crictl}"),
+        p50_p99(&spdy[0]),
+        spdy.get(1).map(|l| p50_p99(l)),
+        spdy.get(1).map(|l| times(pct(l, 50), pct(&spdy[0], 50))),
+    );
+    let exec_p50 = pct(&sync[0], 50);
+    report.goal(
+        "ExecSync p50 ≤ 2 ms",
+        fmt(exec_p50),
+        exec_p50 <= Duration::from_millis(2),
+    );
+    if let Some(theirs) = sync.get(1) {
+        let ratio = times(pct(theirs, 50), exec_p50);
+        report.goal(
+            "ExecSync ≥ 20× faster than containerd + runc (p50)",
+            format!("×{ratio:.1}"),
+            ratio >= 20.0,
+        );
+    }
 
     let secs = if quick { 2.0 } else { 10.0 };
     let mut best = 0f64;
