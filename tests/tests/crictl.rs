@@ -627,7 +627,10 @@ async fn images_are_pulled_listed_run_and_removed() {
     c.ok(&["start", &ctr]);
     let st = wait_state(&c, &ctr, "CONTAINER_EXITED");
     assert_eq!(st["exitCode"], 0, "{st:#}");
+    // The pulled id everywhere a container names its image (the CRI's image_id rule).
     assert_eq!(st["imageRef"], image_id.as_str(), "{st:#}");
+    assert_eq!(st["imageId"], image_id.as_str(), "{st:#}");
+    assert_eq!(ps(&c, &["--id", &ctr])[0]["imageId"], image_id.as_str());
     assert!(c.ok(&["logs", &ctr]).contains("args: p2"));
     c.ok(&["rm", &ctr]);
     c.ok(&["stopp", &pod_id]);
