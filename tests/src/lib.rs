@@ -7,6 +7,7 @@
 
 pub mod containerd;
 pub mod cri;
+pub mod images;
 pub mod peers;
 
 use std::future::Future;
