@@ -267,3 +267,58 @@ async fn the_preview2_build_serves_http() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn deep_scripts_end_cleanly_in_wasm() {
+    // As deep as the shell allows, then deeper: an error, never a stack overflow (a trap).
+    let (_tmp, rt) = temp_runtime();
+    let toolbox = wasm("toolbox.p1");
+    let nested_ifs = format!(
+        "{}echo deep{}",
+        "if true; then ".repeat(40),
+        "; fi".repeat(40)
+    );
+    let nested_subst = format!("echo {}x{}", "$(echo ".repeat(20), ")".repeat(20));
+    let nested_arith = format!("echo $(({}1{}))", "(".repeat(20), ")".repeat(20));
+    let cases: [(&str, i32, &str); 5] = [
+        (&nested_ifs, 0, "deep\n"),
+        (&nested_subst, 0, "x\n"),
+        ("f() { f; }; f", 2, ""),
+        ("x='eval \"$x\"'; eval \"$x\"", 2, ""),
+        (&nested_arith, 0, "1\n"),
+    ];
+    for (script, code, out) in cases {
+        let mut c = container("deep", &toolbox, &[]);
+        c.command = vec!["sh".into(), "-c".into(), script.into()];
+        let ran = run_container(&rt, pod("deep"), c).await.unwrap();
+        assert_eq!(
+            (ran.exit.code, ran.stdout().as_str()),
+            (code, out),
+            "{script}: {}",
+            ran.stderr()
+        );
+    }
+    // Functions whose bodies nest: bounded as a whole, not only per construct.
+    let deep = format!(
+        "f() {{ {}f{}; }}; f",
+        "if true; then ".repeat(40),
+        "; fi".repeat(40)
+    );
+    let mut c = container("deep", &toolbox, &[]);
+    c.command = vec!["sh".into(), "-c".into(), deep];
+    let ran = run_container(&rt, pod("deep"), c).await.unwrap();
+    assert_eq!(
+        (ran.exit.code, ran.stderr().as_str()),
+        (2, "sh: too deeply nested\n")
+    );
+    let too_deep = format!(
+        "{}echo deep{}",
+        "if true; then ".repeat(400),
+        "; fi".repeat(400)
+    );
+    let mut c = container("deep", &toolbox, &[]);
+    c.command = vec!["sh".into(), "-c".into(), too_deep];
+    let ran = run_container(&rt, pod("deep"), c).await.unwrap();
+    assert_eq!(ran.exit.code, 2);
+    assert_eq!(ran.stderr(), "sh: syntax error: too deeply nested\n");
+}

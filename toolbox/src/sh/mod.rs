@@ -18,6 +18,10 @@ use crate::{errtext, Ctx, Io, Sink, Source};
 /// How deeply shells, functions, `eval`, `.`, subshells and `$(…)` may nest while running.
 const MAX_CALLS: u32 = 24;
 
+/// How deeply commands may nest while running (compound commands in functions in …): the
+/// bound keeps the recursion inside a Wasm guest's 1 MiB stack.
+const MAX_DEPTH: u32 = 100;
+
 /// A way out of the normal flow.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Flow {
@@ -41,6 +45,7 @@ pub struct Shell {
     /// Inside an `if`/`while` condition or a `&&`/`||`/`!` left side: `set -e` does not apply.
     cond: u32,
     calls: u32,
+    depth: u32,
     loops: u32,
     /// The status of the last `$(…)` of the command being expanded.
     subst_status: Option<i32>,
@@ -296,6 +301,17 @@ impl Shell {
     }
 
     fn command(&mut self, ctx: &mut Ctx, io: &mut Io, cmd: &Command) -> R {
+        if self.depth >= MAX_DEPTH {
+            io.error("sh", "too deeply nested");
+            return Err(Flow::Exit(2));
+        }
+        self.depth += 1;
+        let r = self.command_inner(ctx, io, cmd);
+        self.depth -= 1;
+        r
+    }
+
+    fn command_inner(&mut self, ctx: &mut Ctx, io: &mut Io, cmd: &Command) -> R {
         match cmd {
             Command::Simple(s) => self.simple(ctx, io, s),
             Command::Function(name, body) => {

@@ -217,6 +217,15 @@ fn glob_patterns() {
 #[test]
 fn nesting_is_bounded() {
     assert_eq!(sh("f() { f; }; f").0, 2);
+    let deep = format!(
+        "f() {{ {}f{}; }}; f",
+        "if true; then ".repeat(40),
+        "; fi".repeat(40)
+    );
+    assert_eq!(
+        sh(&deep),
+        (2, String::new(), "sh: too deeply nested\n".into())
+    );
     assert_eq!(sh("x='eval \"$x\"'; eval \"$x\"").0, 2);
     assert_eq!(sh("sh -c 'echo deep'").1, "deep\n");
     let (code, _, _) = run(
