@@ -352,3 +352,16 @@ async fn attach_with_stdin_needs_a_container_created_with_stdin() {
     assert_eq!(e.kind, ErrorKind::FailedPrecondition);
     assert!(e.message.contains("not created with stdin"), "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview1_exit_statuses_up_to_255_are_exact() {
+    let (_tmp, rt) = temp_runtime();
+    let id = running(&rt, toolbox("t", &["pause"])).await;
+    for code in [126, 127, 200, 255] {
+        let (got, _, err) = exec(&rt, &id, &["sh", "-c", &format!("exit {code}")]).await;
+        assert_eq!(got, code, "{err}");
+    }
+    let (got, _, err) = exec(&rt, &id, &["sh", "-c", "no-such-command"]).await;
+    assert_eq!(got, NOT_FOUND_CODE);
+    assert_eq!(err, "sh: no-such-command: not found\n");
+}

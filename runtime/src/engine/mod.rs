@@ -217,6 +217,7 @@ impl Engine {
         let mut p1_linker = wasmtime::Linker::new(&wasmtime);
         wasmtime_wasi::p1::add_to_linker_async(&mut p1_linker, |h: &mut P1Host| &mut h.wasi)
             .and_then(|()| files::add_to_linker(&mut p1_linker))
+            .and_then(|()| add_proc_exit(&mut p1_linker))
             .map_err(|e| Error::internal(format!("linking WASI preview1: {e:#}")))?;
         let mut p2_linker = wasmtime::component::Linker::new(&wasmtime);
         wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker)
@@ -533,6 +534,19 @@ fn wasi_builder(spec: &GuestSpec, stdin: Option<GuestInput>) -> Result<WasiCtxBu
         })?;
     }
     Ok(b)
+}
+
+/// Preview1's `proc_exit` as a process's `exit`: the status's low 8 bits, as the kernel keeps
+/// them. wasmtime's own refuses 126 and up, which shells use for "not runnable" (126) and "not
+/// found" (127), and turns them into a trap.
+fn add_proc_exit(linker: &mut wasmtime::Linker<P1Host>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    linker.func_wrap(
+        "wasi_snapshot_preview1",
+        "proc_exit",
+        |status: i32| -> wasmtime::Result<()> { Err(I32Exit(status & 0xff).into()) },
+    )?;
+    Ok(())
 }
 
 /// A trap's message; running out of resource-table room is said as the cap it is.

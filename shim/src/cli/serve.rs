@@ -323,6 +323,13 @@ mod tests {
         let http: ServeConfig = toml::from_str("[http]\nca_bundles = [\"/ca.pem\"]").unwrap();
         assert_eq!(http.http.ca_bundles, [PathBuf::from("/ca.pem")]);
         assert_eq!(shipped.logs.limits().unwrap(), LogLimits::default());
+        let streaming = crate::streaming::StreamingConfig::default();
+        assert_eq!(shipped.streaming.address, streaming.address);
+        assert_eq!(shipped.streaming.idle_timeout, streaming.idle_timeout);
+        assert_eq!(
+            shipped.streaming.creation_timeout,
+            streaming.creation_timeout
+        );
         let logs: ServeConfig =
             toml::from_str("[logs]\nmax_size = \"1Mi\"\nmax_files = 2\ncri_max_size = \"100Mi\"")
                 .unwrap();
