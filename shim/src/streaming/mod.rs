@@ -10,6 +10,8 @@
 //! - `remotecommand.rs`: exec/attach streams and statuses; `portforward.rs`: port-forward pairs.
 //! - `websocket.rs`: the k8s channel protocols over WebSocket, and SPDY tunnelled in WebSocket.
 
+#[cfg(test)]
+mod fuzz;
 mod portforward;
 mod remotecommand;
 mod spdy;
