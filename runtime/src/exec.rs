@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc;
 
 use crate::container::Container;
@@ -201,44 +202,50 @@ impl Runtime {
             }
             std::future::pending::<()>().await
         };
-        let copy = async {
-            loop {
-                let chunk = match output.recv().await {
-                    Ok(chunk) => chunk,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        stderr.runtime_line(&format!(
-                            "wasmpod: this attach fell behind; {n} writes of the container were skipped"
-                        ));
+        tokio::pin!(feed);
+        let mut ended = false;
+        loop {
+            // Once the guest has ended, what it wrote last is already here: deliver it all.
+            let next = if ended {
+                match output.try_recv() {
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => return Ok(()),
+                    Err(TryRecvError::Lagged(n)) => Err(n),
+                    Ok(chunk) => Ok(chunk),
+                }
+            } else {
+                tokio::select! {
+                    r = output.recv() => match r {
+                        Ok(chunk) => Ok(chunk),
+                        Err(RecvError::Lagged(n)) => Err(n),
+                        Err(RecvError::Closed) => return Ok(()),
+                    },
+                    _ = task.wait() => {
+                        ended = true;
                         continue;
                     }
-                    // The container's run has ended and everything it wrote was delivered.
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                };
-                let out = match chunk.stream {
-                    Stream::Stdout => &stdout,
-                    Stream::Stderr => &stderr,
-                };
-                if let Output::Pipe(tx) = out {
-                    if tx.send(chunk.bytes).await.is_err() {
-                        return;
-                    }
+                    () = &mut feed => unreachable!("feeding stdin never ends the attach"),
                 }
-            }
-        };
-        tokio::select! {
-            () = copy => {}
-            () = feed => {}
-            _ = task.wait() => {
-                // Deliver what the guest wrote last.
-                while let Ok(chunk) = output.try_recv() {
-                    let out = if chunk.stream == Stream::Stdout { &stdout } else { &stderr };
-                    if let Output::Pipe(tx) = out {
-                        let _ = tx.send(chunk.bytes).await;
-                    }
+            };
+            let chunk = match next {
+                Ok(chunk) => chunk,
+                Err(n) => {
+                    stderr.runtime_line(&format!(
+                        "wasmpod: this attach fell behind; {n} writes of the container were skipped"
+                    ));
+                    continue;
+                }
+            };
+            let out = match chunk.stream {
+                Stream::Stdout => &stdout,
+                Stream::Stderr => &stderr,
+            };
+            if let Output::Pipe(tx) = out {
+                if tx.send(chunk.bytes).await.is_err() {
+                    // The client went away.
+                    return Ok(());
                 }
             }
         }
-        Ok(())
     }
 
     /// Finds what `name` runs in `container`.
@@ -252,7 +259,15 @@ impl Runtime {
         if let Some(program) = container.cached_exec_program(name) {
             return Ok(Found::Program(program));
         }
-        let own = || Found::Program(prepared.program.clone());
+        let own = || {
+            match prepared.program.is_http_handler() {
+            false => Found::Program(prepared.program.clone()),
+            true => Found::Not(
+                NOT_RUNNABLE_CODE,
+                format!("exec: \"{name}\": the container's program is a wasi:http handler, not a command"),
+            ),
+        }
+        };
         let Some(rootfs) = prepared.rootfs.as_deref() else {
             return Ok(own());
         };
@@ -273,6 +288,12 @@ impl Runtime {
         let found = match found {
             Lookup::Wasm(bytes) => {
                 let program = self.engine().load(Wasm::Bytes(bytes.into())).await?;
+                if program.is_http_handler() {
+                    return Ok(Found::Not(
+                        NOT_RUNNABLE_CODE,
+                        format!("exec: \"{name}\": a wasi:http handler, not a command"),
+                    ));
+                }
                 container.cache_exec_program(name, program.clone());
                 Found::Program(program)
             }

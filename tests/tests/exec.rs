@@ -365,3 +365,12 @@ async fn preview1_exit_statuses_up_to_255_are_exact() {
     assert_eq!(got, NOT_FOUND_CODE);
     assert_eq!(err, "sh: no-such-command: not found\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasi_http_handler_is_not_a_command_to_exec() {
+    let (_tmp, rt) = temp_runtime();
+    let id = running(&rt, container("web", &wasm("http-hello.p2"), &[])).await;
+    let (code, _, err) = exec(&rt, &id, &["http-hello", "x"]).await;
+    assert_eq!(code, NOT_RUNNABLE_CODE);
+    assert!(err.contains("wasi:http handler, not a command"), "{err}");
+}
