@@ -7,6 +7,7 @@
 
 pub mod containerd;
 pub mod cri;
+pub mod crictl;
 pub mod images;
 pub mod peers;
 

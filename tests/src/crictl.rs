@@ -1,0 +1,195 @@
+//! The real `crictl` (cri-tools, built by `scripts/peers`) pointed at a [`Daemon`]: the
+//! commands an operator types, with JSON configs in the daemon's temp dir, and the small
+//! helpers the crictl tests share (pod and container configs, ids, polling `inspect` and
+//! `logs`, listing).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::cri::Daemon;
+use crate::{output_within, peers, text, wasm};
+
+/// A hang guard for one crictl command, far above what any needs.
+pub const COMMAND_SECS: u64 = 120;
+
+/// `crictl` pointed at one daemon's socket, with its config files in the daemon's temp dir.
+pub struct Crictl {
+    pub bin: PathBuf,
+    pub endpoint: String,
+    /// Where its config file and the JSON configs [`Crictl::write`] makes are.
+    pub dir: PathBuf,
+}
+
+impl Crictl {
+    pub fn new(d: &Daemon) -> Self {
+        let dir = d.dir.path().join("crictl");
+        std::fs::create_dir_all(&dir).unwrap();
+        let endpoint = format!("unix://{}", d.socket.display());
+        // A config file of its own, so none of the machine's (/etc/crictl.yaml) applies; it
+        // says what the flags say.
+        std::fs::write(
+            dir.join("crictl.yaml"),
+            format!("runtime-endpoint: {endpoint}\nimage-endpoint: {endpoint}\ntimeout: 30\n"),
+        )
+        .unwrap();
+        Crictl {
+            bin: peers::crictl(),
+            endpoint,
+            dir,
+        }
+    }
+
+    /// crictl with `args`, every setting on the command line; stdio is the caller's to set
+    /// (a background crictl: `port-forward`, `attach`, `events`).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        // No client config from the machine: every setting is on the command line.
+        cmd.env_remove("CONTAINER_RUNTIME_ENDPOINT")
+            .env_remove("IMAGE_SERVICE_ENDPOINT")
+            .env_remove("CRI_CONFIG_FILE")
+            .arg("--config")
+            .arg(self.dir.join("crictl.yaml"))
+            .args(["--runtime-endpoint", &self.endpoint])
+            .args(["--image-endpoint", &self.endpoint])
+            .args(["--timeout", "30s"])
+            .args(args);
+        cmd
+    }
+
+    /// Runs crictl with `args` whatever the outcome (stdin empty).
+    pub fn output(&self, args: &[&str]) -> Output {
+        output_within(&mut self.command(args), COMMAND_SECS)
+    }
+
+    /// Runs crictl with `args`, failing the test unless it succeeds; its stdout.
+    #[track_caller]
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.output(args);
+        assert!(
+            out.status.success(),
+            "crictl {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// Runs crictl with `args`, expecting it to fail; its stderr.
+    #[track_caller]
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.output(args);
+        assert!(
+            !out.status.success(),
+            "crictl {args:?} succeeded, a failure was expected:\nstdout: {}",
+            text(&out.stdout)
+        );
+        text(&out.stderr)
+    }
+
+    /// Runs crictl with `args` and parses its stdout as JSON.
+    #[track_caller]
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.ok(args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("crictl {args:?}: {e}:\n{out}"))
+    }
+
+    /// Writes `value` as `name` in the config dir; its path as text.
+    pub fn write(&self, name: &str, value: &Value) -> String {
+        let path = self.dir.join(name);
+        std::fs::write(&path, serde_json::to_string_pretty(value).unwrap()).unwrap();
+        path.display().to_string()
+    }
+}
+
+/// A pod config as `crictl runp` reads it, logging under the daemon's temp dir.
+pub fn pod_json(d: &Daemon, name: &str) -> Value {
+    let logs = d.dir.path().join("logs").join(name);
+    std::fs::create_dir_all(&logs).unwrap();
+    json!({
+        "metadata": {"name": name, "namespace": "crictl", "uid": format!("uid-{name}"), "attempt": 1},
+        "hostname": name,
+        "log_directory": logs.display().to_string(),
+        "labels": {"app": name},
+        "annotations": {"note": "from crictl"},
+    })
+}
+
+/// A container config as `crictl create` reads it.
+pub fn container_json(name: &str, image: &str, args: &[&str]) -> Value {
+    json!({
+        "metadata": {"name": name},
+        "image": {"image": image},
+        "args": args,
+        "envs": [{"key": "GREETING", "value": "hello through crictl"}],
+        "labels": {"tier": "wasm"},
+        "log_path": format!("{name}/0.log"),
+    })
+}
+
+/// The `file://` image of a guest built by `examples/build.sh` (`file_image("hello.p1")`).
+pub fn file_image(name: &str) -> String {
+    format!("file://{}", wasm(name).display())
+}
+
+/// The one line crictl prints for `runp`, `create`, `run`: a 64-hex-digit id.
+#[track_caller]
+pub fn id_of(out: &str) -> String {
+    let id = out.trim();
+    assert!(
+        id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "not an id: {out:?}"
+    );
+    id.to_owned()
+}
+
+/// `crictl inspect <id>`'s `status` object.
+pub fn status(c: &Crictl, id: &str) -> Value {
+    c.json(&["inspect", id])["status"].clone()
+}
+
+/// Polls `crictl inspect` until the container's state is `state` (bounded: 60 s); its status.
+#[track_caller]
+pub fn wait_state(c: &Crictl, id: &str, state: &str) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..600 {
+        last = status(c, id);
+        if last["state"] == state {
+            return last;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("container {id} never reached {state}; last status:\n{last:#}");
+}
+
+/// Polls `crictl logs` until stdout holds `needle` (bounded: 60 s); the stdout.
+#[track_caller]
+pub fn wait_log(c: &Crictl, id: &str, needle: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..600 {
+        last = c.ok(&["logs", id]);
+        if last.contains(needle) {
+            return last;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("container {id} never logged {needle:?}; its log:\n{last}");
+}
+
+/// `crictl ps -a -o json`'s containers, with `filters` (`--pod ID`, `--name RE`, …).
+pub fn ps(c: &Crictl, filters: &[&str]) -> Vec<Value> {
+    let mut args = vec!["ps", "-a", "-o", "json"];
+    args.extend_from_slice(filters);
+    c.json(&args)["containers"].as_array().unwrap().clone()
+}
+
+/// `crictl pods -o json`'s sandboxes.
+pub fn pods(c: &Crictl) -> Vec<Value> {
+    c.json(&["pods", "-o", "json"])["items"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
