@@ -139,6 +139,10 @@ pub struct ContainerConfig {
     pub attempt: u32,
     /// The image reference as the user wrote it.
     pub image: String,
+    /// The reference kubelet saw in the Pod spec before resolving it (CRI
+    /// `user_specified_image`), echoed back in status.
+    #[serde(default)]
+    pub user_specified_image: String,
     /// When the local runner pulls the image (kubelet pulls on its own and ignores this).
     pub pull_policy: crate::image::PullPolicy,
     /// Overrides the image's entrypoint; the first element is the guest's argv[0].

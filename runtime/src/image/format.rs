@@ -189,6 +189,21 @@ pub struct RunConfig {
     pub env: Vec<(String, String)>,
     pub working_dir: Option<String>,
     pub created: Option<String>,
+    /// The config's `User` (`1002`, `www-data`, `1003:1004`): reported in image status, never
+    /// applied (a Wasm guest has no uid).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+impl RunConfig {
+    /// The user part of `User` (before any `:group`) as a uid when numeric, else as a name.
+    pub fn uid_or_name(&self) -> Option<Result<i64, &str>> {
+        let user = self.user.as_deref()?.split(':').next()?;
+        if user.is_empty() {
+            return None;
+        }
+        Some(user.parse().map_err(|_| user))
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -205,6 +220,7 @@ struct RawContainerConfig {
     cmd: Option<Vec<String>>,
     env: Option<Vec<String>>,
     working_dir: Option<String>,
+    user: Option<String>,
 }
 
 impl RunConfig {
@@ -234,6 +250,7 @@ impl RunConfig {
             env,
             working_dir: c.working_dir.filter(|w| !w.is_empty()),
             created: raw.created,
+            user: c.user.filter(|u| !u.is_empty()),
         })
     }
 }
@@ -285,6 +302,21 @@ pub fn is_tar_layer(media_type: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_is_a_uid_or_a_name_before_any_group() {
+        let user = |u: &str| {
+            let config = format!(r#"{{"config":{{"User":"{u}"}}}}"#);
+            let run = RunConfig::parse(config.as_bytes()).unwrap();
+            run.uid_or_name().map(|r| r.map_err(str::to_owned))
+        };
+        assert_eq!(user("1002"), Some(Ok(1002)));
+        assert_eq!(user("1003:1004"), Some(Ok(1003)));
+        assert_eq!(user("www-data"), Some(Err("www-data".to_owned())));
+        assert_eq!(user("www-data:1004"), Some(Err("www-data".to_owned())));
+        assert_eq!(user(""), None);
+        assert_eq!(user(":1004"), None);
+    }
 
     fn d(media_type: &str) -> Descriptor {
         Descriptor {

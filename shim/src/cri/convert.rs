@@ -206,6 +206,7 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Stat
         name: meta.name,
         attempt: meta.attempt,
         image: image.image,
+        user_specified_image: image.user_specified_image,
         pull_policy: Default::default(),
         command: c.command,
         args: c.args,
@@ -286,6 +287,7 @@ fn container_metadata(c: &Container) -> cri::ContainerMetadata {
 fn image_spec(c: &Container) -> cri::ImageSpec {
     cri::ImageSpec {
         image: c.config.image.clone(),
+        user_specified_image: c.config.user_specified_image.clone(),
         ..Default::default()
     }
 }

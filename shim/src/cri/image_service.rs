@@ -21,8 +21,15 @@ pub struct ImageApi {
 type Result<T> = std::result::Result<Response<T>, Status>;
 
 fn image(r: &ImageRecord) -> cri::Image {
+    let (uid, username) = match r.run.uid_or_name() {
+        Some(Ok(uid)) => (Some(cri::Int64Value { value: uid }), String::new()),
+        Some(Err(name)) => (None, name.to_owned()),
+        None => (None, String::new()),
+    };
     cri::Image {
         id: r.id.clone(),
+        uid,
+        username,
         repo_tags: r.repo_tags.clone(),
         repo_digests: r.repo_digests.clone(),
         size: r.size,
