@@ -265,7 +265,7 @@ fn split_parent(path: &str) -> Result<(String, &str)> {
     }
 }
 
-fn is_within(path: &str, dir: &str) -> bool {
+pub(crate) fn is_within(path: &str, dir: &str) -> bool {
     dir == "/"
         || path
             .strip_prefix(dir)

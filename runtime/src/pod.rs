@@ -2,13 +2,14 @@
 //! network, the same localhost); each container still owns its own store and lifecycle.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use crate::engine::FileBudget;
+use crate::error::{Error, Result};
 use crate::network::PodNetwork;
 use crate::spec::PodConfig;
-use crate::volume::PodVolumes;
+use crate::volume::{PodVolumes, ResolvedMount};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PodState {
@@ -29,6 +30,8 @@ pub struct Pod {
     pub(crate) containers: Mutex<Vec<String>>,
     /// The files its guests hold open, against the pod's and each container's caps.
     pub files: Arc<FileBudget>,
+    /// `<dir>/etc`, holding the pod's `hostname` and `resolv.conf`, written on first use.
+    pub(crate) etc: OnceLock<Result<PathBuf>>,
 }
 
 impl Pod {
@@ -54,6 +57,64 @@ impl Pod {
             .log_directory
             .clone()
             .unwrap_or_else(|| self.dir.join("logs"))
+    }
+
+    /// The pod's `/etc/hostname` and `/etc/resolv.conf` (from its DNS config, when it has
+    /// one), as every container sees them: file mounts (read-only unless the container mounts a
+    /// writable file in /etc), unless the container mounts something of its own there. Written
+    /// once per pod, by wasmpod, in the pod's directory.
+    pub(crate) fn etc_mounts(&self, taken: &[ResolvedMount]) -> Result<Vec<ResolvedMount>> {
+        let dir = self.etc.get_or_init(|| self.write_etc()).clone()?;
+        let free = |path: &str| {
+            !taken.iter().any(|m| {
+                m.container_path == path
+                    || (!m.is_file && crate::mounts::is_within(path, &m.container_path))
+            })
+        };
+        // wasmpod enforces readOnly per directory: beside a writable file the container mounts
+        // in /etc (kubelet's /etc/hosts), these are writable too.
+        let read_only = !taken.iter().any(|m| {
+            m.is_file
+                && !m.read_only
+                && m.container_path
+                    .rsplit_once('/')
+                    .is_some_and(|(d, _)| d == "/etc")
+        });
+        Ok(["hostname", "resolv.conf"]
+            .into_iter()
+            .filter(|name| dir.join(name).exists())
+            .map(|name| (name, format!("/etc/{name}")))
+            .filter(|(_, path)| free(path))
+            .map(|(name, container_path)| ResolvedMount {
+                host: dir.join(name),
+                container_path,
+                read_only,
+                is_file: true,
+                pinned: None,
+            })
+            .collect())
+    }
+
+    fn write_etc(&self) -> Result<PathBuf> {
+        let dir = self.dir.join("etc");
+        let io = |e| Error::io(dir.display(), e);
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        std::fs::write(dir.join("hostname"), format!("{}\n", self.config.hostname)).map_err(io)?;
+        let dns = &self.config.dns;
+        if !(dns.servers.is_empty() && dns.searches.is_empty() && dns.options.is_empty()) {
+            let mut text = String::new();
+            if !dns.searches.is_empty() {
+                text += &format!("search {}\n", dns.searches.join(" "));
+            }
+            for server in &dns.servers {
+                text += &format!("nameserver {server}\n");
+            }
+            if !dns.options.is_empty() {
+                text += &format!("options {}\n", dns.options.join(" "));
+            }
+            std::fs::write(dir.join("resolv.conf"), text).map_err(io)?;
+        }
+        Ok(dir)
     }
 
     /// The first emptyDir over its sizeLimit, with kubelet's eviction message.

@@ -113,6 +113,7 @@ impl Runtime {
                 state: Mutex::new(r.state),
                 containers: Mutex::default(),
                 files: FileBudget::new(self.file_limits),
+                etc: Default::default(),
             };
             write(&self.pods).insert(r.id, Arc::new(pod));
         }
@@ -243,6 +244,7 @@ impl Runtime {
             state: Mutex::new(PodState::Ready),
             containers: Mutex::default(),
             files: FileBudget::new(self.file_limits),
+            etc: Default::default(),
         };
         let pod = Arc::new(pod);
         let unwind = |pod: &Pod| {
@@ -374,12 +376,14 @@ impl Runtime {
         crate::spec::check_env(&env).map_err(|e| e.context(&ctx))?;
         let id = new_id();
         let dir = pod.dir.join("containers").join(&id);
-        let mounts = config
+        let mut mounts = config
             .mounts
             .iter()
             .map(|m| pod.volumes.resolve(m))
             .collect::<Result<Vec<_>>>()
             .map_err(|e| e.context(&ctx))?;
+        let etc = pod.etc_mounts(&mounts).map_err(|e| e.context(&ctx))?;
+        mounts.extend(etc);
         let fs =
             GuestFs::build(mounts, image.rootfs.as_deref(), &dir).map_err(|e| e.context(&ctx))?;
         let argv = if config.command.is_empty() {

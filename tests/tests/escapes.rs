@@ -331,7 +331,8 @@ async fn sub_paths_leading_out_are_refused_at_creation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_mount_staging_does_not_expose_the_host_directory() {
-    // A single-file mount shows only that file, not its host directory's other files.
+    // A single-file mount shows only that file (beside the pod's own /etc/hostname), not its
+    // host directory's other files.
     let l = Layout::new();
     let file = l.root.join("vol/inside.txt");
     for kind in ["p1", "p2"] {
@@ -344,7 +345,7 @@ async fn file_mount_staging_does_not_expose_the_host_directory() {
         )
         .await;
         assert_eq!(ran.exit.code, 1, "{kind}: {:?}", ran.log);
-        assert_eq!(ran.stdout(), "inside.txt\n", "{kind}");
+        assert_eq!(ran.stdout(), "hostname\ninside.txt\n", "{kind}");
         assert!(!ran.stdout().contains(SECRET));
         l.assert_outside_untouched(kind);
     }

@@ -374,3 +374,69 @@ async fn a_wasi_http_handler_is_not_a_command_to_exec() {
     assert_eq!(code, NOT_RUNNABLE_CODE);
     assert!(err.contains("wasi:http handler, not a command"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_see_the_pods_hostname_and_resolv_conf_in_etc() {
+    let (_tmp, rt) = temp_runtime();
+    let mut p = pod("dns-pod");
+    p.dns.servers = vec!["10.10.10.10".into()];
+    p.dns.searches = vec!["google.com".into()];
+    p.dns.options = vec!["ndots:8".into()];
+    let pod_id = rt.run_pod(p).unwrap();
+    let id = rt
+        .create_container(&pod_id, toolbox("t", &["pause"]))
+        .await
+        .unwrap();
+    rt.start_container(&id).unwrap();
+    assert_eq!(
+        exec(&rt, &id, &["cat", "/etc/resolv.conf"]).await,
+        (
+            0,
+            "search google.com\nnameserver 10.10.10.10\noptions ndots:8\n".into(),
+            String::new()
+        )
+    );
+    assert_eq!(
+        exec(&rt, &id, &["cat", "/etc/hostname"]).await.1,
+        "dns-pod\n"
+    );
+    assert_eq!(exec(&rt, &id, &["hostname"]).await.1, "dns-pod\n");
+    // Read-only: a guest cannot change what its neighbours see.
+    assert_ne!(
+        exec(&rt, &id, &["sh", "-c", "echo x > /etc/hostname"])
+            .await
+            .0,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writable_etc_hosts_mount_goes_with_the_pods_etc_files() {
+    // kubelet mounts its /etc/hosts writable: the pod's own /etc files must not make the
+    // container's /etc a mix of read-only and writable files, which wasmpod refuses.
+    let (tmp, rt) = temp_runtime();
+    let hosts = tmp.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+    let mut p = pod("hosts");
+    p.volumes.push(host_path(
+        "hosts",
+        &hosts,
+        wasmpod_runtime::spec::HostPathKind::File,
+    ));
+    p.dns.servers = vec!["10.0.0.10".into()];
+    let pod_id = rt.run_pod(p).unwrap();
+    let mut config = toolbox("t", &["pause"]);
+    config
+        .mounts
+        .push(mount("hosts", None, "/etc/hosts", false));
+    let id = rt.create_container(&pod_id, config).await.unwrap();
+    rt.start_container(&id).unwrap();
+    assert_eq!(
+        exec(&rt, &id, &["ls", "/etc"]).await.1,
+        "hostname\nhosts\nresolv.conf\n"
+    );
+    assert_eq!(
+        exec(&rt, &id, &["cat", "/etc/hosts"]).await.1,
+        "127.0.0.1 localhost\n"
+    );
+}
