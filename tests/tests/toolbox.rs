@@ -153,10 +153,18 @@ async fn the_image_imports_and_runs_the_applets() {
     // stdin is empty: cat ends at once, read fails.
     assert_eq!(sh(&rt, &["cat"]).await, (0, String::new(), String::new()));
     assert_eq!(sh(&rt, &["sh", "-c", "read x; echo $?"]).await.1, "1\n");
-    // The image's root is read-only.
+    // The image's root is read-only, and says so as the kernel does.
     let (code, _, err) = sh(&rt, &["touch", "/bin/new"]).await;
+    assert_eq!(
+        (code, err.as_str()),
+        (1, "touch: /bin/new: Read-only file system\n")
+    );
+    let (code, _, err) = sh(&rt, &["mkdir", "/bin/d"]).await;
     assert_eq!(code, 1);
-    assert!(err.starts_with("touch: /bin/new: "), "{err}");
+    assert!(err.ends_with(": Read-only file system\n"), "{err}");
+    let (code, _, err) = sh(&rt, &["rm", "/bin/echo"]).await;
+    assert_eq!(code, 1);
+    assert!(err.ends_with(": Read-only file system\n"), "{err}");
 
     // A file of a volume.
     let host = tmp.path().join("host");

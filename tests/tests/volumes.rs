@@ -13,8 +13,8 @@ use wasmpod_runtime::runtime::Runtime;
 use wasmpod_runtime::spec::{HostPathKind, Medium, MountSpec, VolumeSpec};
 use wasmpod_tests::*;
 
-/// The errnos (WASI numbering) a write to a read-only mount may fail with:
-/// EPERM (what the runtime returns), EACCES, EROFS.
+/// The errnos (WASI numbering) a write to a read-only mount may fail with: EROFS (what a
+/// preview1 guest gets), EPERM (a preview2 guest, from wasmtime-wasi), EACCES.
 const READ_ONLY_ERRNOS: [&str; 3] = ["errno=63 ", "errno=2 ", "errno=69 "];
 
 fn assert_read_only_error(ran: &Ran, what: &str) {

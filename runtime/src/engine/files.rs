@@ -166,7 +166,7 @@ fn take(count: &AtomicUsize, limit: usize) -> bool {
 }
 
 /// The guest's memory and the host state, as wasmtime-wasi's own preview1 glue takes them.
-fn memory_and_host<'a>(
+pub(super) fn memory_and_host<'a>(
     caller: &'a mut Caller<'_, P1Host>,
 ) -> wasmtime::Result<(GuestMemory<'a>, &'a mut P1Host)> {
     let fuel = caller.as_context_mut().hostcall_fuel();
@@ -207,6 +207,10 @@ pub(super) fn add_to_linker(linker: &mut wasmtime::Linker<P1Host>) -> wasmtime::
                     out,
                 )
                 .await;
+                let result = match super::rofs::opens_for_writing(oflags, base, fdflags) {
+                    true => result.map(super::rofs::read_only_is_erofs),
+                    false => result,
+                };
                 let opened = match (&result, &memory) {
                     (Ok(0), GuestMemory::Unshared(bytes)) => read_u32(bytes, out),
                     _ => None,

@@ -8,6 +8,7 @@
 mod cache;
 mod files;
 mod http;
+mod rofs;
 mod sockets;
 mod stdio;
 mod task;
@@ -217,6 +218,7 @@ impl Engine {
         let mut p1_linker = wasmtime::Linker::new(&wasmtime);
         wasmtime_wasi::p1::add_to_linker_async(&mut p1_linker, |h: &mut P1Host| &mut h.wasi)
             .and_then(|()| files::add_to_linker(&mut p1_linker))
+            .and_then(|()| rofs::add_to_linker(&mut p1_linker))
             .and_then(|()| add_proc_exit(&mut p1_linker))
             .map_err(|e| Error::internal(format!("linking WASI preview1: {e:#}")))?;
         let mut p2_linker = wasmtime::component::Linker::new(&wasmtime);
@@ -546,6 +548,7 @@ fn add_proc_exit(linker: &mut wasmtime::Linker<P1Host>) -> wasmtime::Result<()> 
         "proc_exit",
         |status: i32| -> wasmtime::Result<()> { Err(I32Exit(status & 0xff).into()) },
     )?;
+    linker.allow_shadowing(false);
     Ok(())
 }
 
