@@ -82,6 +82,9 @@ pub struct Container {
     observer: Arc<Observer>,
 }
 
+/// Names typed to exec whose programs a container remembers.
+const EXEC_PROGRAMS_CACHED: usize = 64;
+
 /// Chunks of output an attacher may fall behind by before it loses some.
 const ATTACH_BACKLOG: usize = 256;
 
@@ -468,6 +471,10 @@ impl Container {
 
     pub(crate) fn cache_exec_program(&self, name: &str, program: Program) {
         let mut programs = self.exec_programs.lock().unwrap_or_else(|e| e.into_inner());
+        // Many spellings of one path are many keys: a client cannot grow this without bound.
+        if programs.len() >= EXEC_PROGRAMS_CACHED {
+            programs.clear();
+        }
         programs.insert(name.to_owned(), program);
     }
 
