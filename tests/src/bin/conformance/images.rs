@@ -197,4 +197,35 @@ mod tests {
         assert_eq!(registry_path("registry.k8s.io/pause:3.9"), "pause:3.9");
         assert_eq!(registry_path(TOOLBOX), TOOLBOX);
     }
+
+    #[test]
+    fn the_set_has_the_properties_the_specs_check() {
+        let all = all(b"\0asm p1", b"\0asm p2");
+        // Every reference once; every image distinct (critest's "3 different images", tag:test
+        // against tag:all), so a reference's image is told by its content alone.
+        let mut refs: Vec<&String> = all.iter().flat_map(|p| &p.refs).collect();
+        let n = refs.len();
+        refs.sort();
+        refs.dedup();
+        assert_eq!(refs.len(), n);
+        let mut layers: Vec<Vec<u8>> = all.iter().map(|p| p.image.layer_tar()).collect();
+        layers.sort();
+        layers.dedup();
+        assert_eq!(layers.len(), all.len());
+        let find = |r: &str| all.iter().find(|p| p.refs.iter().any(|x| x == r)).unwrap();
+        assert_eq!(find("k8s.gcr.io/pause:3.9").name, "pause");
+        assert_eq!(
+            find("registry.k8s.io/pause:3.9").image.entrypoint,
+            ["/bin/pause"]
+        );
+        assert_eq!(
+            find("registry.k8s.io/e2e-test-images/httpd:2.4.39-4").name,
+            "web-server"
+        );
+        let user = |r: &str| find(&format!("{STAGING}/{r}:latest")).image.user.clone();
+        assert_eq!(user("test-image-user-uid"), "1002");
+        assert_eq!(user("test-image-user-username"), "www-data");
+        assert_eq!(user("test-image-user-uid-group"), "1003:1004");
+        assert_eq!(user("test-image-user-username-group"), "www-data:1004");
+    }
 }

@@ -4,8 +4,11 @@
 //!                                       # of what to push to REGISTRY (host:port), the
 //!                                       # images file for critest
 //!     conformance skip-regex SKIPFILE   # the -ginkgo.skip regex of the skip list
-//!     conformance report JUNIT SKIPFILE OUT SUMMARY [FACT...]
-//!                                       # docs/conformance.md from critest's JUnit report
+//!     conformance report SKIPFILE OUT FACTS JUNIT[=LABEL]...
+//!                                       # docs/conformance.md from critest's JUnit reports
+//!                                       # (a labelled one is a focused pass: its label, the
+//!                                       # pass's flags, goes before each spec's name), FACTS
+//!                                       # a file of lines to list above the tables
 
 mod images;
 mod report;
@@ -33,20 +36,23 @@ fn run(args: &[String]) -> Result<(), String> {
             println!("{}", report::skip_regex(&skips));
             Ok(())
         }
-        [cmd, junit, skip, out, summary, facts @ ..] if cmd == "report" => {
+        [cmd, skip, out, facts, junits @ ..] if cmd == "report" && !junits.is_empty() => {
             let skips = report::parse_skips(&read(skip)?).map_err(|e| format!("{skip}: {e}"))?;
-            let cases = report::parse_junit(&read(junit)?);
-            if cases.is_empty() {
-                return Err(format!("{junit}: no test cases"));
+            let mut cases = Vec::new();
+            for junit in junits {
+                let (path, label) = junit.split_once('=').unwrap_or((junit, ""));
+                let mut pass = report::parse_junit(&read(path)?, label);
+                if pass.is_empty() {
+                    return Err(format!("{path}: no test cases"));
+                }
+                if !label.is_empty() {
+                    // A focused pass: only the specs it ran (or critest skipped itself).
+                    pass.retain(|c| !(c.status == "skipped" && c.message == "skipped"));
+                }
+                cases.extend(pass);
             }
-            let md = report::markdown(
-                &cases,
-                &skips,
-                &report::Run {
-                    summary: summary.clone(),
-                    facts: facts.to_vec(),
-                },
-            );
+            let facts = read(facts)?.lines().map(str::to_owned).collect();
+            let md = report::markdown(&cases, &skips, &report::Run { facts });
             std::fs::write(out, md).map_err(|e| format!("writing {out}: {e}"))
         }
         _ => Err(

@@ -114,7 +114,8 @@ fn attr(tag: &str, name: &str) -> Option<String> {
 
 /// The `<testcase>` elements of a Ginkgo JUnit report (its own regular output: attributes in
 /// double quotes, no CDATA in the parts read here).
-pub fn parse_junit(xml: &str) -> Vec<Case> {
+/// A `label` (the pass's extra flags) goes in front of each spec's name.
+pub fn parse_junit(xml: &str, label: &str) -> Vec<Case> {
     let mut cases = Vec::new();
     let mut rest = xml;
     while let Some(i) = rest.find("<testcase ") {
@@ -136,8 +137,13 @@ pub fn parse_junit(xml: &str) -> Vec<Case> {
                 attr(&body[i..end], "message")
             })
             .unwrap_or_default();
+        let name = name.strip_prefix("[It] ").unwrap_or(&name);
         cases.push(Case {
-            name: name.strip_prefix("[It] ").unwrap_or(&name).to_owned(),
+            name: if label.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{label} {name}")
+            },
             status: attr(tag, "status").unwrap_or_default(),
             seconds: attr(tag, "time")
                 .and_then(|t| t.parse().ok())
@@ -179,9 +185,9 @@ fn short(message: &str) -> String {
     s
 }
 
-/// What the run page says besides the report: critest's summary line and the run's facts.
+/// What the run page says besides the reports: the run's facts (critest's summary lines
+/// among them), a list item each.
 pub struct Run {
-    pub summary: String,
     pub facts: Vec<String>,
 }
 
@@ -189,7 +195,7 @@ pub struct Run {
 pub fn markdown(cases: &[Case], skips: &[Skip], run: &Run) -> String {
     let cases: Vec<&Case> = cases
         .iter()
-        .filter(|c| !c.name.starts_with('[') || c.name.starts_with("[k8s.io]"))
+        .filter(|c| !c.name.contains("[BeforeSuite]") && !c.name.contains("[AfterSuite]"))
         .collect();
     let mut md = String::new();
     md.push_str("# critest conformance\n\n");
@@ -200,7 +206,7 @@ pub fn markdown(cases: &[Case], skips: &[Skip], run: &Run) -> String {
     for f in &run.facts {
         let _ = writeln!(md, "- {f}");
     }
-    let _ = writeln!(md, "- critest's summary: `{}`\n", run.summary.trim());
+    md.push('\n');
 
     let mut counts: Vec<(&str, usize)> = Vec::new();
     for c in &cases {
@@ -286,21 +292,14 @@ mod tests {
   <skipped message="skipped"></skipped>
 </testcase>
 </testsuite></testsuites>"#;
-        let cases = parse_junit(xml);
+        let cases = parse_junit(xml, "");
         assert_eq!(cases.len(), 3);
         assert_eq!(cases[1].name, "[k8s.io] A 'b' c");
         assert_eq!(cases[1].status, "failed");
         assert_eq!(cases[1].seconds, 2.5);
         assert_eq!(cases[1].message, "[FAILED] Expected\n  x");
         let skips = parse_skips("Skipped # r\n").unwrap();
-        let md = markdown(
-            &cases,
-            &skips,
-            &Run {
-                summary: "FAIL! -- 0 Passed | 1 Failed".into(),
-                facts: vec![],
-            },
-        );
+        let md = markdown(&cases, &skips, &Run { facts: vec![] });
         assert!(md.contains("| [k8s.io] A 'b' c | FAILED | 2.5 | [FAILED] Expected |"));
         assert!(md.contains("| [k8s.io] Skipped one | skipped (list) | 0.0 | r |"));
         assert!(!md.contains("BeforeSuite"));
