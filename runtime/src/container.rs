@@ -77,8 +77,9 @@ pub struct Container {
     /// Every write of the guest, for attachers.
     attach: broadcast::Sender<OutputChunk>,
     execs: Mutex<Execs>,
-    /// Programs execs found in the image's files, by the name typed (the files never change).
-    exec_programs: Mutex<HashMap<String, Program>>,
+    /// Programs execs found in the container's root, by the name typed, with the identity of
+    /// the file they were read from (a writable root may change under them).
+    exec_programs: Mutex<HashMap<String, (crate::exec::FileId, Program)>>,
     observer: Arc<Observer>,
 }
 
@@ -102,8 +103,11 @@ pub(crate) struct Prepared {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub fs: GuestFs,
-    /// The image's files, where execs find their programs (`None`: a single-binary image).
-    pub rootfs: Option<PathBuf>,
+    /// Where execs find their programs: the container's root (the image's files, or the
+    /// container's writable copy of them); `None` for a single-binary image shown no root.
+    pub exec_root: Option<PathBuf>,
+    /// The image has no files of its own (a single Wasm binary).
+    pub single_binary: bool,
 }
 
 /// What a lifecycle change is, for the event stream.
@@ -464,18 +468,23 @@ impl Container {
             .ok_or_else(|| self.not_running())
     }
 
-    pub(crate) fn cached_exec_program(&self, name: &str) -> Option<Program> {
+    pub(crate) fn cached_exec_program(&self, name: &str) -> Option<(crate::exec::FileId, Program)> {
         let programs = self.exec_programs.lock().unwrap_or_else(|e| e.into_inner());
         programs.get(name).cloned()
     }
 
-    pub(crate) fn cache_exec_program(&self, name: &str, program: Program) {
+    pub(crate) fn cache_exec_program(
+        &self,
+        name: &str,
+        file: crate::exec::FileId,
+        program: Program,
+    ) {
         let mut programs = self.exec_programs.lock().unwrap_or_else(|e| e.into_inner());
         // Many spellings of one path are many keys: a client cannot grow this without bound.
         if programs.len() >= EXEC_PROGRAMS_CACHED {
             programs.clear();
         }
-        programs.insert(name.to_owned(), program);
+        programs.insert(name.to_owned(), (file, program));
     }
 
     /// The guest's output from now on, as written.

@@ -256,9 +256,6 @@ impl Runtime {
                 container.id
             ))
         })?;
-        if let Some(program) = container.cached_exec_program(name) {
-            return Ok(Found::Program(program));
-        }
         let own = || {
             match prepared.program.is_http_handler() {
             false => Found::Program(prepared.program.clone()),
@@ -268,25 +265,33 @@ impl Runtime {
             ),
         }
         };
-        let Some(rootfs) = prepared.rootfs.as_deref() else {
+        let Some(root) = prepared.exec_root.clone() else {
             return Ok(own());
         };
         let path_env = prepared
             .env
             .iter()
             .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.as_str());
-        let cwd = container.config.working_dir.as_deref().unwrap_or("/");
-        let rootfs = rootfs.to_path_buf();
-        let (name_owned, path_env, cwd) =
-            (name.to_owned(), path_env.map(str::to_owned), cwd.to_owned());
+            .map(|(_, v)| v.clone());
+        let cwd = container
+            .config
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| "/".into());
+        let cached = container.cached_exec_program(name);
+        let known = cached.as_ref().map(|(file, _)| *file);
+        let typed = name.to_owned();
         let found = tokio::task::spawn_blocking(move || {
-            lookup(&rootfs, &name_owned, path_env.as_deref(), &cwd)
+            lookup(&root, &typed, path_env.as_deref(), &cwd, known)
         })
         .await
         .map_err(|e| Error::internal(format!("exec lookup: {e}")))?;
         let found = match found {
-            Lookup::Wasm(bytes) => {
+            Lookup::Unchanged => match cached {
+                Some((_, program)) => Found::Program(program),
+                None => unreachable!("unchanged means a cached program was given"),
+            },
+            Lookup::Wasm(bytes, file) => {
                 let program = self.engine().load(Wasm::Bytes(bytes.into())).await?;
                 if program.is_http_handler() {
                     return Ok(Found::Not(
@@ -294,14 +299,16 @@ impl Runtime {
                         format!("exec: \"{name}\": a wasi:http handler, not a command"),
                     ));
                 }
-                container.cache_exec_program(name, program.clone());
+                container.cache_exec_program(name, file, program.clone());
                 Found::Program(program)
             }
             Lookup::NotWasm(path) => Found::Not(
                 NOT_RUNNABLE_CODE,
                 format!("exec: \"{name}\": {path} is not a WebAssembly program: exec format error"),
             ),
-            Lookup::Missing if is_own_program(name, &prepared.argv) => own(),
+            Lookup::Missing if prepared.single_binary || is_own_program(name, &prepared.argv) => {
+                own()
+            }
             Lookup::Missing => Found::Not(
                 NOT_FOUND_CODE,
                 if name.contains('/') {
@@ -349,8 +356,32 @@ enum Found {
     Not(i32, String),
 }
 
+/// Which file a program was read from, and as it was then: a file rewritten or replaced in a
+/// writable root is another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+}
+
+impl FileId {
+    fn of(m: &cap_std::fs::Metadata) -> Self {
+        use cap_std::fs::MetadataExt;
+        Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+        }
+    }
+}
+
 enum Lookup {
-    Wasm(Vec<u8>),
+    /// The file is the `known` one: its program is the one already compiled.
+    Unchanged,
+    Wasm(Vec<u8>, FileId),
     NotWasm(String),
     Missing,
 }
@@ -364,9 +395,15 @@ fn is_own_program(name: &str, argv: &[String]) -> bool {
     argv.first().is_some_and(|a0| stem(a0) == stem(name))
 }
 
-/// Looks `name` up in the image's files, reading through a handle on the root that resolves
-/// links inside it and never out of it.
-fn lookup(rootfs: &Path, name: &str, path_env: Option<&str>, cwd: &str) -> Lookup {
+/// Looks `name` up in the container's root, reading through a handle on the root that resolves
+/// links inside it and never out of it. A file that is still `known` is not read again.
+fn lookup(
+    rootfs: &Path,
+    name: &str,
+    path_env: Option<&str>,
+    cwd: &str,
+    known: Option<FileId>,
+) -> Lookup {
     let Ok(root) = cap_std::fs::Dir::open_ambient_dir(rootfs, cap_std::ambient_authority()) else {
         return Lookup::Missing;
     };
@@ -393,15 +430,19 @@ fn lookup(rootfs: &Path, name: &str, path_env: Option<&str>, cwd: &str) -> Looku
         let Ok(mut file) = root.open(rel) else {
             continue;
         };
-        if !file.metadata().is_ok_and(|m| m.is_file()) {
+        let Some(meta) = file.metadata().ok().filter(|m| m.is_file()) else {
             continue;
+        };
+        let id = FileId::of(&meta);
+        if known == Some(id) {
+            return Lookup::Unchanged;
         }
         let mut bytes = Vec::new();
         if file.read_to_end(&mut bytes).is_err() {
             continue;
         }
         return match GuestKind::detect(&bytes) {
-            Ok(_) => Lookup::Wasm(bytes),
+            Ok(_) => Lookup::Wasm(bytes, id),
             Err(_) => Lookup::NotWasm(path),
         };
     }
@@ -460,21 +501,33 @@ mod tests {
         std::fs::write(root.join("opt/tools/script"), b"#!/bin/sh\n").unwrap();
         std::os::unix::fs::symlink("/../../../../etc/passwd", root.join("bin/escape")).unwrap();
 
-        assert!(matches!(lookup(root, "echo", None, "/"), Lookup::Wasm(_)));
         assert!(matches!(
-            lookup(root, "/bin/echo", None, "/"),
+            lookup(root, "echo", None, "/", None),
+            Lookup::Wasm(..)
+        ));
+        assert!(matches!(
+            lookup(root, "/bin/echo", None, "/", None),
             Lookup::Wasm(_)
         ));
         assert!(matches!(
-            lookup(root, "../bin/echo", None, "/opt"),
+            lookup(root, "../bin/echo", None, "/opt", None),
             Lookup::Wasm(_)
         ));
         assert!(matches!(
-            lookup(root, "script", Some("/opt/tools:/bin"), "/"),
+            lookup(root, "script", Some("/opt/tools:/bin"), "/", None),
             Lookup::NotWasm(p) if p == "/opt/tools/script"
         ));
-        assert!(matches!(lookup(root, "script", None, "/"), Lookup::Missing));
-        assert!(matches!(lookup(root, "escape", None, "/"), Lookup::Missing));
-        assert!(matches!(lookup(root, "bin", None, "/"), Lookup::Missing));
+        assert!(matches!(
+            lookup(root, "script", None, "/", None),
+            Lookup::Missing
+        ));
+        assert!(matches!(
+            lookup(root, "escape", None, "/", None),
+            Lookup::Missing
+        ));
+        assert!(matches!(
+            lookup(root, "bin", None, "/", None),
+            Lookup::Missing
+        ));
     }
 }

@@ -585,6 +585,8 @@ struct RawResources {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawSecurityContext {
+    /// Checked to be a bool; it grants a Wasm guest nothing.
+    #[allow(dead_code)]
     #[serde(default)]
     privileged: bool,
     #[serde(default)]
@@ -818,11 +820,12 @@ impl RawContainer {
             ports.push(port);
             mappings.extend(mapping);
         }
-        if let Some(sc) = &self.security_context {
-            // Accepted, as over the CRI: privileged grants a Wasm guest nothing (it has no
-            // devices, capabilities or mounts to gain), and it has no root filesystem to write.
-            let _ = (sc.privileged, sc.read_only_root_filesystem);
-        }
+        // As over the CRI: privileged is accepted and grants a Wasm guest nothing (it has no
+        // devices, capabilities or mounts to gain); the root is writable unless it says not.
+        let writable_rootfs = self
+            .security_context
+            .as_ref()
+            .is_none_or(|sc| !sc.read_only_root_filesystem);
         let image = self
             .image
             .filter(|i| !i.is_empty())
@@ -902,6 +905,7 @@ impl RawContainer {
             memory_limit,
             name: self.name,
             ports,
+            writable_rootfs,
             ..Default::default()
         };
         Ok((config, mappings))

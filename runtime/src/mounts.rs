@@ -48,15 +48,35 @@ struct WriteBack {
 }
 
 impl GuestFs {
-    /// Lays out `mounts` over the image's read-only `rootfs` (seen at `/`; mounts shadow it),
-    /// staging file mounts under `staging` (a directory private to the container).
+    /// Lays out `mounts` over the image's `rootfs` (seen at `/`; mounts shadow it), staging
+    /// file mounts under `staging` (a directory private to the container). A `writable_root`
+    /// is a copy of the image's files private to the container (an empty directory for an
+    /// image without files), as a container runtime's writable layer; else the image's files
+    /// are shown read-only.
     pub fn build(
         mounts: Vec<ResolvedMount>,
         rootfs: Option<&Path>,
         staging: &Path,
+        writable_root: bool,
     ) -> Result<Self> {
         let mut fs = GuestFs::default();
-        if let Some(rootfs) = rootfs {
+        if writable_root {
+            let root = staging.join("root");
+            std::fs::create_dir_all(&root).map_err(|e| Error::io(root.display(), e))?;
+            if let Some(rootfs) = rootfs {
+                copy_tree(rootfs, &root).map_err(|e| {
+                    Error::io(
+                        format!("copying the image's files to {}", root.display()),
+                        e,
+                    )
+                })?;
+            }
+            fs.preopens.push(Preopen {
+                host: root,
+                guest: "/".into(),
+                read_only: false,
+            });
+        } else if let Some(rootfs) = rootfs {
             fs.preopens.push(Preopen {
                 host: rootfs.to_path_buf(),
                 guest: "/".into(),
@@ -118,6 +138,14 @@ impl GuestFs {
         }
         fs._pinned = mounts.iter().filter_map(|m| m.pinned.clone()).collect();
         Ok(fs)
+    }
+
+    /// The host directory the guest sees at `/`, if it sees one.
+    pub fn root(&self) -> Option<&Path> {
+        self.preopens
+            .iter()
+            .find(|p| p.guest == "/")
+            .map(|p| p.host.as_path())
     }
 
     /// Puts one file mount into the staging directory `dir` as `name`: a hard link to the
@@ -265,6 +293,40 @@ fn split_parent(path: &str) -> Result<(String, &str)> {
     }
 }
 
+/// Copies the tree `from` (an unpacked image: wasmpod's own, its links already checked to stay
+/// inside) into the empty directory `to` through directory handles: links are copied as links,
+/// never followed, and nothing outside `to` is written.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    use cap_std::fs::Dir;
+    use std::io::copy;
+    let src = Dir::open_ambient_dir(from, cap_std::ambient_authority())?;
+    let dst = Dir::open_ambient_dir(to, cap_std::ambient_authority())?;
+    let mut dirs = vec![std::path::PathBuf::new()];
+    while let Some(dir) = dirs.pop() {
+        let entries = match dir.as_os_str().is_empty() {
+            true => src.entries()?,
+            false => src.read_dir(&dir)?,
+        };
+        for entry in entries {
+            let entry = entry?;
+            let path = dir.join(entry.file_name());
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                dst.create_dir(&path)?;
+                dirs.push(path);
+            } else if kind.is_symlink() {
+                dst.symlink(src.read_link_contents(&path)?, &path)?;
+            } else if kind.is_file() {
+                let mut input = src.open(&path)?;
+                let mut output = dst.create(&path)?;
+                copy(&mut input, &mut output)?;
+                output.set_permissions(input.metadata()?.permissions())?;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn is_within(path: &str, dir: &str) -> bool {
     dir == "/"
         || path
@@ -302,6 +364,7 @@ mod tests {
             ],
             None,
             &staging,
+            false,
         )
         .unwrap();
         let guests: Vec<_> = fs.preopens.iter().map(|p| p.guest.as_str()).collect();
@@ -327,7 +390,7 @@ mod tests {
             resolved(tmp.path(), "/data", false),
             resolved(tmp.path(), "/data", true),
         ];
-        assert!(GuestFs::build(two, None, &staging)
+        assert!(GuestFs::build(two, None, &staging, false)
             .unwrap_err()
             .message
             .contains("two mounts"));
@@ -335,7 +398,7 @@ mod tests {
             resolved(tmp.path(), "/etc", false),
             resolved(&file, "/etc/hosts", true),
         ];
-        assert!(GuestFs::build(nested, None, &staging)
+        assert!(GuestFs::build(nested, None, &staging, false)
             .unwrap_err()
             .message
             .contains("inside"));
@@ -356,6 +419,7 @@ mod tests {
                 vec![resolved(&source, "/dev/termination-log", false)],
                 None,
                 &tmp.path().join(n),
+                false,
             )
             .unwrap()
         };
@@ -398,6 +462,7 @@ mod tests {
             vec![resolved(&link, "/etc/hosts", true)],
             None,
             &tmp.path().join("s"),
+            false,
         )
         .unwrap_err();
         assert!(err.message.contains("symlink"), "{err}");
@@ -408,6 +473,7 @@ mod tests {
             }],
             None,
             &tmp.path().join("s"),
+            false,
         )
         .unwrap_err();
         assert!(err.message.contains("regular file"), "{err}");

@@ -384,8 +384,14 @@ impl Runtime {
             .map_err(|e| e.context(&ctx))?;
         let etc = pod.etc_mounts(&mounts).map_err(|e| e.context(&ctx))?;
         mounts.extend(etc);
-        let fs =
-            GuestFs::build(mounts, image.rootfs.as_deref(), &dir).map_err(|e| e.context(&ctx))?;
+        let fs = GuestFs::build(
+            mounts,
+            image.rootfs.as_deref(),
+            &dir,
+            config.writable_rootfs,
+        )
+        .map_err(|e| e.context(&ctx))?;
+        let exec_root = fs.root().map(Path::to_path_buf);
         let argv = if config.command.is_empty() {
             image.entrypoint.clone()
         } else {
@@ -416,7 +422,8 @@ impl Runtime {
                     argv,
                     env,
                     fs,
-                    rootfs: image.rootfs,
+                    exec_root,
+                    single_binary: image.rootfs.is_none(),
                 },
                 config,
             },

@@ -169,6 +169,10 @@ pub struct ContainerConfig {
     /// A terminal was asked for: WASI has none, so stderr is merged into stdout.
     #[serde(default)]
     pub tty: bool,
+    /// The guest may write in `/`: a copy of the image's files private to the container (the
+    /// CRI's and Kubernetes' default). Off, the image's files are shown read-only.
+    #[serde(default)]
+    pub writable_rootfs: bool,
 }
 
 /// Refuses env entries a guest's `environ` cannot carry: an empty name, a name with `=` (it

@@ -440,3 +440,60 @@ async fn a_writable_etc_hosts_mount_goes_with_the_pods_etc_files() {
         "127.0.0.1 localhost\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writable_root_is_a_private_copy_and_a_read_only_one_says_erofs() {
+    let (tmp, rt) = temp_runtime();
+    let layout = Image::toolbox().write_layout(&tmp.path().join("layout"));
+    let archive = layout_tar(&layout, &tmp.path().join("toolbox.tar"));
+    let image = rt
+        .images()
+        .import(&archive, Some("toolbox:root"))
+        .await
+        .unwrap()
+        .remove(0);
+    let config = |name: &str, writable_rootfs| ContainerConfig {
+        name: name.into(),
+        image: image.id.clone(),
+        command: words(&["/bin/pause"]),
+        writable_rootfs,
+        ..Default::default()
+    };
+    let a = running(&rt, config("a", true)).await;
+    let b = running(&rt, config("b", true)).await;
+    let ro = running(&rt, config("ro", false)).await;
+    // critest's ReadOnlyRootfs specs, as they run them.
+    let script = "touch test.go && [ -f test.go ] && echo Found";
+    assert_eq!(exec(&rt, &a, &["sh", "-c", script]).await.1, "Found\n");
+    assert_eq!(
+        exec(&rt, &ro, &["sh", "-c", script]).await,
+        (
+            1,
+            String::new(),
+            "touch: test.go: Read-only file system\n".into()
+        )
+    );
+    // Each container writes its own copy: the image and the neighbour are untouched.
+    assert_eq!(exec(&rt, &a, &["rm", "/bin/cat"]).await.0, 0);
+    assert_eq!(exec(&rt, &a, &["cat", "/test.go"]).await.0, NOT_FOUND_CODE);
+    assert_eq!(
+        exec(&rt, &b, &["cat", "/test.go"]).await.2,
+        "cat: can't open '/test.go': No such file or directory\n"
+    );
+    assert_eq!(exec(&rt, &ro, &["ls", "/bin/cat"]).await.1, "/bin/cat\n");
+    // A single-binary image gets an empty writable root.
+    let single = running(
+        &rt,
+        ContainerConfig {
+            writable_rootfs: true,
+            ..toolbox("s", &["pause"])
+        },
+    )
+    .await;
+    assert_eq!(
+        exec(&rt, &single, &["sh", "-c", "echo hi > /x; cat /x; ls /"])
+            .await
+            .1,
+        "hi\nx\n"
+    );
+}

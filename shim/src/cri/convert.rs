@@ -196,6 +196,11 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Stat
             read_only: m.readonly,
         });
     }
+    let readonly_rootfs = c
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .is_some_and(|s| s.readonly_rootfs);
     let memory_limit = c
         .linux
         .and_then(|l| l.resources)
@@ -221,6 +226,7 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Stat
         stdin: c.stdin,
         stdin_once: c.stdin_once,
         tty: c.tty,
+        writable_rootfs: !readonly_rootfs,
     })
 }
 
