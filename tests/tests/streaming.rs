@@ -366,8 +366,34 @@ async fn exec_and_exec_sync_of_toolbox_applets() {
         crictl_run(&c, &["exec", "-s", id, "echo", "still", "here"]),
         (true, "still here\n\n\n".into(), String::new())
     );
-    // Stopped: exec of any kind is refused with FailedPrecondition.
+    // Stopping the container ends its execs as a kill would end a process: 137.
+    let running: Vec<Background> = ["spdy", "websocket"]
+        .into_iter()
+        .map(|transport| {
+            let args = [
+                "exec",
+                "-r",
+                transport,
+                id,
+                "sh",
+                "-c",
+                "echo started; sleep 100",
+            ];
+            Background::spawn(c.command(&args), Stdio::null())
+        })
+        .collect();
+    for exec in &running {
+        exec.wait_stdout("started\n");
+    }
     c.ok(&["stop", id]);
+    for exec in running {
+        let (st, out, err) = exec.wait();
+        assert!(!st.success());
+        assert_eq!(out, "started\n");
+        assert!(err.contains(&terminated(137)), "{err}");
+    }
+
+    // Stopped: exec of any kind is refused with FailedPrecondition.
     for args in [
         &["exec", "-s", id, "echo"][..],
         &["exec", id, "echo"],
@@ -507,11 +533,6 @@ async fn port_forward_to_a_wasi_http_guest() {
             let (code, body) = wasmpod_tests::curl(&format!("http://127.0.0.1:{port}/")).await;
             assert_eq!((code, body.as_str()), (200, HELLO), "{transport}");
         }
-        assert_eq!(
-            good.stdout().matches("Handling connection for").count(),
-            2,
-            "{transport}"
-        );
 
         // Nothing listens on 9999: the connection is closed without an answer and crictl
         // prints why. (client-go ends a whole forward once a stream reports an error, as it
@@ -874,4 +895,32 @@ async fn sessions_leave_no_tasks_or_descriptors_behind() {
     for id in [&shell, &ticker] {
         assert_eq!(status(&c, id)["state"], "CONTAINER_RUNNING");
     }
+}
+
+/// ExecSync of a command printing more than the CRI's 16 MiB message limit (kubelet's and
+/// crictl's gRPC receive limit, and the daemon's send limit): the output is cut to fit, with a
+/// note on stderr, and the call succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "wasmpod bug: each stream is capped at 16 MiB, so the answer is over the 16 MiB \
+            message limit and the call fails with OutOfRange (runtime/src/exec.rs capture)"]
+async fn exec_sync_output_over_the_message_limit_is_cut_to_fit() {
+    let d = Daemon::start().await;
+    let c = Crictl::new(&d);
+    let pod = runp(&c, &d, "big");
+    let id = run(
+        &c,
+        &pod,
+        "box",
+        &file_image("toolbox.p1"),
+        &["pause"],
+        json!({}),
+    );
+    // 3,000,000 numbered lines: 20,888,896 bytes.
+    let (ok, out, err) = crictl_run(&c, &["exec", "-s", &id, "seq", "1", "3000000"]);
+    assert!(ok, "{err}");
+    let expected: String = (1..=3_000_000).map(|n| format!("{n}\n")).collect();
+    let kept = 15 << 20;
+    assert!(out.len() > kept, "{} bytes", out.len());
+    assert!(expected.starts_with(&out[..kept]));
+    assert!(out.contains("bytes dropped"), "{}", &out[out.len() - 200..]);
 }
