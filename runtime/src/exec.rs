@@ -507,11 +507,11 @@ mod tests {
         ));
         assert!(matches!(
             lookup(root, "/bin/echo", None, "/", None),
-            Lookup::Wasm(_)
+            Lookup::Wasm(..)
         ));
         assert!(matches!(
             lookup(root, "../bin/echo", None, "/opt", None),
-            Lookup::Wasm(_)
+            Lookup::Wasm(..)
         ));
         assert!(matches!(
             lookup(root, "script", Some("/opt/tools:/bin"), "/", None),

@@ -58,6 +58,7 @@ impl GuestFs {
         rootfs: Option<&Path>,
         staging: &Path,
         writable_root: bool,
+        readonly_paths: &[String],
     ) -> Result<Self> {
         let mut fs = GuestFs::default();
         if writable_root {
@@ -70,6 +71,16 @@ impl GuestFs {
                         e,
                     )
                 })?;
+            }
+            // The deepest preopen wins a path: a read-only one over a directory of the root.
+            for path in readonly_paths {
+                if let Some(dir) = dir_in_root(&root, path) {
+                    fs.preopens.push(Preopen {
+                        host: dir,
+                        guest: normalize_guest(path),
+                        read_only: true,
+                    });
+                }
             }
             fs.preopens.push(Preopen {
                 host: root,
@@ -293,6 +304,34 @@ fn split_parent(path: &str) -> Result<(String, &str)> {
     }
 }
 
+/// `path` of the guest as a host directory inside `root`, if it is a directory there reached
+/// without a symlink (the root is the container's fresh copy of the image's files).
+fn dir_in_root(root: &Path, path: &str) -> Option<std::path::PathBuf> {
+    let rel = path.trim_start_matches('/').trim_end_matches('/');
+    if rel.is_empty()
+        || rel
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return None;
+    }
+    let dir = cap_std::fs::Dir::open_ambient_dir(root, cap_std::ambient_authority()).ok()?;
+    let mut at = std::path::PathBuf::new();
+    for part in rel.split('/') {
+        at.push(part);
+        let kind = dir.symlink_metadata(&at).ok()?.file_type();
+        if !kind.is_dir() {
+            return None;
+        }
+    }
+    Some(root.join(rel))
+}
+
+/// `/a/b/` as `/a/b`.
+fn normalize_guest(path: &str) -> String {
+    format!("/{}", path.trim_matches('/'))
+}
+
 /// Copies the tree `from` (an unpacked image: wasmpod's own, its links already checked to stay
 /// inside) into the empty directory `to` through directory handles: links are copied as links,
 /// never followed, and nothing outside `to` is written.
@@ -365,6 +404,7 @@ mod tests {
             None,
             &staging,
             false,
+            &[],
         )
         .unwrap();
         let guests: Vec<_> = fs.preopens.iter().map(|p| p.guest.as_str()).collect();
@@ -390,7 +430,7 @@ mod tests {
             resolved(tmp.path(), "/data", false),
             resolved(tmp.path(), "/data", true),
         ];
-        assert!(GuestFs::build(two, None, &staging, false)
+        assert!(GuestFs::build(two, None, &staging, false, &[])
             .unwrap_err()
             .message
             .contains("two mounts"));
@@ -398,7 +438,7 @@ mod tests {
             resolved(tmp.path(), "/etc", false),
             resolved(&file, "/etc/hosts", true),
         ];
-        assert!(GuestFs::build(nested, None, &staging, false)
+        assert!(GuestFs::build(nested, None, &staging, false, &[])
             .unwrap_err()
             .message
             .contains("inside"));
@@ -420,6 +460,7 @@ mod tests {
                 None,
                 &tmp.path().join(n),
                 false,
+                &[],
             )
             .unwrap()
         };
@@ -463,6 +504,7 @@ mod tests {
             None,
             &tmp.path().join("s"),
             false,
+            &[],
         )
         .unwrap_err();
         assert!(err.message.contains("symlink"), "{err}");
@@ -474,6 +516,7 @@ mod tests {
             None,
             &tmp.path().join("s"),
             false,
+            &[],
         )
         .unwrap_err();
         assert!(err.message.contains("regular file"), "{err}");

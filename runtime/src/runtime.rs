@@ -389,6 +389,7 @@ impl Runtime {
             image.rootfs.as_deref(),
             &dir,
             config.writable_rootfs,
+            &config.readonly_paths,
         )
         .map_err(|e| e.context(&ctx))?;
         let exec_root = fs.root().map(Path::to_path_buf);

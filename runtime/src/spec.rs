@@ -173,6 +173,10 @@ pub struct ContainerConfig {
     /// CRI's and Kubernetes' default). Off, the image's files are shown read-only.
     #[serde(default)]
     pub writable_rootfs: bool,
+    /// Directories of the root the guest may not write (CRI `readonly_paths`); paths the root
+    /// does not have are ignored, as runc ignores them.
+    #[serde(default)]
+    pub readonly_paths: Vec<String>,
 }
 
 /// Refuses env entries a guest's `environ` cannot carry: an empty name, a name with `=` (it

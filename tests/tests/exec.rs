@@ -497,3 +497,38 @@ async fn a_writable_root_is_a_private_copy_and_a_read_only_one_says_erofs() {
         "hi\nx\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readonly_paths_of_a_writable_root_refuse_writes() {
+    let (tmp, rt) = temp_runtime();
+    let layout = Image::toolbox().write_layout(&tmp.path().join("layout"));
+    let archive = layout_tar(&layout, &tmp.path().join("toolbox.tar"));
+    let image = rt
+        .images()
+        .import(&archive, Some("toolbox:ro-paths"))
+        .await
+        .unwrap()
+        .remove(0);
+    let id = running(
+        &rt,
+        ContainerConfig {
+            name: "t".into(),
+            image: image.id,
+            command: words(&["/bin/pause"]),
+            writable_rootfs: true,
+            // kubelet's defaults name /proc paths a Wasm root does not have: ignored.
+            readonly_paths: words(&["/tmp/", "/proc/sys", "/../etc"]),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        exec(&rt, &id, &["touch", "/tmp/test"]).await,
+        (
+            1,
+            String::new(),
+            "touch: /tmp/test: Read-only file system\n".into()
+        )
+    );
+    assert_eq!(exec(&rt, &id, &["touch", "/elsewhere"]).await.0, 0);
+}

@@ -188,19 +188,43 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Stat
     required("image.image", &image.image)?;
     let mut mounts = Vec::new();
     for m in c.mounts {
+        if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
+            return Err(Status::unimplemented(
+                "image volumes (a mount of an image) are not supported by wasmpod yet",
+            ));
+        }
         required("mount.container_path", &m.container_path)?;
         required("mount.host_path", &m.host_path)?;
+        // wasmpod's read-only mounts are recursive (a WASI preopen has one permission for its
+        // whole tree); the CRI's rules for asking so explicitly are kept all the same.
+        if m.recursive_read_only
+            && (!m.readonly || m.propagation != cri::MountPropagation::PropagationPrivate as i32)
+        {
+            return Err(Status::invalid_argument(format!(
+                "mount {}: recursive_read_only needs readonly and private propagation",
+                m.container_path
+            )));
+        }
         mounts.push(MountSpec {
             source: MountSource::Host(PathBuf::from(m.host_path)),
             container_path: m.container_path,
             read_only: m.readonly,
         });
     }
-    let readonly_rootfs = c
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .is_some_and(|s| s.readonly_rootfs);
+    let security = c.linux.as_ref().and_then(|l| l.security_context.as_ref());
+    // A Wasm guest has no uid or gid to run as; the request must still be one kubelet could
+    // have made.
+    if security.is_some_and(|s| {
+        s.run_as_group.is_some() && s.run_as_user.is_none() && s.run_as_username.is_empty()
+    }) {
+        return Err(Status::invalid_argument(
+            "run_as_group is set without run_as_user or run_as_username",
+        ));
+    }
+    let readonly_rootfs = security.is_some_and(|s| s.readonly_rootfs);
+    let readonly_paths = security
+        .map(|s| s.readonly_paths.clone())
+        .unwrap_or_default();
     let memory_limit = c
         .linux
         .and_then(|l| l.resources)
@@ -227,6 +251,7 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Stat
         stdin_once: c.stdin_once,
         tty: c.tty,
         writable_rootfs: !readonly_rootfs,
+        readonly_paths,
     })
 }
 

@@ -527,11 +527,12 @@ impl RuntimeService for RuntimeApi {
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions }),
             info: verbose_info(r.into_inner().verbose, || describe::runtime(&self.rt)),
-            // Wasm guests see no uids and no mount flags: neither feature applies.
+            // A read-only mount is read-only in its whole tree (one WASI preopen, one
+            // permission); Wasm guests have no uids to map.
             runtime_handlers: vec![cri::RuntimeHandler {
                 name: describe::RUNTIME_HANDLER.into(),
                 features: Some(cri::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
+                    recursive_read_only_mounts: true,
                     user_namespaces: false,
                 }),
             }],
