@@ -528,14 +528,18 @@ impl RuntimeService for RuntimeApi {
             status: Some(cri::RuntimeStatus { conditions }),
             info: verbose_info(r.into_inner().verbose, || describe::runtime(&self.rt)),
             // A read-only mount is read-only in its whole tree (one WASI preopen, one
-            // permission); Wasm guests have no uids to map.
-            runtime_handlers: vec![cri::RuntimeHandler {
-                name: describe::RUNTIME_HANDLER.into(),
-                features: Some(cri::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: true,
-                    user_namespaces: false,
-                }),
-            }],
+            // permission); Wasm guests have no uids to map. The default handler ("") is
+            // wasmpod too: clients that name no handler look it up.
+            runtime_handlers: ["", describe::RUNTIME_HANDLER]
+                .into_iter()
+                .map(|name| cri::RuntimeHandler {
+                    name: name.into(),
+                    features: Some(cri::RuntimeHandlerFeatures {
+                        recursive_read_only_mounts: true,
+                        user_namespaces: false,
+                    }),
+                })
+                .collect(),
             features: Some(cri::RuntimeFeatures {
                 supplemental_groups_policy: false,
             }),
