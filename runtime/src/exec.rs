@@ -11,6 +11,7 @@
 
 use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,8 +27,10 @@ use crate::log::Stream;
 use crate::runtime::Runtime;
 use crate::stdio::{Output, Stdio, PIPE_CHUNKS};
 
-/// What ExecSync keeps of each of stdout and stderr: the CRI's message limit.
-pub const EXEC_OUTPUT_CAP: usize = 16 << 20;
+/// What ExecSync keeps of stdout and stderr together: the CRI's 16 MiB message limit (kubelet's
+/// and crictl's receive limit), less room for the rest of the response and the note saying
+/// what was dropped, so the answer always arrives.
+pub const EXEC_OUTPUT_CAP: usize = (16 << 20) - 4096;
 /// The exit code of a command found nowhere (as a shell reports it).
 pub const NOT_FOUND_CODE: i32 = 127;
 /// The exit code of a command found but not runnable (not Wasm).
@@ -117,10 +120,11 @@ impl Runtime {
         };
         let task = self.exec(id, cmd, stdio).await?;
         let _kill = KillOnDrop(task.clone());
+        let budget = AtomicUsize::new(EXEC_OUTPUT_CAP);
         let run = async {
             let (stdout, stderr, exit) = tokio::join!(
-                capture(out_rx, Stream::Stdout),
-                capture(err_rx, Stream::Stderr),
+                capture(out_rx, Stream::Stdout, &budget),
+                capture(err_rx, Stream::Stderr, &budget),
                 task.wait()
             );
             let mut output = ExecOutput {
@@ -456,12 +460,16 @@ struct Captured {
     dropped: Option<String>,
 }
 
-/// Drains `rx` to its end, keeping at most [`EXEC_OUTPUT_CAP`] bytes.
-async fn capture(mut rx: mpsc::Receiver<Bytes>, stream: Stream) -> Captured {
+/// Drains `rx` to its end, keeping what `budget` (shared by stdout and stderr) still allows.
+async fn capture(mut rx: mpsc::Receiver<Bytes>, stream: Stream, budget: &AtomicUsize) -> Captured {
     let mut bytes = Vec::new();
     let mut dropped = 0usize;
     while let Some(chunk) = rx.recv().await {
-        let keep = chunk.len().min(EXEC_OUTPUT_CAP - bytes.len());
+        let mut keep = 0;
+        let _ = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+            keep = chunk.len().min(left);
+            Some(left - keep)
+        });
         bytes.extend_from_slice(&chunk[..keep]);
         dropped += chunk.len() - keep;
     }
@@ -469,9 +477,9 @@ async fn capture(mut rx: mpsc::Receiver<Bytes>, stream: Stream) -> Captured {
         bytes,
         dropped: (dropped > 0).then(|| {
             format!(
-                "wasmpod: exec {} over {} MiB: {dropped} bytes dropped\n",
+                "wasmpod: exec output over {EXEC_OUTPUT_CAP} bytes (the CRI's message limit): \
+                 {dropped} bytes of {} dropped\n",
                 stream.as_str(),
-                EXEC_OUTPUT_CAP >> 20
             )
         }),
     }

@@ -210,6 +210,29 @@ pub trait Backend: Send + Sync + 'static {
     fn dial(&self, pod_id: String, port: u16) -> BoxFuture<Result<tokio::net::TcpStream, String>>;
 }
 
+/// Runs `session` on the client's connection once hyper hands it over (after the 101
+/// response), as a task of the server that counts as live until it ends.
+fn spawn_upgraded<F, Fut>(
+    shared: &Arc<Shared>,
+    req: &mut hyper::Request<Incoming>,
+    what: &'static str,
+    session: F,
+) where
+    F: FnOnce(Arc<Shared>, TokioIo<hyper::upgrade::Upgraded>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let on_upgrade = hyper::upgrade::on(req);
+    let live = LiveGuard::new(&shared.live);
+    let session_shared = shared.clone();
+    shared.tasks.spawn(async move {
+        let _live = live;
+        match on_upgrade.await {
+            Ok(upgraded) => session(session_shared, TokioIo::new(upgraded)).await,
+            Err(e) => tracing::debug!(error = %e, "streaming: {what} upgrade failed"),
+        }
+    });
+}
+
 /// What every connection of the server shares.
 struct Shared {
     backend: Arc<dyn Backend>,
@@ -495,20 +518,8 @@ fn handle(shared: &Arc<Shared>, mut req: hyper::Request<Incoming>) -> HttpRespon
         }
         return response;
     };
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let session_shared = shared.clone();
-    let live = LiveGuard::new(&shared.live);
     let chosen_value = HeaderValue::from_str(&chosen).ok();
-    shared.tasks.spawn(async move {
-        let _live = live;
-        let shared = session_shared;
-        let io = match on_upgrade.await {
-            Ok(upgraded) => TokioIo::new(upgraded),
-            Err(e) => {
-                tracing::debug!(error = %e, "streaming: SPDY upgrade failed");
-                return;
-            }
-        };
+    spawn_upgraded(shared, &mut req, "SPDY", move |shared, io| async move {
         serve_spdy_session(&shared, io, request, &chosen).await;
     });
     let mut response = Response::new(Full::new(Bytes::new()));

@@ -17,7 +17,6 @@ use futures::{SinkExt, StreamExt};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
 use hyper::{Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -29,7 +28,7 @@ use tokio_tungstenite::WebSocketStream;
 use super::portforward::{self, client_to_pod};
 use super::remotecommand::{self, Command, ResizeDecoder, Version};
 use super::spdy_conn::{self, Activity};
-use super::{header_list, text, HttpResponse, LiveGuard, Request, Shared, Stdio};
+use super::{header_list, spawn_upgraded, text, HttpResponse, Request, Shared, Stdio};
 
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
@@ -147,25 +146,18 @@ pub(super) fn upgrade(
         }
         _ => Vec::new(),
     };
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let live = LiveGuard::new(&shared.live);
-    let session_shared = shared.clone();
-    shared.tasks.spawn(async move {
-        let _live = live;
-        let shared = session_shared;
-        let io = match on_upgrade.await {
-            Ok(upgraded) => TokioIo::new(upgraded),
-            Err(e) => {
-                tracing::debug!(error = %e, "streaming: WebSocket upgrade failed");
-                return;
-            }
-        };
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_MESSAGE))
-            .max_frame_size(Some(MAX_MESSAGE));
-        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        serve(&shared, ws, request, chosen, ports).await;
-    });
+    spawn_upgraded(
+        shared,
+        &mut req,
+        "WebSocket",
+        move |shared, io| async move {
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(MAX_MESSAGE))
+                .max_frame_size(Some(MAX_MESSAGE));
+            let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+            serve(&shared, ws, request, chosen, ports).await;
+        },
+    );
     let mut response = Response::new(http_body_util::Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
