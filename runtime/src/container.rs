@@ -126,6 +126,9 @@ pub struct ContainerEvent {
     pub pod_id: String,
     pub kind: EventKind,
     pub at: SystemTime,
+    /// The container's state when the event happened (it may have moved on by the time a
+    /// subscriber reads the event).
+    pub state: ContainerState,
 }
 
 /// Told of every state change: persists the record and publishes the event.
@@ -148,6 +151,7 @@ impl Observer {
             pod_id: c.pod_id.clone(),
             kind,
             at: SystemTime::now(),
+            state: c.state(),
         });
     }
 }

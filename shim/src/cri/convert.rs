@@ -301,7 +301,11 @@ pub fn pod_status(p: &Pod) -> cri::PodSandboxStatus {
 }
 
 pub fn container_state(c: &Container) -> i32 {
-    match c.state() {
+    state_code(&c.state())
+}
+
+fn state_code(state: &ContainerState) -> i32 {
+    match state {
         ContainerState::Created => cri::ContainerState::ContainerCreated as i32,
         ContainerState::Running { .. } => cri::ContainerState::ContainerRunning as i32,
         ContainerState::Exited { .. } => cri::ContainerState::ContainerExited as i32,
@@ -339,7 +343,13 @@ pub fn container(c: &Container) -> cri::Container {
 }
 
 pub fn container_status(c: &Container) -> cri::ContainerStatus {
-    let (started_at, finished_at, exit) = match c.state() {
+    container_status_in(c, c.state())
+}
+
+/// The status of `c` as it was in `state` (an event's).
+pub fn container_status_in(c: &Container, state: ContainerState) -> cri::ContainerStatus {
+    let code = state_code(&state);
+    let (started_at, finished_at, exit) = match state {
         ContainerState::Created => (0, 0, None),
         ContainerState::Running { started_at } => (nanos(started_at), 0, None),
         ContainerState::Exited {
@@ -365,7 +375,7 @@ pub fn container_status(c: &Container) -> cri::ContainerStatus {
     cri::ContainerStatus {
         id: c.id.clone(),
         metadata: Some(container_metadata(c)),
-        state: container_state(c),
+        state: code,
         created_at: nanos(c.created_at),
         started_at,
         finished_at,

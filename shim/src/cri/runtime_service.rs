@@ -183,17 +183,23 @@ impl RuntimeApi {
             EventKind::Deleted => cri::ContainerEventType::ContainerDeletedEvent,
         };
         let pod = self.rt.pod(&e.pod_id).ok();
+        // The event's container as it was when the event happened; the others as they are.
+        let containers_statuses = pod
+            .as_ref()
+            .map(|p| self.rt.pod_containers(p))
+            .unwrap_or_default()
+            .iter()
+            .map(|c| match c.id == e.container_id {
+                true => convert::container_status_in(c, e.state.clone()),
+                false => convert::container_status(c),
+            })
+            .collect();
         cri::ContainerEventResponse {
             container_id: e.container_id,
             container_event_type: kind as i32,
             created_at: nanos(e.at),
             pod_sandbox_status: pod.as_ref().map(|p| convert::pod_status(p)),
-            containers_statuses: pod
-                .map(|p| self.rt.pod_containers(&p))
-                .unwrap_or_default()
-                .iter()
-                .map(|c| convert::container_status(c))
-                .collect(),
+            containers_statuses,
         }
     }
 }
