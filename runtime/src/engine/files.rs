@@ -83,12 +83,27 @@ static NODE_LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
 pub fn raise_descriptor_limit() -> usize {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let current = getrlimit(Resource::Nofile);
+    // Every running guest holds a descriptor per directory it sees (its root, /etc, volumes)
+    // and its log: a dense node needs more than a login shell's hard limit. Privileged, the
+    // daemon takes what the kernel allows (fs.nr_open), as systemd's LimitNOFILE does.
+    let kernel = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let ceiling = kernel
+        .filter(|k| current.maximum.is_some_and(|m| *k > m))
+        .map(|k| Rlimit {
+            current: Some(k),
+            maximum: Some(k),
+        })
+        .filter(|r| setrlimit(Resource::Nofile, r.clone()).is_ok())
+        .and_then(|r| r.maximum);
+    let maximum = ceiling.or(current.maximum);
     let raised = Rlimit {
-        current: current.maximum,
-        maximum: current.maximum,
+        current: maximum,
+        maximum,
     };
     let soft = match setrlimit(Resource::Nofile, raised) {
-        Ok(()) => current.maximum,
+        Ok(()) => maximum,
         Err(e) => {
             tracing::warn!("raising the open-file limit: {e}");
             current.current
