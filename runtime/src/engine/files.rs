@@ -95,7 +95,7 @@ pub fn raise_descriptor_limit() -> usize {
             current: Some(k),
             maximum: Some(k),
         })
-        .filter(|r| setrlimit(Resource::Nofile, r.clone()).is_ok())
+        .filter(|r| setrlimit(Resource::Nofile, *r).is_ok())
         .and_then(|r| r.maximum);
     let maximum = ceiling.or(current.maximum);
     let raised = Rlimit {
