@@ -75,8 +75,13 @@ async fn verbose_status_calls_answer_with_info() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(s.runtime_handlers.len(), 1);
-    assert_eq!(s.runtime_handlers[0].name, "wasmpod");
+    // The default handler ("") is wasmpod too, with the same features.
+    let names: Vec<&str> = s.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["", "wasmpod"]);
+    assert!(s.runtime_handlers.iter().all(|h| h
+        .features
+        .as_ref()
+        .is_some_and(|f| f.recursive_read_only_mounts)));
     let s = info(&s.info);
     assert_eq!(s["config"]["runtimeHandlers"][0], "wasmpod");
     assert!(s["config"]["stateDir"].is_string());

@@ -626,7 +626,7 @@ async fn bad_requests_get_precise_statuses() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented);
+    assert_eq!(e.code(), Code::NotFound);
 
     // A request over the 16 MiB limit is answered with an error, and the server lives on.
     let mut huge = pod_config("huge", &logs);
