@@ -322,10 +322,14 @@ async fn exec_and_exec_sync_of_toolbox_applets() {
         assert!(err.contains(&terminated(3)), "{transport}: {err}");
         args.truncate(6);
         args.extend(["echo", "fine"]);
-        assert_eq!(
-            with_terminal(&c, &args),
-            (true, "fine\n".into(), String::new()),
-            "{transport}"
+        let (ok, out, err) = with_terminal(&c, &args);
+        assert_eq!((ok, out.as_str()), (true, "fine\n"), "{transport}: {err}");
+        // client-go may still be sending the terminal size when so short a session has ended:
+        // it logs that (as it does against kubelet and containerd), and nothing else.
+        assert!(
+            err.lines()
+                .all(|l| l.contains("Encoding terminal size failed")),
+            "{transport}: {err}"
         );
 
         // Found nowhere: 127, worded as runc words it; found but not Wasm: 126.
