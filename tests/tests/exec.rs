@@ -37,6 +37,14 @@ async fn running(rt: &Arc<Runtime>, config: ContainerConfig) -> String {
     id
 }
 
+/// Imports `image` (an OCI layout written under `dir`) into `rt`'s store; returns its id.
+async fn import(rt: &Runtime, dir: &std::path::Path, image: Image) -> String {
+    let layout = image.write_layout(&dir.join("layout"));
+    let archive = layout_tar(&layout, &dir.join("image.tar"));
+    let mut records = rt.images().import(&archive, None).await.unwrap();
+    records.remove(0).id
+}
+
 async fn exec(rt: &Runtime, id: &str, cmd: &[&str]) -> (i32, String, String) {
     let out = rt
         .exec_sync(id, &words(cmd), Some(Duration::from_secs(60)))
@@ -107,21 +115,17 @@ async fn an_exec_shares_the_containers_volumes_env_and_hostname() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_finds_applets_in_the_image_files_and_says_127_or_126_otherwise() {
     let (tmp, rt) = temp_runtime();
-    let layout = Image::toolbox()
-        .file("bin/script", b"#!/bin/sh\necho not wasm\n")
-        .write_layout(&tmp.path().join("layout"));
-    let archive = layout_tar(&layout, &tmp.path().join("toolbox.tar"));
-    let image = rt
-        .images()
-        .import(&archive, Some("toolbox:exec"))
-        .await
-        .unwrap()
-        .remove(0);
+    let image = import(
+        &rt,
+        tmp.path(),
+        Image::toolbox().file("bin/script", b"#!/bin/sh\necho not wasm\n"),
+    )
+    .await;
     let id = running(
         &rt,
         ContainerConfig {
             name: "t".into(),
-            image: image.id.clone(),
+            image: image.clone(),
             command: words(&["/bin/pause"]),
             ..Default::default()
         },
@@ -445,17 +449,10 @@ async fn a_writable_etc_hosts_mount_goes_with_the_pods_etc_files() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writable_root_is_a_private_copy_and_a_read_only_one_says_erofs() {
     let (tmp, rt) = temp_runtime();
-    let layout = Image::toolbox().write_layout(&tmp.path().join("layout"));
-    let archive = layout_tar(&layout, &tmp.path().join("toolbox.tar"));
-    let image = rt
-        .images()
-        .import(&archive, Some("toolbox:root"))
-        .await
-        .unwrap()
-        .remove(0);
+    let image = import(&rt, tmp.path(), Image::toolbox()).await;
     let config = |name: &str, writable_rootfs| ContainerConfig {
         name: name.into(),
-        image: image.id.clone(),
+        image: image.clone(),
         command: words(&["/bin/pause"]),
         writable_rootfs,
         ..Default::default()
@@ -502,19 +499,12 @@ async fn a_writable_root_is_a_private_copy_and_a_read_only_one_says_erofs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readonly_paths_of_a_writable_root_refuse_writes() {
     let (tmp, rt) = temp_runtime();
-    let layout = Image::toolbox().write_layout(&tmp.path().join("layout"));
-    let archive = layout_tar(&layout, &tmp.path().join("toolbox.tar"));
-    let image = rt
-        .images()
-        .import(&archive, Some("toolbox:ro-paths"))
-        .await
-        .unwrap()
-        .remove(0);
+    let image = import(&rt, tmp.path(), Image::toolbox()).await;
     let id = running(
         &rt,
         ContainerConfig {
             name: "t".into(),
-            image: image.id,
+            image,
             command: words(&["/bin/pause"]),
             writable_rootfs: true,
             // kubelet's defaults name /proc paths a Wasm root does not have: ignored.
