@@ -68,6 +68,10 @@ pub struct Container {
     pub log_path: Option<PathBuf>,
     /// The log file's directory handle and limit; `None` for restored containers.
     log: Option<(LogTarget, LogLimit)>,
+    /// Where stdout and stderr go instead of the log (containerd's FIFOs).
+    output: Option<(Output, Output)>,
+    /// Whether the state database keeps the container.
+    persist: bool,
     pub(crate) dir: PathBuf,
     /// What a start needs; `None` for containers restored from the state database.
     prepared: Option<Prepared>,
@@ -139,12 +143,13 @@ pub(crate) struct Observer {
 
 impl Observer {
     pub(crate) fn changed(&self, c: &Container, kind: EventKind) {
-        if kind == EventKind::Deleted {
-            if let Err(e) = self.state.remove_container(&c.id) {
-                tracing::error!(container = %c.id, "persisting removal: {e}");
-            }
-        } else if let Err(e) = self.state.put_container(&c.record(), Sync::Soon) {
-            tracing::error!(container = %c.id, "persisting state: {e}");
+        let persisted = match kind {
+            _ if !c.persist => Ok(()),
+            EventKind::Deleted => self.state.remove_container(&c.id),
+            _ => self.state.put_container(&c.record(), Sync::Soon),
+        };
+        if let Err(e) = persisted {
+            tracing::error!(container = %c.id, "persisting {kind:?}: {e}");
         }
         let _ = self.events.send(ContainerEvent {
             container_id: c.id.clone(),
@@ -202,6 +207,10 @@ pub(crate) struct NewContainer {
     pub config: ContainerConfig,
     pub image_ref: String,
     pub log: Option<(LogTarget, LogLimit)>,
+    /// Where stdout and stderr go instead of the log (containerd's FIFOs).
+    pub output: Option<(Output, Output)>,
+    /// Whether the state database keeps the container (containerd's containers die with us).
+    pub persist: bool,
     pub dir: PathBuf,
     pub prepared: Prepared,
 }
@@ -216,6 +225,8 @@ impl Container {
             created_at: SystemTime::now(),
             log_path: n.log.as_ref().map(|(t, _)| t.path().to_path_buf()),
             log: n.log,
+            output: n.output,
+            persist: n.persist,
             dir: n.dir,
             prepared: Some(n.prepared),
             usage: Arc::default(),
@@ -251,6 +262,8 @@ impl Container {
             created_at: r.created_at,
             log_path: r.log_path,
             log: None,
+            output: None,
+            persist: true,
             dir,
             prepared: None,
             usage: Arc::default(),
@@ -352,12 +365,19 @@ impl Container {
             Some(live),
         )?;
         log.attach_to(self.attach.clone());
+        let (stdout, stderr) = match &self.output {
+            Some((out, err)) => (out.clone(), err.clone()),
+            None => (
+                Output::Log(log.clone(), Stream::Stdout),
+                Output::Log(log.clone(), Stream::Stderr),
+            ),
+        };
         let stdio = match self.config.tty {
-            true => Stdio::merged(self.config.stdin, Output::Log(log.clone(), Stream::Stdout)),
+            true => Stdio::merged(self.config.stdin, stdout),
             false => Stdio {
                 stdin: self.config.stdin,
-                stdout: Output::Log(log.clone(), Stream::Stdout),
-                stderr: Output::Log(log.clone(), Stream::Stderr),
+                stdout,
+                stderr,
             },
         };
         let spec = self.guest_spec(pod, prepared.argv.clone(), stdio)?;

@@ -332,6 +332,11 @@ impl Runtime {
         Ok(container)
     }
 
+    /// The running guest of container `id` (a front end feeds its stdin).
+    pub fn container_task(&self, id: &str) -> Result<Arc<Task>> {
+        self.container(id)?.task()
+    }
+
     /// Pod `id`, if it is ready and has a network (what port-forward needs).
     pub fn ready_pod(&self, id: &str) -> Result<Arc<crate::pod::Pod>> {
         let pod = self.pod(id)?;
@@ -382,7 +387,7 @@ impl FileId {
     }
 }
 
-enum Lookup {
+pub(crate) enum Lookup {
     /// The file is the `known` one: its program is the one already compiled.
     Unchanged,
     Wasm(Vec<u8>, FileId),
@@ -401,7 +406,7 @@ fn is_own_program(name: &str, argv: &[String]) -> bool {
 
 /// Looks `name` up in the container's root, reading through a handle on the root that resolves
 /// links inside it and never out of it. A file that is still `known` is not read again.
-fn lookup(
+pub(crate) fn lookup(
     rootfs: &Path,
     name: &str,
     path_env: Option<&str>,

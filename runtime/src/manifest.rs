@@ -738,6 +738,7 @@ impl RawPod {
             port_mappings,
             host_namespaces,
             name,
+            ..PodConfig::default()
         };
         Ok(PodManifest {
             pod,

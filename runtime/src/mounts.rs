@@ -72,28 +72,49 @@ impl GuestFs {
                     )
                 })?;
             }
-            // The deepest preopen wins a path: a read-only one over a directory of the root.
-            for path in readonly_paths {
-                if let Some(dir) = dir_in_root(&root, path) {
-                    fs.preopens.push(Preopen {
-                        host: dir,
-                        guest: normalize_guest(path),
-                        read_only: true,
-                    });
-                }
-            }
-            fs.preopens.push(Preopen {
-                host: root,
-                guest: "/".into(),
-                read_only: false,
-            });
+            fs.root_preopens(&root, false, readonly_paths);
         } else if let Some(rootfs) = rootfs {
-            fs.preopens.push(Preopen {
-                host: rootfs.to_path_buf(),
-                guest: "/".into(),
-                read_only: true,
-            });
+            fs.root_preopens(rootfs, true, &[]);
         }
+        fs.lay_out(mounts, staging)
+    }
+
+    /// Lays out `mounts` over `root`, a directory already private to the container
+    /// (containerd's rootfs mount), shown in place.
+    pub fn build_in_place(
+        mounts: Vec<ResolvedMount>,
+        root: &Path,
+        read_only: bool,
+        staging: &Path,
+        readonly_paths: &[String],
+    ) -> Result<Self> {
+        let mut fs = GuestFs::default();
+        fs.root_preopens(root, read_only, readonly_paths);
+        fs.lay_out(mounts, staging)
+    }
+
+    /// `/` on `root`; each of `readonly_paths` the root has over it, read-only (the deepest
+    /// preopen wins a path).
+    fn root_preopens(&mut self, root: &Path, read_only: bool, readonly_paths: &[String]) {
+        for path in readonly_paths {
+            if let Some(dir) = dir_in_root(root, path) {
+                self.preopens.push(Preopen {
+                    host: dir,
+                    guest: normalize_guest(path),
+                    read_only: true,
+                });
+            }
+        }
+        self.preopens.push(Preopen {
+            host: root.to_path_buf(),
+            guest: "/".into(),
+            read_only,
+        });
+    }
+
+    /// Adds `mounts`, file mounts staged under `staging`.
+    fn lay_out(mut self, mounts: Vec<ResolvedMount>, staging: &Path) -> Result<Self> {
+        let fs = &mut self;
         let mut seen = BTreeMap::new();
         for m in &mounts {
             if seen.insert(m.container_path.clone(), ()).is_some() {
@@ -148,7 +169,7 @@ impl GuestFs {
             });
         }
         fs._pinned = mounts.iter().filter_map(|m| m.pinned.clone()).collect();
-        Ok(fs)
+        Ok(self)
     }
 
     /// The host directory the guest sees at `/`, if it sees one.

@@ -12,17 +12,18 @@ use crate::container::{
     Container, ContainerEvent, ContainerState, ContainerUsage, EventKind, NewContainer, Observer,
     Prepared,
 };
-use crate::engine::{raise_descriptor_limit, Engine, FileBudget, FileLimits};
+use crate::engine::{Wasm, raise_descriptor_limit, Engine, FileBudget, FileLimits};
 use crate::error::{Error, Result};
 use crate::exit::{Exit, ExitReason};
 use crate::image::{
-    Credentials, ImageSource, ImageStore, PullPolicy, RegistryConfig, UnpackLimits,
+    Credentials, Image, ImageSource, ImageStore, PullPolicy, RegistryConfig, UnpackLimits,
 };
 use crate::log::{LogLimits, LogLine, LogTarget, LIVE_CAPACITY};
 use crate::mounts::GuestFs;
 use crate::network::{Network, NetworkConfig};
 use crate::pod::{Pod, PodState};
-use crate::spec::{ContainerConfig, PodConfig};
+use crate::spec::{ContainerConfig, PodConfig, PodOwner};
+use crate::stdio::Output;
 use crate::state::{PodRecord, StateStore, Sync};
 use crate::volume::PodVolumes;
 
@@ -170,6 +171,9 @@ impl Runtime {
     }
 
     fn persist_pod(&self, pod: &Pod) -> Result<()> {
+        if pod.config.owner != PodOwner::Wasmpod {
+            return Ok(());
+        }
         self.observer.state.put_pod(
             &PodRecord {
                 id: pod.id.clone(),
@@ -315,7 +319,9 @@ impl Runtime {
         for c in self.pod_containers(&pod) {
             self.remove_container(&c.id).await?;
         }
-        self.observer.state.remove_pod(id)?;
+        if pod.config.owner == PodOwner::Wasmpod {
+            self.observer.state.remove_pod(id)?;
+        }
         self.release_pod(&pod).await;
         write(&self.pods).remove(id);
         Ok(())
@@ -346,6 +352,27 @@ impl Runtime {
 
     /// Resolves the image, compiles it (cached), lays out the mounts; returns the container id.
     pub async fn create_container(&self, pod_id: &str, config: ContainerConfig) -> Result<String> {
+        self.create(pod_id, config, None).await
+    }
+
+    /// Creates a container from a bundle containerd prepared: its program is `command[0]`
+    /// found in the bundle's root filesystem (on the env's `PATH`), which the guest sees at `/`
+    /// in place; its output goes where `bundle` says rather than to a log file.
+    pub async fn create_bundle_container(
+        &self,
+        pod_id: &str,
+        config: ContainerConfig,
+        bundle: Bundle,
+    ) -> Result<String> {
+        self.create(pod_id, config, Some(bundle)).await
+    }
+
+    async fn create(
+        &self,
+        pod_id: &str,
+        config: ContainerConfig,
+        bundle: Option<Bundle>,
+    ) -> Result<String> {
         let pod = self.pod(pod_id)?;
         if pod.state() != PodState::Ready {
             return Err(Error::precondition(format!(
@@ -357,11 +384,11 @@ impl Runtime {
         }
         self.check_unique_name(&pod, &config)?;
         let ctx = format!("container {}", config.name);
-        let image = self
-            .images
-            .resolve(&config.image)
-            .await
-            .map_err(|e| e.context(&ctx))?;
+        let image = match &bundle {
+            None => self.images.resolve(&config.image).await,
+            Some(b) => bundle_image(b, &config).await,
+        }
+        .map_err(|e| e.context(&ctx))?;
         let program = self
             .engine
             .load(image.wasm.clone())
@@ -384,13 +411,22 @@ impl Runtime {
             .map_err(|e| e.context(&ctx))?;
         let etc = pod.etc_mounts(&mounts).map_err(|e| e.context(&ctx))?;
         mounts.extend(etc);
-        let fs = GuestFs::build(
-            mounts,
-            image.rootfs.as_deref(),
-            &dir,
-            config.writable_rootfs,
-            &config.readonly_paths,
-        )
+        let fs = match &bundle {
+            None => GuestFs::build(
+                mounts,
+                image.rootfs.as_deref(),
+                &dir,
+                config.writable_rootfs,
+                &config.readonly_paths,
+            ),
+            Some(b) => GuestFs::build_in_place(
+                mounts,
+                &b.rootfs,
+                !config.writable_rootfs,
+                &dir,
+                &config.readonly_paths,
+            ),
+        }
         .map_err(|e| e.context(&ctx))?;
         let exec_root = fs.root().map(Path::to_path_buf);
         let argv = if config.command.is_empty() {
@@ -405,18 +441,27 @@ impl Runtime {
             working_dir: config.working_dir.or_else(|| image.working_dir.clone()),
             ..config
         };
-        let log = log_target(&pod.log_directory(), &config).map_err(|e| e.context(&ctx))?;
-        // A log directory the client named is the client's to rotate; ours we rotate.
-        let log_limit = match pod.config.log_directory {
-            Some(_) => self.log_limits.client,
-            None => self.log_limits.own,
+        let (log, output) = match bundle {
+            None => {
+                let log =
+                    log_target(&pod.log_directory(), &config).map_err(|e| e.context(&ctx))?;
+                // A log directory the client named is the client's to rotate; ours we rotate.
+                let limit = match pod.config.log_directory {
+                    Some(_) => self.log_limits.client,
+                    None => self.log_limits.own,
+                };
+                (Some((log, limit)), None)
+            }
+            Some(b) => (None, Some((b.stdout, b.stderr))),
         };
         let container = Arc::new(Container::new(
             NewContainer {
                 id: id.clone(),
                 pod_id: pod_id.to_owned(),
                 image_ref: image.reference,
-                log: Some((log, log_limit)),
+                log,
+                output,
+                persist: pod.config.owner == PodOwner::Wasmpod,
                 dir,
                 prepared: Prepared {
                     program,
@@ -521,6 +566,58 @@ impl Runtime {
         self.observer.changed(&c, EventKind::Deleted);
         Ok(())
     }
+}
+
+/// A container bundle containerd prepared (see [`Runtime::create_bundle_container`]).
+pub struct Bundle {
+    /// The root filesystem, mounted from the snapshotter's mounts.
+    pub rootfs: PathBuf,
+    pub stdout: Output,
+    pub stderr: Output,
+}
+
+/// The image a bundle amounts to: `command[0]` looked up in its root filesystem.
+async fn bundle_image(bundle: &Bundle, config: &ContainerConfig) -> Result<Image> {
+    let Some(arg0) = config.command.first().cloned() else {
+        return Err(Error::invalid("the OCI spec's process has no args"));
+    };
+    let path = config
+        .env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone());
+    let cwd = config.working_dir.clone().unwrap_or_else(|| "/".into());
+    let root = bundle.rootfs.clone();
+    let name = arg0.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        crate::exec::lookup(&root, &name, path.as_deref(), &cwd, None)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("program lookup: {e}")))?;
+    let wasm = match found {
+        crate::exec::Lookup::Wasm(bytes, _) => Wasm::Bytes(bytes.into()),
+        crate::exec::Lookup::NotWasm(p) => {
+            return Err(Error::invalid(format!(
+                "{arg0:?}: {p} in the root filesystem is not a WebAssembly program (wasmpod \
+                 runs Wasm only; use a compat image whose entrypoint is a .wasm file)"
+            )))
+        }
+        _ => {
+            return Err(Error::not_found(format!(
+                "{arg0:?}: no such program in the root filesystem {}",
+                bundle.rootfs.display()
+            )))
+        }
+    };
+    Ok(Image {
+        reference: bundle.rootfs.display().to_string(),
+        wasm,
+        entrypoint: Vec::new(),
+        env: Vec::new(),
+        working_dir: None,
+        rootfs: Some(bundle.rootfs.clone()),
+    })
 }
 
 fn duplicate_pod(config: &PodConfig) -> Error {

@@ -35,6 +35,24 @@ pub struct PodConfig {
     /// [`PodConfig::check_namespaces`]).
     #[serde(default)]
     pub host_namespaces: HostNamespaces,
+    /// A network namespace made by someone else (containerd and CNI) for the pod's sockets;
+    /// without it the pod gets wasmpod's own virtual network.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// Who keeps the pod's record: containerd's pods live only as long as the daemon (containerd
+    /// counts them dead when it goes), so they are neither persisted nor listed on the CRI.
+    #[serde(default)]
+    pub owner: PodOwner,
+}
+
+/// Who created a pod and keeps track of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PodOwner {
+    /// wasmpod's CRI server or the local runner: persisted, listed on the CRI.
+    #[default]
+    Wasmpod,
+    /// A containerd that hands its tasks to this daemon.
+    Containerd,
 }
 
 /// The node namespaces a pod may ask for (`hostNetwork`, `hostPID`, `hostIPC`).

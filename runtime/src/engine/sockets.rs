@@ -161,8 +161,15 @@ fn guest_family(family: IpAddressFamily) -> Family {
 
 impl tcp_create_socket::Host for SocketsView<'_> {
     fn create_tcp_socket(&mut self, family: IpAddressFamily) -> SocketResult<Resource<TcpSocket>> {
-        self.net()?.open_socket().map_err(net_error)?;
-        match tcp_create_socket::Host::create_tcp_socket(&mut self.inner, host_family(family)) {
+        let net = self.net()?.clone();
+        net.open_socket().map_err(net_error)?;
+        let made = match net.netns() {
+            Some(ns) => ns
+                .run(|| tcp_create_socket::Host::create_tcp_socket(&mut self.inner, host_family(family)))
+                .unwrap_or_else(|e| Err(SocketError::trap(e))),
+            None => tcp_create_socket::Host::create_tcp_socket(&mut self.inner, host_family(family)),
+        };
+        match made {
             Ok(sock) => {
                 self.opened(sock.rep(), guest_family(family));
                 Ok(sock)
@@ -180,9 +187,31 @@ impl udp_create_socket::Host for SocketsView<'_> {
         &mut self,
         family: IpAddressFamily,
     ) -> SocketResult<Resource<UdpSocket>> {
-        self.net()?.open_socket().map_err(net_error)?;
-        let made =
-            udp_create_socket::Host::create_udp_socket(&mut self.inner, host_family(family)).await;
+        let net = self.net()?.clone();
+        net.open_socket().map_err(net_error)?;
+        // wasmtime-wasi makes the socket in the future's first poll: that poll runs inside the
+        // pod's namespace, the rest (waiting for tokio's registration) anywhere.
+        let made = match net.netns() {
+            Some(ns) => {
+                let mut fut = std::pin::pin!(udp_create_socket::Host::create_udp_socket(
+                    &mut self.inner,
+                    host_family(family),
+                ));
+                let first = std::future::poll_fn(|cx| {
+                    std::task::Poll::Ready(ns.run(|| std::future::Future::poll(fut.as_mut(), cx)))
+                })
+                .await
+                .map_err(SocketError::trap)?;
+                match first {
+                    std::task::Poll::Ready(made) => made,
+                    std::task::Poll::Pending => fut.await,
+                }
+            }
+            None => {
+                udp_create_socket::Host::create_udp_socket(&mut self.inner, host_family(family))
+                    .await
+            }
+        };
         match made {
             Ok(sock) => {
                 self.opened(sock.rep(), guest_family(family));

@@ -9,6 +9,7 @@
 mod dns;
 mod egress;
 mod host_port;
+mod netns;
 mod node;
 mod pod;
 
@@ -26,6 +27,7 @@ use serde::Deserialize;
 
 pub use dns::LookupError;
 pub use egress::{EgressPolicy, EgressRule, EGRESS_ANNOTATION};
+pub use netns::NetNs;
 pub use pod::{Family, NetError, PodNetwork, PodNetworkSpec, Route};
 
 use crate::error::{Error, Result};
@@ -83,6 +85,7 @@ pub struct Network {
 
 impl Network {
     pub fn new(config: NetworkConfig) -> Result<Self> {
+        netns::remember_host();
         let egress = EgressPolicy::parse(&config.egress_allow)
             .map_err(|e| e.context("network.egress_allow"))?;
         let net = Self {
@@ -150,6 +153,9 @@ impl Network {
 
     /// Gives a pod its network: an address (`keep` after a restart), its hostPorts, its policy.
     pub fn attach(&self, config: &PodConfig, keep: Option<Ipv4Addr>) -> Result<Arc<PodNetwork>> {
+        if let Some(path) = &config.netns {
+            return self.join(config, path);
+        }
         let (ip, cidr) = {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             let pool = pool.as_mut().ok_or_else(|| {
@@ -182,6 +188,7 @@ impl Network {
             max_sockets: self.config.max_sockets_per_pod,
             unprivileged_port_start: self.config.unprivileged_port_start,
             dns: config.dns.clone(),
+            netns: None,
         }));
         if let Err(e) =
             host_port::forward_all(&net, &config.port_mappings, self.config.host_port_address)
@@ -192,15 +199,40 @@ impl Network {
         Ok(net)
     }
 
+    /// A pod in a network namespace CNI made (under containerd): its address is CNI's and its
+    /// hostPorts are CNI portmap's, so it takes nothing from the node's pool.
+    fn join(&self, config: &PodConfig, path: &Path) -> Result<Arc<PodNetwork>> {
+        let ns = NetNs::open(path)?;
+        let ip = ns.ipv4().unwrap_or(Ipv4Addr::LOCALHOST);
+        let pod_egress = match config.annotations.get(EGRESS_ANNOTATION) {
+            Some(text) => EgressPolicy::parse(text)
+                .map_err(|e| e.context(format!("annotation {EGRESS_ANNOTATION}")))?,
+            None => EgressPolicy::AllowAll,
+        };
+        Ok(Arc::new(PodNetwork::new(PodNetworkSpec {
+            pod: format!("{}/{}", config.namespace, config.name),
+            ip,
+            hostname: config.hostname.clone(),
+            pod_cidr: Ipv4Net::new(ip, 32).unwrap_or_default(),
+            egress: self.egress.and(&pod_egress),
+            max_sockets: self.config.max_sockets_per_pod,
+            unprivileged_port_start: self.config.unprivileged_port_start,
+            dns: config.dns.clone(),
+            netns: Some(Arc::new(ns)),
+        })))
+    }
+
     /// Stops the pod's hostPorts and frees its address.
     pub async fn detach(&self, net: &PodNetwork) {
         net.stop_host_ports().await;
-        self.release(net.ip());
+        self.release_unused(net);
     }
 
     /// Frees the address of a pod that never ran (its hostPort tasks are aborted on drop).
     pub fn release_unused(&self, net: &PodNetwork) {
-        self.release(net.ip());
+        if net.netns().is_none() {
+            self.release(net.ip());
+        }
     }
 
     fn release(&self, ip: Ipv4Addr) {

@@ -11,12 +11,13 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ipnet::Ipv4Net;
 
 use super::dns::{LookupError, PodResolver};
 use super::egress::EgressPolicy;
+use super::netns::NetNs;
 use crate::spec::DnsConfig;
 
 /// The address family a guest asked for.
@@ -63,6 +64,9 @@ pub struct PodNetworkSpec {
     pub max_sockets: usize,
     pub unprivileged_port_start: u16,
     pub dns: DnsConfig,
+    /// The pod lives in a namespace CNI set up (under containerd): its sockets are made there
+    /// and keep the addresses the guest gives, since that namespace has its own localhost.
+    pub netns: Option<Arc<NetNs>>,
 }
 
 pub struct PodNetwork {
@@ -120,6 +124,9 @@ impl PodNetwork {
                 start: self.spec.unprivileged_port_start,
             });
         }
+        if self.spec.netns.is_some() {
+            return carried_v4(guest).ok_or(NetError::NotBindable(guest));
+        }
         match self.own(guest.ip()) {
             Some(ip) => Ok(SocketAddr::new(ip, port)),
             None if guest.ip().to_canonical().is_unspecified() => Ok(self.at(port)),
@@ -127,13 +134,42 @@ impl PodNetwork {
         }
     }
 
+    /// The namespace the pod's sockets are made in, when it is not the host's.
+    pub fn netns(&self) -> Option<&NetNs> {
+        self.spec.netns.as_deref()
+    }
+
+    /// A listener on the pod's `port`, made in the pod's namespace (a wasi:http handler's).
+    pub fn listen_tcp(&self, port: u16) -> std::io::Result<std::net::TcpListener> {
+        let addr = self.at(port);
+        let listener = match self.netns() {
+            Some(ns) => ns.run(|| std::net::TcpListener::bind(addr))??,
+            None => std::net::TcpListener::bind(addr)?,
+        };
+        listener.set_nonblocking(true)?;
+        Ok(listener)
+    }
+
     /// The host address of the pod's own port `port`.
     pub fn at(&self, port: u16) -> SocketAddr {
-        SocketAddr::new(self.spec.ip.into(), port)
+        match self.spec.netns {
+            // Every address of its own namespace is the pod's.
+            Some(_) => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port),
+            None => SocketAddr::new(self.spec.ip.into(), port),
+        }
     }
 
     /// Where a guest's connection (or datagram) to `guest` goes, after the egress check.
     pub fn route(&self, guest: SocketAddr) -> Result<Route, NetError> {
+        if self.spec.netns.is_some() {
+            let dest = carried_v4(guest).ok_or(NetError::Unreachable(guest))?;
+            let local = dest.ip().is_loopback() || dest.ip() == IpAddr::V4(self.spec.ip);
+            if !local && !self.spec.egress.allows(dest) {
+                tracing::warn!(pod = %self.spec.pod, %dest, "egress denied");
+                return Err(NetError::Denied(dest));
+            }
+            return Ok(Route { dest, source: None });
+        }
         let dest = match self.own(guest.ip()) {
             Some(ip) => SocketAddr::new(ip, guest.port()),
             None => match guest.ip().to_canonical() {
@@ -157,7 +193,9 @@ impl PodNetwork {
     pub fn to_guest(&self, host: SocketAddr, family: Family) -> SocketAddr {
         match (family, host.ip()) {
             (Family::V4, _) | (_, IpAddr::V6(_)) => host,
-            (Family::V6, IpAddr::V4(v4)) if v4 == self.spec.ip => {
+            (Family::V6, IpAddr::V4(v4))
+                if v4 == self.spec.ip && self.spec.netns.is_none() || v4.is_loopback() =>
+            {
                 SocketAddr::new(Ipv6Addr::LOCALHOST.into(), host.port())
             }
             (Family::V6, IpAddr::V4(v4)) => {
@@ -237,6 +275,18 @@ impl PodNetwork {
     }
 }
 
+/// The IPv4 address that carries a guest's address in a namespace of its own: IPv6 loopback
+/// and wildcard are their IPv4 twins, IPv4-mapped addresses are IPv4; other IPv6 has no carrier.
+fn carried_v4(guest: SocketAddr) -> Option<SocketAddr> {
+    let ip = match guest.ip() {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(v6) if v6 == Ipv6Addr::LOCALHOST => Ipv4Addr::LOCALHOST,
+        IpAddr::V6(v6) if v6.is_unspecified() => Ipv4Addr::UNSPECIFIED,
+        IpAddr::V6(v6) => v6.to_ipv4_mapped()?,
+    };
+    Some(SocketAddr::new(ip.into(), guest.port()))
+}
+
 impl Drop for PodNetwork {
     fn drop(&mut self) {
         for t in self.forwarders.get_mut().unwrap_or_else(|e| e.into_inner()) {
@@ -257,6 +307,7 @@ mod tests {
             pod_cidr: "127.100.0.0/16".parse().unwrap(),
             egress: EgressPolicy::parse(egress).unwrap(),
             max_sockets: 2,
+            netns: None,
             unprivileged_port_start: 1024,
             dns: DnsConfig::default(),
         })
