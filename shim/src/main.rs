@@ -1,5 +1,6 @@
 //! The `wasmpod` binary: a thin front end over `wasmpod-runtime`.
 mod cli;
+mod containerd;
 mod cri;
 mod streaming;
 

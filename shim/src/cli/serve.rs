@@ -48,6 +48,8 @@ use wasmpod_runtime::network::NetworkConfig;
 ///     tls_key = "/etc/wasmpod/stream.key"
 ///     idle_timeout = 14400                   # seconds a session may carry nothing
 ///     creation_timeout = 30                  # seconds to open a session's streams
+///     [containerd]                           # containerd's tasks (containerd-shim-wasmpod-v1)
+///     socket = "/run/wasmpod/containerd.sock"  # the ttrpc task API; "" turns it off
 ///
 /// SIGTERM or Ctrl-C drains in-flight calls and exits; pods and containers are kept in the
 /// state database and listed again at the next start.
@@ -79,6 +81,8 @@ pub struct ServeConfig {
     pub http: HttpSection,
     #[serde(default)]
     pub streaming: crate::streaming::StreamingConfig,
+    #[serde(default)]
+    pub containerd: crate::containerd::ContainerdConfig,
 }
 
 /// wasi:http guests' outgoing requests.
@@ -207,6 +211,14 @@ pub async fn run(
     .await
     .context("[streaming] server")?;
     tracing::info!(address = %streaming.local_addr(), "serving exec, attach and port-forward sessions");
+    let tasks = match config.containerd.socket.as_os_str().is_empty() {
+        true => None,
+        false => Some(
+            crate::containerd::TaskServer::start(rt.clone(), &config.containerd.socket)
+                .await
+                .context("[containerd] task API")?,
+        ),
+    };
     let served = tokio::select! {
         served = crate::cri::serve(rt, streaming, listener.listener, shutdown) => served.context("CRI server"),
         _ = async {
@@ -217,6 +229,9 @@ pub async fn run(
             Ok(())
         }
     };
+    if let Some(tasks) = tasks {
+        tasks.stop().await;
+    }
     listener.socket.remove();
     record.remove();
     served?;

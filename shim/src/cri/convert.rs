@@ -85,6 +85,7 @@ pub fn pod_config(c: cri::PodSandboxConfig) -> Result<PodConfig, Status> {
             .map(port_mapping)
             .collect::<Result<_, _>>()?,
         host_namespaces: host_namespaces(c.linux.as_ref()),
+        ..PodConfig::default()
     })
 }
 
