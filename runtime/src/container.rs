@@ -68,8 +68,9 @@ pub struct Container {
     pub log_path: Option<PathBuf>,
     /// The log file's directory handle and limit; `None` for restored containers.
     log: Option<(LogTarget, LogLimit)>,
-    /// Where stdout and stderr go instead of the log (containerd's FIFOs).
-    output: Option<(Output, Output)>,
+    /// Where stdout and stderr go instead of the log (containerd's FIFOs): taken by the start,
+    /// so they close (and containerd's readers see the end) when the guest ends.
+    output: Mutex<Option<(Output, Output)>>,
     /// Whether the state database keeps the container.
     persist: bool,
     pub(crate) dir: PathBuf,
@@ -225,7 +226,7 @@ impl Container {
             created_at: SystemTime::now(),
             log_path: n.log.as_ref().map(|(t, _)| t.path().to_path_buf()),
             log: n.log,
-            output: n.output,
+            output: Mutex::new(n.output),
             persist: n.persist,
             dir: n.dir,
             prepared: Some(n.prepared),
@@ -262,7 +263,7 @@ impl Container {
             created_at: r.created_at,
             log_path: r.log_path,
             log: None,
-            output: None,
+            output: Mutex::default(),
             persist: true,
             dir,
             prepared: None,
@@ -365,8 +366,9 @@ impl Container {
             Some(live),
         )?;
         log.attach_to(self.attach.clone());
-        let (stdout, stderr) = match &self.output {
-            Some((out, err)) => (out.clone(), err.clone()),
+        let taken = self.output.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let (stdout, stderr) = match taken {
+            Some(pair) => pair,
             None => (
                 Output::Log(log.clone(), Stream::Stdout),
                 Output::Log(log.clone(), Stream::Stderr),

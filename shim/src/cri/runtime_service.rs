@@ -62,6 +62,7 @@ impl RuntimeApi {
             .into_iter()
             .filter(|c| c.id.starts_with(id) && c.pod_id.starts_with(pod))
             .filter(|c| convert::matches(&c.config.labels, selector))
+            .filter(|c| self.rt.pod(&c.pod_id).is_ok_and(|p| is_ours(&p)))
             .collect())
     }
 
@@ -77,6 +78,7 @@ impl RuntimeApi {
             .pods()
             .into_iter()
             .filter(|p| p.id.starts_with(id) && convert::matches(&p.config.labels, selector))
+            .filter(|p| is_ours(p))
             .collect())
     }
 
@@ -601,4 +603,9 @@ impl RuntimeService for RuntimeApi {
             "wasmpod uses no cgroups: there is no cgroup driver to report",
         ))
     }
+}
+
+/// Whether a pod is this CRI server's to list: containerd's pods are containerd's to show.
+fn is_ours(pod: &Pod) -> bool {
+    pod.config.owner == wasmpod_runtime::spec::PodOwner::Wasmpod
 }
