@@ -1,28 +1,39 @@
-//! The peer runtime for benchmarks: Debian's containerd (its CRI plugin) with runc, started on a
-//! temp root and socket and driven by the same CRI client as `wasmpod serve`.
+//! Debian's containerd (its CRI plugin) started on a temp root and socket, in two roles:
+//!
+//! - the benchmark peer: runc runs the pods, driven by the same CRI client as `wasmpod serve`;
+//!   all pods use the host network, so no CNI is needed;
+//! - the host of wasmpod's containerd shim ([`Options::wasmpod`]): a `wasmpod` runtime handler
+//!   (`io.containerd.wasmpod.v1`, the `containerd-shim-wasmpod-v1` binary of this build, which
+//!   starts the `wasmpod serve` daemon beside it) and, with [`Options::cni`], pod networks from
+//!   the real CNI plugins, all inside a network namespace of the instance's own.
 //!
 //! Nothing is pulled: the sandbox (pause), `hello` and `idle` images are static native binaries
-//! compiled here with gcc, packed as OCI archives by hand and imported with `ctr`. All pods use
-//! the host network, so no CNI is needed.
+//! compiled here with gcc, packed as OCI archives by hand and imported with `ctr`; the wasmpod
+//! role also imports the toolbox images of [`crate::images`].
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
+use serde_json::{json, Value};
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
 use crate::cri::Rt;
+use crate::crictl::Crictl;
+use crate::images::{Entry, Image};
 use crate::LogRecord;
 
 /// The CRI namespace of containerd.
-const NAMESPACE: &str = "k8s.io";
+pub const NAMESPACE: &str = "k8s.io";
 
 /// Copies the image's files for each container: needs no mount support, costs a copy per
 /// container.
@@ -91,13 +102,200 @@ fn reference(name: &str) -> String {
     format!("wasmpod.local/peer/{name}:1")
 }
 
+/// The namespace `ctr` uses when given none: where `ctr run` finds its images.
+pub const CTR_NAMESPACE: &str = "default";
+
+/// The CRI runtime handler of wasmpod pods (`crictl runp --runtime wasmpod`,
+/// `RunPodSandboxRequest.runtime_handler`): the `runtimes.wasmpod` table of the config.
+pub const WASMPOD_HANDLER: &str = "wasmpod";
+
+/// containerd's runtime type for wasmpod: containerd runs `containerd-shim-wasmpod-v1`, found
+/// on its PATH, for it (`ctr run --runtime io.containerd.wasmpod.v1`).
+pub const WASMPOD_RUNTIME: &str = "io.containerd.wasmpod.v1";
+
+/// The shim's package and binary names.
+const SHIM_PACKAGE: &str = "containerd-shim-wasmpod";
+const SHIM_BIN: &str = "containerd-shim-wasmpod-v1";
+
+/// The toolbox image of [`crate::images`] (the preview1 build: exact exit codes, no sockets),
+/// imported into the CRI and ctr namespaces of a wasmpod instance.
+pub const TOOLBOX_P1: &str = "wasmpod.local/toolbox:p1";
+
+/// The toolbox image of the preview2 build (its `httpd` binds sockets through wasi:sockets)
+/// plus `/bin/netprobe` (examples/guests/netprobe, a TCP/UDP client and server).
+pub const TOOLBOX_P2: &str = "wasmpod.local/toolbox:p2";
+
+/// libcni's result cache (its default; containerd 1.6 does not let us move it).
+const CNI_RESULTS: &str = "/var/lib/cni/results";
+
+/// Where Debian's containernetworking-plugins are.
+pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
+
+/// The CNI plugins the conflist and containerd's loopback setup run.
+const CNI_PLUGINS: [&str; 4] = ["bridge", "host-local", "portmap", "loopback"];
+
+/// How to start a [`Containerd`]: `Options::default()` is the benchmark peer (native
+/// snapshotter, runc only, host-network pods).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// CRI's snapshotter ([`NATIVE`] or [`OVERLAYFS`]); `ctr` imports unpack for it too.
+    pub snapshotter: String,
+    /// Adds the `wasmpod` runtime handler (runc stays the default) and imports the toolbox
+    /// images; the shim starts the daemon these settings describe on the first task.
+    pub wasmpod: Option<Wasmpod>,
+    /// Pod networks from CNI (bridge, host-local, portmap; loopback by containerd), with
+    /// containerd, its shims, the wasmpod daemon and the bridge in a network namespace the
+    /// instance makes and deletes ([`Containerd::netns`]).
+    pub cni: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            snapshotter: NATIVE.to_owned(),
+            wasmpod: None,
+            cni: false,
+        }
+    }
+}
+
+impl Options {
+    /// The shim's setup: the `wasmpod` handler with default daemon settings, CNI networking.
+    pub fn wasmpod_cni() -> Self {
+        Options {
+            wasmpod: Some(Wasmpod::default()),
+            cni: true,
+            ..Options::default()
+        }
+    }
+
+    pub fn snapshotter(mut self, snapshotter: &str) -> Self {
+        self.snapshotter = snapshotter.to_owned();
+        self
+    }
+
+    pub fn wasmpod(mut self, wasmpod: Wasmpod) -> Self {
+        self.wasmpod = Some(wasmpod);
+        self
+    }
+
+    pub fn cni(mut self, on: bool) -> Self {
+        self.cni = on;
+        self
+    }
+
+    /// [`Options::try_start`], panicking with containerd's log on failure.
+    pub async fn start(self) -> Containerd {
+        match self.try_start().await {
+            Ok(c) => c,
+            Err(e) => panic!("starting containerd: {e:#}"),
+        }
+    }
+
+    /// Starts containerd, waits until its CRI socket answers `Version` (and reports the
+    /// network ready, with CNI) and the images are imported (unpacked for the snapshotter)
+    /// and visible to CRI.
+    pub async fn try_start(self) -> anyhow::Result<Containerd> {
+        Containerd::try_start_options(self).await
+    }
+}
+
+/// The wasmpod daemon the shim starts: its config file (TOML) is written under the instance's
+/// dir with `socket` (CRI), `state_dir` and `[containerd] socket` (the ttrpc task API) there too,
+/// and containerd gets `WASMPOD_CONFIG` naming it and this build's binaries first on PATH.
+#[derive(Debug, Clone, Default)]
+pub struct Wasmpod {
+    /// More of the daemon's config, written after `socket` and `state_dir` and before the
+    /// `[containerd]` table: top-level keys (`log_level = "debug"`), then tables
+    /// (`[network]`…).
+    pub extra_config: String,
+}
+
+/// The paths of the wasmpod daemon of an instance, all under its dir.
+#[derive(Debug, Clone)]
+struct WasmpodFiles {
+    config: PathBuf,
+    socket: PathBuf,
+    ttrpc: PathBuf,
+    state_dir: PathBuf,
+}
+
+/// The pod network of an instance: the bridge and the subnet host-local hands out.
+#[derive(Debug, Clone)]
+struct PodNetwork {
+    /// The conflist's `name`: host-local's reservation dir, the prefix of libcni's cached
+    /// results; unique to the instance, as that cache is the host's.
+    name: String,
+    /// The first three octets of the /24.
+    prefix: [u8; 3],
+}
+
+impl PodNetwork {
+    fn cidr(&self) -> String {
+        let [a, b, c] = self.prefix;
+        format!("{a}.{b}.{c}.0/24")
+    }
+
+    /// The bridge's address: the pods' gateway and their DNS server in [`Containerd::pod_json`]
+    /// (nothing answers DNS there; guests only read it).
+    fn gateway(&self) -> String {
+        let [a, b, c] = self.prefix;
+        format!("{a}.{b}.{c}.1")
+    }
+}
+
+/// A network namespace made with `ip netns add` (loopback up), deleted when dropped: keeps a
+/// test's bridge, pod networks and traffic off the host's network.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `/run/netns/<name>` (needs root).
+    pub fn create(name: &str) -> anyhow::Result<Self> {
+        run(Command::new("ip").args(["netns", "add", name]))?;
+        let ns = Netns {
+            name: name.to_owned(),
+        };
+        run(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]))?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The namespace file (`/run/netns/<name>`): what `nsenter --net=` and setns take.
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// `program` to be run inside the namespace (`nsenter --net=…`, which execs it: the child's
+    /// pid is the program's), ready for arguments.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path().display()))
+            .arg(program);
+        cmd
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = output_within_quiet(Command::new("ip").args(["netns", "del", &self.name]), 30);
+    }
+}
+
 /// containerd with its CRI plugin on a socket in a temp dir, its own root and state, stopped by
-/// PID (with its shims and any container left) when dropped.
+/// PID (with its shims, the wasmpod daemon and any container left) when dropped.
 pub struct Containerd {
     pub dir: TempDir,
     /// The gRPC (CRI) socket.
     pub socket: PathBuf,
     child: Option<Child>,
+    config: PathBuf,
+    /// Set in containerd's environment (and so its shims' and the wasmpod daemon's).
+    env: Vec<(OsString, OsString)>,
     /// Host paths this instance may create outside its dir, with whether each existed before,
     /// so Drop removes (when empty) only what it made.
     outside: Vec<(PathBuf, bool)>,
@@ -105,80 +303,191 @@ pub struct Containerd {
     pause: String,
     hello: String,
     idle: String,
+    netns: Option<Netns>,
+    network: Option<PodNetwork>,
+    wasmpod: Option<WasmpodFiles>,
 }
 
 impl Containerd {
     /// Starts containerd with the native snapshotter and imports the peer images; panics with
     /// containerd's log on failure.
     pub async fn start() -> Self {
-        Self::start_with(NATIVE).await
+        Options::default().start().await
     }
 
     /// [`Containerd::start`] with CRI's `snapshotter` ([`NATIVE`] or [`OVERLAYFS`]).
     pub async fn start_with(snapshotter: &str) -> Self {
-        match Self::try_start_with(snapshotter).await {
-            Ok(c) => c,
-            Err(e) => panic!("starting containerd: {e:#}"),
-        }
+        Options::default().snapshotter(snapshotter).start().await
     }
 
     /// [`Containerd::start`], returning why it cannot run instead of panicking.
     pub async fn try_start() -> anyhow::Result<Self> {
-        Self::try_start_with(NATIVE).await
+        Options::default().try_start().await
     }
 
-    /// Starts containerd, waits until its CRI socket answers `Version` and the peer images are
-    /// imported (unpacked for `snapshotter`) and visible to CRI.
+    /// [`Containerd::start_with`], returning why it cannot run instead of panicking.
     pub async fn try_start_with(snapshotter: &str) -> anyhow::Result<Self> {
-        for tool in ["containerd", "containerd-shim-runc-v2", "runc", "ctr"] {
+        Options::default()
+            .snapshotter(snapshotter)
+            .try_start()
+            .await
+    }
+
+    async fn try_start_options(opts: Options) -> anyhow::Result<Self> {
+        // runc is what the peer runs; the wasmpod role needs it only for runc pods.
+        let mut tools = vec!["containerd", "ctr"];
+        if opts.wasmpod.is_none() {
+            tools.extend(["containerd-shim-runc-v2", "runc"]);
+        }
+        if opts.cni {
+            tools.extend(["ip", "nsenter"]);
+        }
+        for tool in tools {
             if which(tool).is_none() {
-                bail!("`{tool}` is not installed (apt-get install containerd runc)");
+                bail!("`{tool}` is not installed (apt-get install containerd runc iproute2)");
+            }
+        }
+        if opts.cni {
+            for plugin in CNI_PLUGINS {
+                if !Path::new(CNI_BIN_DIR).join(plugin).is_file() {
+                    bail!(
+                        "{CNI_BIN_DIR}/{plugin} is missing (apt-get install \
+                         containernetworking-plugins)"
+                    );
+                }
             }
         }
         let archives = archives()?;
         let dir = tempfile::Builder::new().prefix("ctrd").tempdir()?;
-        let socket = dir.path().join("containerd.sock");
-        let config = dir.path().join("config.toml");
-        fs::write(&config, config_toml(dir.path(), snapshotter))?;
-        let log = fs::File::create(dir.path().join("containerd.log"))?;
+        let d = dir.path();
+        let mut env = Vec::new();
+        let wasmpod = match &opts.wasmpod {
+            Some(settings) => {
+                let files = write_wasmpod_config(d, settings)?;
+                env.push(("WASMPOD_CONFIG".into(), files.config.clone().into()));
+                env.push(("PATH".into(), path_with_shim()?));
+                Some(files)
+            }
+            None => None,
+        };
+        let (netns, network) = if opts.cni {
+            static INSTANCES: AtomicUsize = AtomicUsize::new(0);
+            let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
+            let pid = std::process::id() as usize;
+            let name = format!("wasmpod-ctrd-{pid}-{n}");
+            let netns = Netns::create(&name)?;
+            // The bridge and the subnet only have to be unique inside the namespace; varying
+            // them keeps two instances' leftovers, should any escape, apart.
+            let network = PodNetwork {
+                name,
+                prefix: [10, 88, ((pid + n) % 250 + 1) as u8],
+            };
+            write_cni_conflist(d, &format!("wpbr{}", n % 1000), &network)?;
+            (Some(netns), Some(network))
+        } else {
+            (None, None)
+        };
+        let config = d.join("config.toml");
+        fs::write(
+            &config,
+            config_toml(d, &opts.snapshotter, opts.wasmpod.is_some(), opts.cni),
+        )?;
         // containerd and its shims put these on the host whatever the config says (shim
-        // sockets, client fifos); runc with cgroupfs makes the `k8s.io` cgroup parents.
+        // sockets, client fifos); runc with cgroupfs makes the `k8s.io` cgroup parents; CNI's
+        // result cache (libcni's default, which 1.6 does not let us move).
         let outside: Vec<(PathBuf, bool)> = ["/run/containerd/s", "/run/containerd/fifo"]
             .iter()
             .map(PathBuf::from)
             .chain(["/run/containerd".into()])
             .chain(cgroup_roots().into_iter().map(|r| r.join(NAMESPACE)))
+            .chain(
+                [CNI_RESULTS, "/var/lib/cni"]
+                    .iter()
+                    .filter(|_| opts.cni)
+                    .map(PathBuf::from),
+            )
             .map(|p| {
                 let existed = p.exists();
                 (p, existed)
             })
             .collect();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawning containerd")?;
         let mut c = Containerd {
+            socket: d.join("containerd.sock"),
             dir,
-            socket,
-            child: Some(child),
+            child: None,
+            config,
+            env,
             outside,
-            snapshotter: snapshotter.to_owned(),
+            snapshotter: opts.snapshotter.clone(),
             pause: reference("pause"),
             hello: reference("hello"),
             idle: reference("idle"),
+            netns,
+            network,
+            wasmpod,
         };
+        c.spawn()?;
         c.wait_ready().await?;
         for (name, archive) in archives {
-            c.import(name, archive).await?;
+            c.import(NAMESPACE, &reference(name), archive).await?;
+        }
+        if c.wasmpod.is_some() {
+            for (reference, archive) in toolbox_archives(c.dir.path())? {
+                for namespace in [NAMESPACE, CTR_NAMESPACE] {
+                    c.import(namespace, &reference, &archive).await?;
+                }
+            }
         }
         Ok(c)
     }
 
-    /// Polls `Version` (bounded: 30 s), failing early if containerd exits.
+    /// Starts the containerd process on the config (inside the netns, if any), logging to
+    /// `containerd.log` (appended: a restart keeps the earlier lines).
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("containerd.log"))?;
+        let mut cmd = match &self.netns {
+            Some(ns) => ns.command("containerd"),
+            None => Command::new("containerd"),
+        };
+        cmd.arg("--config")
+            .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            // They would override the daemon's config file (`wasmpod serve` reads them).
+            .env_remove("WASMPOD_SOCKET")
+            .env_remove("WASMPOD_STATE_DIR")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.child = Some(cmd.spawn().context("spawning containerd")?);
+        Ok(())
+    }
+
+    /// SIGKILL to containerd alone (its shims and the wasmpod daemon keep running), reaped.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts containerd again on the same config, environment and namespace (after
+    /// [`Containerd::kill9`]); waits until it answers, as at the start.
+    pub async fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "containerd still runs: kill9 it first"
+        );
+        let started = self.spawn();
+        if let Err(e) = started.and(self.wait_ready().await) {
+            panic!("restarting containerd: {e:#}");
+        }
+    }
+
+    /// Polls `Version` (and with CNI the `NetworkReady` condition) (bounded: 30 s), failing
+    /// early if containerd exits.
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -190,16 +499,21 @@ impl Containerd {
                 bail!("containerd exited ({status}):\n{}", self.log_tail(30));
             }
             if let Ok(mut rt) = self.try_runtime().await {
-                if let Ok(v) = rt.version(cri::VersionRequest::default()).await {
-                    let v = v.into_inner();
-                    if v.runtime_name == "containerd" {
-                        return Ok(());
-                    }
+                let version = rt.version(cri::VersionRequest::default()).await;
+                if version.is_ok_and(|v| v.into_inner().runtime_name == "containerd")
+                    && (self.network.is_none() || network_ready(&mut rt).await)
+                {
+                    return Ok(());
                 }
             }
             if Instant::now() > deadline {
                 bail!(
-                    "containerd did not answer CRI Version on {} within 30s:\n{}",
+                    "containerd did not answer CRI Version{} on {} within 30s:\n{}",
+                    if self.network.is_some() {
+                        " with the network ready"
+                    } else {
+                        ""
+                    },
                     self.socket.display(),
                     self.log_tail(30)
                 );
@@ -208,33 +522,33 @@ impl Containerd {
         }
     }
 
-    /// `ctr images import` into the CRI namespace, unpacked for the CRI snapshotter, then waits
-    /// until CRI's image store has it (it learns of imports through events).
-    async fn import(&self, name: &str, archive: &Path) -> anyhow::Result<()> {
+    /// `ctr images import` into `namespace` (every platform: the toolbox images are
+    /// `wasip1/wasm`), unpacked for the CRI snapshotter; in the CRI namespace, then waits until
+    /// CRI's image store has `reference` (it learns of imports through events).
+    async fn import(&self, namespace: &str, reference: &str, archive: &Path) -> anyhow::Result<()> {
+        let snapshotter = self.snapshotter.clone();
+        let args = ["images", "import", "--all-platforms", "--snapshotter"];
         let out = crate::output_within(
-            Command::new("ctr")
-                .arg("--address")
-                .arg(&self.socket)
-                .args(["-n", NAMESPACE, "images", "import", "--snapshotter"])
-                .arg(&self.snapshotter)
-                .arg(archive),
+            self.ctr(namespace, &args).arg(&snapshotter).arg(archive),
             120,
         );
         if !out.status.success() {
             bail!(
-                "ctr images import {}: {}\n{}",
+                "ctr -n {namespace} images import {}: {}\n{}",
                 archive.display(),
                 crate::text(&out.stderr),
                 self.log_tail(20)
             );
         }
-        let reference = reference(name);
+        if namespace != NAMESPACE {
+            return Ok(());
+        }
         let mut images = self.images().await;
         for _ in 0..600 {
             let st = images
                 .image_status(cri::ImageStatusRequest {
                     image: Some(cri::ImageSpec {
-                        image: reference.clone(),
+                        image: reference.to_owned(),
                         ..Default::default()
                     }),
                     verbose: false,
@@ -273,6 +587,104 @@ impl Containerd {
         )
     }
 
+    /// `ctr --address <socket> -n <namespace> ARGS…`, ready for more arguments and stdio.
+    pub fn ctr(&self, namespace: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(&self.socket)
+            .args(["-n", namespace])
+            .args(args);
+        cmd
+    }
+
+    /// [`Containerd::ctr`] run to its end (hang guard: 120 s), stdin empty.
+    pub fn ctr_output(&self, namespace: &str, args: &[&str]) -> Output {
+        crate::output_within(&mut self.ctr(namespace, args), 120)
+    }
+
+    /// `ctr run --rm --runtime io.containerd.wasmpod.v1 --snapshotter <ours> IMAGE ID ARGS…` in
+    /// ctr's namespace, to its end: ctr prints the task's output and exits with its status.
+    pub fn ctr_run_wasmpod(&self, image: &str, id: &str, args: &[&str]) -> Output {
+        let mut all = vec![
+            "run",
+            "--rm",
+            "--runtime",
+            WASMPOD_RUNTIME,
+            "--snapshotter",
+            &self.snapshotter,
+            image,
+            id,
+        ];
+        all.extend_from_slice(args);
+        self.ctr_output(CTR_NAMESPACE, &all)
+    }
+
+    /// The real crictl on containerd's socket, its files in `<dir>/crictl`. With a netns it
+    /// runs inside it (through a wrapper script), as containerd's streaming server (exec,
+    /// attach, port-forward) listens on the namespace's loopback.
+    pub fn crictl(&self) -> Crictl {
+        let dir = self.dir.path().join("crictl");
+        fs::create_dir_all(&dir).expect("creating the crictl dir");
+        let endpoint = format!("unix://{}", self.socket.display());
+        // A config file of its own, so none of the machine's (/etc/crictl.yaml) applies.
+        fs::write(
+            dir.join("crictl.yaml"),
+            format!("runtime-endpoint: {endpoint}\nimage-endpoint: {endpoint}\ntimeout: 30\n"),
+        )
+        .expect("writing crictl.yaml");
+        let crictl = crate::peers::crictl();
+        let bin = match &self.netns {
+            Some(ns) => {
+                let script = dir.join("crictl-in-netns");
+                fs::write(
+                    &script,
+                    format!(
+                        "#!/bin/sh\nexec nsenter --net={} {} \"$@\"\n",
+                        ns.path().display(),
+                        crictl.display()
+                    ),
+                )
+                .expect("writing the crictl wrapper");
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&script, fs::Permissions::from_mode(0o755))
+                    .expect("making the crictl wrapper executable");
+                script
+            }
+            None => crictl,
+        };
+        Crictl { bin, endpoint, dir }
+    }
+
+    /// A pod config as `crictl runp` reads it: logs under [`Containerd::pod_log_dir`], hostname
+    /// `name`, DNS settings (server: the bridge's address), a uid of its own per call; on the
+    /// pod network with CNI, else in the node's network namespace (no hostname then, as
+    /// kubelet sends for host-network pods).
+    pub fn pod_json(&self, name: &str) -> Value {
+        static PODS: AtomicUsize = AtomicUsize::new(0);
+        let n = PODS.fetch_add(1, Ordering::Relaxed);
+        let logs = self.pod_log_dir(name);
+        fs::create_dir_all(&logs).expect("creating the pod's log dir");
+        let mut pod = json!({
+            "metadata": {"name": name, "namespace": "shim", "uid": format!("uid-{name}-{n}"), "attempt": 1},
+            "log_directory": logs.display().to_string(),
+            "labels": {"app": name},
+        });
+        match &self.network {
+            Some(net) => {
+                pod["hostname"] = json!(name);
+                pod["dns_config"] = json!({
+                    "servers": [net.gateway()],
+                    "searches": ["shim.svc.wasmpod.test"],
+                    "options": ["ndots:2"],
+                });
+            }
+            None => {
+                pod["linux"] = json!({"security_context": {"namespace_options": {"network": 2}}});
+            }
+        }
+        pod
+    }
+
     /// CRI's snapshotter: how each container's rootfs is made from its image.
     pub fn snapshotter(&self) -> &str {
         &self.snapshotter
@@ -291,6 +703,109 @@ impl Containerd {
     /// Prints `tick 1`, then sleeps until SIGTERM.
     pub fn idle_image(&self) -> &str {
         &self.idle
+    }
+
+    /// The network namespace containerd runs in, with CNI.
+    pub fn netns(&self) -> Option<&Netns> {
+        self.netns.as_ref()
+    }
+
+    /// The pods' subnet (`10.88.N.0/24`), with CNI.
+    pub fn pod_cidr(&self) -> Option<String> {
+        self.network.as_ref().map(PodNetwork::cidr)
+    }
+
+    /// The pods' gateway and DNS server (the bridge's address), with CNI.
+    pub fn pod_gateway(&self) -> Option<String> {
+        self.network.as_ref().map(PodNetwork::gateway)
+    }
+
+    /// Whether `ip` is a pod address of the subnet (not the network, gateway or broadcast).
+    pub fn in_pod_subnet(&self, ip: &str) -> bool {
+        let Some(net) = &self.network else {
+            return false;
+        };
+        let Ok(ip) = ip.parse::<std::net::Ipv4Addr>() else {
+            return false;
+        };
+        let o = ip.octets();
+        o[..3] == net.prefix[..] && (2..255).contains(&o[3])
+    }
+
+    /// host-local's reservations: one file per pod address held (its `lock` and
+    /// `last_reserved_ip.*` bookkeeping left out), with CNI.
+    pub fn reserved_ips(&self) -> Vec<String> {
+        let Some(net) = &self.network else {
+            return Vec::new();
+        };
+        let dir = self.dir.path().join("cni/ipam").join(&net.name);
+        fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The sandbox ids libcni holds a cached result for on the pod network (CNI DEL removes
+    /// it), with CNI.
+    pub fn cni_results(&self) -> Vec<String> {
+        self.network
+            .as_ref()
+            .map(|net| {
+                cni_results(&net.name)
+                    .into_iter()
+                    .map(|(_, id)| id)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The wasmpod daemon's config file (`WASMPOD_CONFIG`), in the wasmpod role.
+    pub fn wasmpod_config(&self) -> Option<&Path> {
+        self.wasmpod.as_ref().map(|w| w.config.as_path())
+    }
+
+    /// The wasmpod daemon's CRI socket (its own, beside containerd's), in the wasmpod role.
+    pub fn wasmpod_socket(&self) -> Option<&Path> {
+        self.wasmpod.as_ref().map(|w| w.socket.as_path())
+    }
+
+    /// The wasmpod daemon's ttrpc task API socket (`[containerd] socket`), in the wasmpod role.
+    pub fn wasmpod_ttrpc_socket(&self) -> Option<&Path> {
+        self.wasmpod.as_ref().map(|w| w.ttrpc.as_path())
+    }
+
+    /// The wasmpod daemon's state directory, in the wasmpod role.
+    pub fn wasmpod_state_dir(&self) -> Option<&Path> {
+        self.wasmpod.as_ref().map(|w| w.state_dir.as_path())
+    }
+
+    /// The running wasmpod daemon of this instance (the shim starts it with the first task): a
+    /// `wasmpod` process whose command line, or else environment, names our config.
+    pub fn wasmpod_pid(&self) -> Option<u32> {
+        let config = self.wasmpod_config()?.to_string_lossy().into_owned();
+        let env = format!("WASMPOD_CONFIG={config}");
+        processes()
+            .into_iter()
+            .filter(|p| {
+                p.state != 'Z'
+                    && p.cmdline
+                        .first()
+                        .is_some_and(|a| Path::new(a).file_name() == Some(OsStr::new("wasmpod")))
+            })
+            .find(|p| {
+                p.cmdline.iter().any(|a| a.contains(&config)) || environ(p.pid).contains(&env)
+            })
+            .map(|p| p.pid)
+    }
+
+    /// The ids of the task bundles containerd holds in `namespace` (a dir per running or not
+    /// yet deleted task: the sandbox and each container).
+    pub fn bundles(&self, namespace: &str) -> Vec<String> {
+        subdirs(&task_dir(self.dir.path()).join(namespace))
     }
 
     /// containerd's own pid.
@@ -326,10 +841,8 @@ impl Containerd {
     }
 
     /// One pod through the CRI calls kubelet makes, with the request shapes wasmpod gets
-    /// ([`crate::cri::pod_config`] with the host network, [`crate::cri::container_config`]):
-    /// RunPodSandbox, CreateContainer (`image`, logging to `c/0.log`), StartContainer, then
-    /// once the log has its first line StopContainer, RemoveContainer, StopPodSandbox and
-    /// RemovePodSandbox. On failure the pod is removed before the error returns.
+    /// ([`crate::cri::pod_config`] with the host network, [`crate::cri::container_config`]),
+    /// run by runc: see [`Containerd::lifecycle`].
     pub async fn pod_lifecycle(
         &self,
         rt: &mut Rt,
@@ -341,14 +854,31 @@ impl Containerd {
         let sandbox = host_network_pod_config(pod, &logs);
         let mut config = crate::cri::container_config("c", image, &[]);
         config.log_path = "c/0.log".into();
-        let log_path = logs.join(&config.log_path);
+        self.lifecycle(rt, "", sandbox, config).await
+    }
+
+    /// One pod with one container through the CRI calls kubelet makes, on runtime `handler`
+    /// ("" for the default, runc): RunPodSandbox, CreateContainer, StartContainer, then once
+    /// the container's log (`log_path` under the sandbox's `log_directory`) has its first line
+    /// StopContainer, RemoveContainer, StopPodSandbox and RemovePodSandbox. On failure the pod
+    /// is removed before the error returns.
+    pub async fn lifecycle(
+        &self,
+        rt: &mut Rt,
+        handler: &str,
+        sandbox: cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> anyhow::Result<Lifecycle> {
+        let pod = sandbox.metadata.as_ref().map(|m| m.name.clone());
+        let image = config.image.as_ref().map(|i| i.image.clone());
+        let log_path = Path::new(&sandbox.log_directory).join(&config.log_path);
         let mut pod_id = None;
         let run = tokio::time::timeout(Duration::from_secs(60), async {
             let t0 = Instant::now();
             let id = rt
                 .run_pod_sandbox(cri::RunPodSandboxRequest {
                     config: Some(sandbox.clone()),
-                    ..Default::default()
+                    runtime_handler: handler.to_owned(),
                 })
                 .await
                 .context("RunPodSandbox")?
@@ -405,7 +935,9 @@ impl Containerd {
         }
         result.map_err(|e| {
             anyhow::anyhow!(
-                "pod {pod} ({image}) on containerd: {e:#}\ncontainerd log:\n{}",
+                "pod {} ({}) on containerd: {e:#}\ncontainerd log:\n{}",
+                pod.unwrap_or_default(),
+                image.unwrap_or_default(),
                 self.log_tail(20)
             )
         })
@@ -440,6 +972,18 @@ async fn remove_pod(rt: &mut Rt, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether CRI's `Status` reports the `NetworkReady` condition true (CNI config loaded).
+async fn network_ready(rt: &mut Rt) -> bool {
+    let Ok(status) = rt.status(cri::StatusRequest { verbose: false }).await else {
+        return false;
+    };
+    status.into_inner().status.is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.r#type == "NetworkReady" && c.status)
+    })
+}
+
 /// [`crate::cri::pod_config`] in the node's network namespace, so containerd needs no CNI.
 /// No hostname, as kubelet sends for host-network pods: the pod shares the node's UTS
 /// namespace too, and runc refuses to set a hostname there.
@@ -459,12 +1003,165 @@ pub fn host_network_pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxCon
     config
 }
 
+/// The shim binary of this build, built on first use (once per process): beside
+/// [`crate::wasmpod_bin`], which it starts as the daemon.
+pub fn shim_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| crate::workspace_bin(SHIM_PACKAGE, SHIM_BIN))
+}
+
+/// containerd's PATH in the wasmpod role: the dir of this build's `wasmpod` and shim first
+/// (containerd looks shims up on PATH), then ours.
+fn path_with_shim() -> anyhow::Result<OsString> {
+    let daemon = crate::wasmpod_bin();
+    let shim = shim_bin();
+    let bin_dir = shim.parent().context("the shim has a dir")?;
+    if daemon.parent() != Some(bin_dir) {
+        bail!(
+            "{} and {} are in different dirs: the shim starts the wasmpod beside it",
+            shim.display(),
+            daemon.display()
+        );
+    }
+    let mut dirs = vec![bin_dir.to_path_buf()];
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    Ok(std::env::join_paths(dirs)?)
+}
+
+/// Writes the wasmpod daemon's config under `<dir>/wasmpod`.
+fn write_wasmpod_config(dir: &Path, settings: &Wasmpod) -> anyhow::Result<WasmpodFiles> {
+    let w = dir.join("wasmpod");
+    fs::create_dir_all(&w)?;
+    let files = WasmpodFiles {
+        config: w.join("config.toml"),
+        socket: w.join("wasmpod.sock"),
+        ttrpc: w.join("containerd.sock"),
+        state_dir: w.join("state"),
+    };
+    // Debug-formatted paths are TOML basic strings (quotes and backslashes escaped).
+    fs::write(
+        &files.config,
+        format!(
+            "socket = {:?}\nstate_dir = {:?}\n{}\n[containerd]\nsocket = {:?}\n",
+            files.socket.display().to_string(),
+            files.state_dir.display().to_string(),
+            settings.extra_config,
+            files.ttrpc.display().to_string(),
+        ),
+    )?;
+    Ok(files)
+}
+
+/// `<dir>/cni/net.d/10-wasmpod.conflist`: a bridge `bridge` (the pods' gateway, no masquerade)
+/// with host-local handing out `net`'s /24 (its reservations under `<dir>/cni/ipam`, not the
+/// host's /var/lib/cni/networks) and portmap for hostPorts. Loopback is containerd's own.
+fn write_cni_conflist(dir: &Path, bridge: &str, net: &PodNetwork) -> anyhow::Result<()> {
+    let conf_dir = dir.join("cni/net.d");
+    fs::create_dir_all(&conf_dir)?;
+    let conflist = json!({
+        "cniVersion": "1.0.0",
+        "name": net.name,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": true,
+                "ipMasq": false,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": net.cidr(), "gateway": net.gateway()}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": dir.join("cni/ipam").display().to_string(),
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": true}},
+        ],
+    });
+    fs::write(
+        conf_dir.join("10-wasmpod.conflist"),
+        serde_json::to_string_pretty(&conflist)?,
+    )?;
+    Ok(())
+}
+
+/// libcni's cached results of `network`'s pods (`<network>-<sandbox id>-<ifname>`):
+/// (file name, sandbox id).
+fn cni_results(network: &str) -> Vec<(String, String)> {
+    let prefix = format!("{network}-");
+    fs::read_dir(CNI_RESULTS)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter_map(|name| {
+                    let (id, _ifname) = name.strip_prefix(&prefix)?.rsplit_once('-')?;
+                    let id = id.to_owned();
+                    Some((name, id))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes libcni's cached results of `network`'s pods and of their loopback
+/// (`cni-loopback-<sandbox id>-lo`): what a pod not removed before Drop leaves.
+fn remove_cni_results(network: &str) {
+    let dir = Path::new(CNI_RESULTS);
+    for (name, id) in cni_results(network) {
+        let _ = fs::remove_file(dir.join(format!("cni-loopback-{id}-lo")));
+        let _ = fs::remove_file(dir.join(name));
+    }
+}
+
+/// The toolbox images as OCI layout archives under `<dir>/images`: (reference, archive).
+fn toolbox_archives(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut p1 = Image::toolbox();
+    p1.ref_name = Some(TOOLBOX_P1.to_owned());
+    let mut p2 = Image::toolbox_with(&fs::read(crate::wasm("toolbox.p2"))?);
+    p2.files.insert(
+        "bin/netprobe".to_owned(),
+        Entry::File {
+            bytes: fs::read(crate::wasm("netprobe.p2"))?,
+            mode: 0o755,
+        },
+    );
+    p2.ref_name = Some(TOOLBOX_P2.to_owned());
+    let images = dir.join("images");
+    [("p1", p1), ("p2", p2)]
+        .into_iter()
+        .map(|(tag, image)| {
+            let layout = image.write_layout(&images.join(tag));
+            let archive = crate::images::layout_tar(&layout, &images.join(format!("{tag}.tar")));
+            Ok((image.ref_name.unwrap_or_default(), archive))
+        })
+        .collect()
+}
+
 /// The config: everything under `dir`; the CRI plugin with `snapshotter`, runc through the v2
-/// shim with cgroupfs and its state under `dir`, our pause image, and CNI dirs that hold
-/// nothing (host-network pods only).
-fn config_toml(dir: &Path, snapshotter: &str) -> String {
+/// shim with cgroupfs and its state under `dir` (the default runtime), our pause image; with
+/// `wasmpod` the `wasmpod` runtime handler; with `cni` the conflist's dir, the plugins of
+/// [`CNI_BIN_DIR`] and pod netns files under the state dir, else CNI dirs that hold nothing
+/// (host-network pods only).
+fn config_toml(dir: &Path, snapshotter: &str, wasmpod: bool, cni: bool) -> String {
     let d = dir.display();
     let pause = reference("pause");
+    let wasmpod_runtime = if wasmpod {
+        format!(
+            r#"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{WASMPOD_HANDLER}]
+      runtime_type = "{WASMPOD_RUNTIME}"
+"#
+        )
+    } else {
+        String::new()
+    };
+    let (bin_dir, conf_dir) = if cni {
+        (CNI_BIN_DIR.to_owned(), format!("{d}/cni/net.d"))
+    } else {
+        (format!("{d}/cni/bin"), format!("{d}/cni/conf"))
+    };
     format!(
         r#"version = 2
 root = "{d}/root"
@@ -487,6 +1184,8 @@ disabled_plugins = []
   # This sandbox drops CAP_SYS_RESOURCE, so runc cannot lower oom_score_adj (the sandbox's
   # -998): keep every score at or above containerd's own, as rootless setups do.
   restrict_oom_score_adj = true
+  # Pod netns files under the state dir, not the host's /var/run/netns.
+  netns_mounts_under_state_dir = true
 
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "{snapshotter}"
@@ -498,10 +1197,11 @@ disabled_plugins = []
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
         Root = "{d}/runc"
-
+{wasmpod_runtime}
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{d}/cni/bin"
-    conf_dir = "{d}/cni/conf"
+    bin_dir = "{bin_dir}"
+    conf_dir = "{conf_dir}"
+    max_conf_num = 1
 "#
     )
 }
@@ -514,11 +1214,9 @@ impl Drop for Containerd {
         // Shim sockets live in /run/containerd/s whatever the config says; note them before
         // the shims die so a killed shim's socket can be removed.
         let shim_sockets = shim_sockets(&dir);
+        let daemon = self.wasmpod_pid();
         // containerd first, so it reacts to none of what follows.
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kill9();
         // runc kills what is left in each container and removes its cgroups.
         let runc_root = dir.join("runc").join(NAMESPACE);
         for id in subdirs(&runc_root) {
@@ -529,13 +1227,26 @@ impl Drop for Containerd {
                 .arg(&id);
             let _ = output_within_quiet(&mut cmd, 10);
         }
-        for pid in shims.iter().chain(&in_containers) {
-            // SAFETY: kill has no memory-safety preconditions; these pids serve our socket.
+        // Then whatever else serves this instance: the wasmpod daemon (its command line names
+        // its config under the dir) and any shim of another runtime (they name our socket).
+        let others: Vec<u32> = processes_under(&dir)
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .chain(daemon)
+            .collect();
+        let all: Vec<u32> = shims
+            .iter()
+            .chain(&in_containers)
+            .chain(&others)
+            .copied()
+            .collect();
+        for pid in &all {
+            // SAFETY: kill has no memory-safety preconditions; these pids serve our instance.
             unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
         }
-        // The shims are not our children: wait (bounded) until they are gone or zombies.
+        // Not our children: wait (bounded) until they are gone or zombies.
         for _ in 0..100 {
-            if shims.iter().chain(&in_containers).all(|p| !alive(*p)) {
+            if all.iter().all(|p| !alive(*p)) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -544,6 +1255,11 @@ impl Drop for Containerd {
         for socket in shim_sockets {
             let _ = fs::remove_file(socket);
         }
+        if let Some(net) = &self.network {
+            remove_cni_results(&net.name);
+        }
+        // With no process and no netns file left in it, the namespace (and the bridge) goes.
+        drop(self.netns.take());
         // Children before parents.
         for (path, existed) in &self.outside {
             if !existed {
@@ -629,16 +1345,24 @@ fn unmount_under(dir: &Path) {
     }
 }
 
-/// The socket files of the shims of `dir`'s containerd (each task dir has an `address` file,
-/// `unix:///run/containerd/s/<hash>`).
+/// containerd's runtime v2 task dir: `<namespace>/<id>` bundles.
+fn task_dir(dir: &Path) -> PathBuf {
+    dir.join("state").join("io.containerd.runtime.v2.task")
+}
+
+/// The socket files of the shims of `dir`'s containerd, in every namespace (each task dir
+/// has an `address` file, `unix:///run/containerd/s/<hash>`).
 fn shim_sockets(dir: &Path) -> Vec<PathBuf> {
-    let tasks = dir
-        .join("state")
-        .join("io.containerd.runtime.v2.task")
-        .join(NAMESPACE);
+    let tasks = task_dir(dir);
     subdirs(&tasks)
         .into_iter()
-        .filter_map(|id| fs::read_to_string(tasks.join(id).join("address")).ok())
+        .flat_map(|ns| {
+            let ns = tasks.join(ns);
+            subdirs(&ns)
+                .into_iter()
+                .map(move |id| ns.join(id).join("address"))
+        })
+        .filter_map(|a| fs::read_to_string(a).ok())
         .filter_map(|a| a.trim().strip_prefix("unix://").map(PathBuf::from))
         .collect()
 }
@@ -721,6 +1445,16 @@ fn descendants(roots: &[u32]) -> Vec<u32> {
         }
     }
     out
+}
+
+/// The environment of process `pid` (`NAME=value` entries; none if unreadable).
+fn environ(pid: u32) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|e| !e.is_empty())
+        .map(|e| String::from_utf8_lossy(e).into_owned())
+        .collect()
 }
 
 /// Whether `pid` exists and is not a zombie.

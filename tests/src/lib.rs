@@ -414,57 +414,73 @@ pub fn thread_count() -> usize {
 /// The real `wasmpod` binary of this build profile, built on first use (once per process).
 pub fn wasmpod_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test executable's path");
-        // Tests live in <target>/<profile>/deps, binaries (the bench) in <target>/<profile>.
-        let dir = exe.parent().expect("the executable has a directory");
-        let profile_dir = if dir.ends_with("deps") {
-            dir.parent().expect("deps has a parent")
-        } else {
-            dir
-        };
-        let target_dir = profile_dir.parent().expect("<target>/<profile>");
-        let profile = profile_dir
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let bin = profile_dir.join("wasmpod");
-        // Always ask cargo: it is quick when the binary is up to date, and a stale binary
-        // would test old code.
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace_root())
-            .args(["build", "--quiet", "-p", "wasmpod", "--target-dir"])
-            .arg(target_dir);
-        match profile.as_str() {
-            "debug" => {}
-            "release" => {
-                cmd.arg("--release");
-            }
-            other => {
-                cmd.args(["--profile", other]);
-            }
-        }
-        let status = cmd.status();
-        match status {
-            Ok(s) if s.success() => {}
-            Ok(s) if bin.is_file() => {
-                eprintln!(
-                    "warning: `cargo build -p wasmpod` failed ({s}); using the existing binary"
-                )
-            }
-            other => panic!("building wasmpod with `cargo build -p wasmpod` failed: {other:?}"),
-        }
-        assert!(bin.is_file(), "{} was not built", bin.display());
-        bin
-    })
+    BIN.get_or_init(|| workspace_bin("wasmpod", "wasmpod"))
 }
 
-/// A process's captured output as text (invalid UTF-8 replaced, so a failure still shows).
+/// Binary `bin` of workspace package `package`, built now with cargo in this test's build
+/// profile and target dir, so binaries that find each other side by side (the containerd shim
+/// starts the `wasmpod` beside it) land in one directory.
+pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    // Tests live in <target>/<profile>/deps, binaries (the bench) in <target>/<profile>.
+    let dir = exe.parent().expect("the executable has a directory");
+    let profile_dir = if dir.ends_with("deps") {
+        dir.parent().expect("deps has a parent")
+    } else {
+        dir
+    };
+    let target_dir = profile_dir.parent().expect("<target>/<profile>");
+    let profile = profile_dir
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let path = profile_dir.join(bin);
+    // Always ask cargo: it is quick when the binary is up to date, and a stale binary
+    // would test old code.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root())
+        .args(["build", "--quiet", "-p", package, "--target-dir"])
+        .arg(target_dir);
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    let status = cmd.status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) if path.is_file() => {
+            eprintln!("warning: `cargo build -p {package}` failed ({s}); using the existing binary")
+        }
+        other => panic!("building {bin} with `cargo build -p {package}` failed: {other:?}"),
+    }
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
 /// Debian's curl against `url` (30 s at most): (HTTP status, body); status 0 when no answer.
 pub async fn curl(url: &str) -> (u16, String) {
-    let out = tokio::process::Command::new("curl")
+    curl_in(None, url).await
+}
+
+/// [`curl`] from inside the network namespace file `netns` (`/run/netns/<name>`) when given,
+/// for servers only reachable there.
+pub async fn curl_in(netns: Option<&Path>, url: &str) -> (u16, String) {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = tokio::process::Command::new("nsenter");
+            c.arg(format!("--net={}", ns.display())).arg("curl");
+            c
+        }
+        None => tokio::process::Command::new("curl"),
+    };
+    let out = cmd
         .args(["-sS", "--max-time", "30", "-w", "\n%{http_code}", url])
         .output()
         .await
@@ -474,6 +490,7 @@ pub async fn curl(url: &str) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
+/// A process's captured output as text (invalid UTF-8 replaced, so a failure still shows).
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
