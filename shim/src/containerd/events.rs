@@ -12,7 +12,7 @@ use containerd_shim_protos::events::task::{
 };
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim_protos::protobuf::{MessageFull, MessageField};
+use containerd_shim_protos::protobuf::{MessageField, MessageFull};
 use containerd_shim_protos::shim::event::Envelope;
 use containerd_shim_protos::shim::events::ForwardRequest;
 use containerd_shim_protos::shim_async::EventsClient;
@@ -119,7 +119,8 @@ fn spawn_sender(address: &str) -> mpsc::Sender<Envelope> {
                         .map(EventsClient::new);
                 }
                 if let Some(c) = &client {
-                    let ctx = ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
+                    let ctx =
+                        ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
                     match c.forward(ctx, &request).await {
                         Ok(_) => break,
                         Err(e) => {

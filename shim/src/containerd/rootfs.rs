@@ -35,7 +35,12 @@ pub fn mount_all(mounts: &[Mount], target: &Path) -> std::io::Result<()> {
             }
             return Err(std::io::Error::new(
                 e.kind(),
-                format!("mounting {} {} at {}: {e}", m.type_, m.source, target.display()),
+                format!(
+                    "mounting {} {} at {}: {e}",
+                    m.type_,
+                    m.source,
+                    target.display()
+                ),
             ));
         }
     }

@@ -160,6 +160,14 @@ fn rpc(e: Error) -> ttrpc::Error {
     status(code, e.to_string())
 }
 
+/// What wasmpod's tasks cannot do yet, said as such (NotFound would read as a missing task).
+fn unsupported(what: &str, id: &str) -> ttrpc::Error {
+    status(
+        ttrpc::Code::UNIMPLEMENTED,
+        format!("wasmpod cannot {what} a Wasm task ({id}) yet"),
+    )
+}
+
 fn invalid(e: impl std::fmt::Display) -> ttrpc::Error {
     status(ttrpc::Code::INVALID_ARGUMENT, e.to_string())
 }
@@ -196,7 +204,12 @@ impl Tasks {
             .unwrap_or_else(|e| e.into_inner())
             .get(&(ns.to_owned(), id.to_owned()))
             .cloned()
-            .ok_or_else(|| status(ttrpc::Code::NOT_FOUND, format!("task {id} not found in namespace {ns}")))
+            .ok_or_else(|| {
+                status(
+                    ttrpc::Code::NOT_FOUND,
+                    format!("task {id} not found in namespace {ns}"),
+                )
+            })
     }
 
     fn find_exec(&self, entry: &Entry, exec_id: &str) -> ttrpc::Result<Arc<Exec>> {
@@ -206,7 +219,12 @@ impl Tasks {
             .unwrap_or_else(|e| e.into_inner())
             .get(exec_id)
             .cloned()
-            .ok_or_else(|| status(ttrpc::Code::NOT_FOUND, format!("exec {exec_id} of task {} not found", entry.id)))
+            .ok_or_else(|| {
+                status(
+                    ttrpc::Code::NOT_FOUND,
+                    format!("exec {exec_id} of task {} not found", entry.id),
+                )
+            })
     }
 
     fn publish(&self, entry: &Entry, event: Event) {
@@ -240,12 +258,20 @@ impl Tasks {
         }
         let sandbox = spec::annotations(&spec).get(spec::SANDBOX_ID).cloned();
         let (pod, own_pod) = match sandbox {
-            Some(sandbox) => (self.entry(ns, &sandbox).map_err(|e| anyhow::anyhow!("pod sandbox {sandbox}: {e}"))?.pod.clone(), false),
+            Some(sandbox) => (
+                self.entry(ns, &sandbox)
+                    .map_err(|e| anyhow::anyhow!("pod sandbox {sandbox}: {e}"))?
+                    .pod
+                    .clone(),
+                false,
+            ),
             None => (self.rt.run_pod(spec::pod_config(&spec, ns, &req.id))?, true),
         };
         let made = self.create_container(&spec, &bundle, &pod, req).await;
         match made {
-            Ok((container, mounted)) => Ok(base(pod, Kind::Container { container, own_pod }, mounted)),
+            Ok((container, mounted)) => {
+                Ok(base(pod, Kind::Container { container, own_pod }, mounted))
+            }
             Err(e) => {
                 if own_pod {
                     let _ = self.rt.remove_pod(&pod).await;
@@ -264,7 +290,11 @@ impl Tasks {
     ) -> anyhow::Result<(String, Option<PathBuf>)> {
         let config = spec::container_config(spec, &req.id, !req.stdin.is_empty())?;
         let root = spec::rootfs(spec, bundle);
-        if !root.starts_with(bundle) || root.components().any(|c| c == std::path::Component::ParentDir) {
+        if !root.starts_with(bundle)
+            || root
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+        {
             anyhow::bail!("root {} lies outside the bundle", root.display());
         }
         let mounted = match req.rootfs.is_empty() {
@@ -310,13 +340,26 @@ impl Tasks {
                 _ => SystemTime::now(),
             };
             if exit.reason == ExitReason::OomKilled {
-                this.publish(&entry, Event::Oom(TaskOOM { container_id: entry.id.clone(), ..Default::default() }));
+                this.publish(
+                    &entry,
+                    Event::Oom(TaskOOM {
+                        container_id: entry.id.clone(),
+                        ..Default::default()
+                    }),
+                );
             }
             this.process_exited(&entry, &entry.id, &entry.process, exit_code(&exit), at);
         });
     }
 
-    fn process_exited(&self, entry: &Entry, id: &str, process: &Process, code: u32, at: SystemTime) {
+    fn process_exited(
+        &self,
+        entry: &Entry,
+        id: &str,
+        process: &Process,
+        code: u32,
+        at: SystemTime,
+    ) {
         if process.stopped(code, at) {
             self.publish(
                 entry,
@@ -347,7 +390,12 @@ impl Tasks {
                 }
             }
         }
-        if let Some(pump) = entry.stdin_pump.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(pump) = entry
+            .stdin_pump
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             pump.abort();
         }
         if let Some(m) = &entry.mounted {
@@ -367,25 +415,39 @@ fn read_registration(bundle: &Path) -> Registration {
         .unwrap_or_default()
 }
 
-/// A signal as the stop it asks for: KILL at once; anything else a stop (a WASI guest has no
-/// handlers: commands end at once with 128+signal, wasi:http handlers drain).
+/// A signal as the stop it asks for: KILL at once; anything else is wasmpod's stop (a WASI
+/// guest has no handlers: a command ends at once with 143, a wasi:http handler drains, a
+/// `wait-grace` pod runs on until containerd's SIGKILL).
 fn is_kill(signal: u32) -> bool {
     signal == libc::SIGKILL as u32
 }
 
 #[async_trait]
 impl TaskApi for TaskService {
-    async fn create(&self, ctx: &TtrpcContext, req: api::CreateTaskRequest) -> ttrpc::Result<api::CreateTaskResponse> {
+    async fn create(
+        &self,
+        ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> ttrpc::Result<api::CreateTaskResponse> {
         let ns = namespace(ctx);
         if self.entry(&ns, &req.id).is_ok() {
-            return Err(status(ttrpc::Code::ALREADY_EXISTS, format!("task {} already exists", req.id)));
+            return Err(status(
+                ttrpc::Code::ALREADY_EXISTS,
+                format!("task {} already exists", req.id),
+            ));
         }
-        let entry = self.create_task(&ns, &req).await.map_err(|e| match e.downcast::<Error>() {
-            Ok(e) => rpc(e),
-            Err(e) => invalid(format!("{e:#}")),
-        })?;
+        let entry = self
+            .create_task(&ns, &req)
+            .await
+            .map_err(|e| match e.downcast::<Error>() {
+                Ok(e) => rpc(e),
+                Err(e) => invalid(format!("{e:#}")),
+            })?;
         let entry = Arc::new(entry);
-        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).insert((ns, req.id.clone()), entry.clone());
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((ns, req.id.clone()), entry.clone());
         self.publish(
             &entry,
             Event::Create(TaskCreate {
@@ -403,23 +465,41 @@ impl TaskApi for TaskService {
                 ..Default::default()
             }),
         );
-        Ok(api::CreateTaskResponse { pid: self.pid, ..Default::default() })
+        Ok(api::CreateTaskResponse {
+            pid: self.pid,
+            ..Default::default()
+        })
     }
 
-    async fn start(&self, ctx: &TtrpcContext, req: api::StartRequest) -> ttrpc::Result<api::StartResponse> {
+    async fn start(
+        &self,
+        ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> ttrpc::Result<api::StartResponse> {
         let entry = self.entry(&namespace(ctx), &req.id)?;
         if !req.exec_id.is_empty() {
             let exec = self.find_exec(&entry, &req.exec_id)?;
             let Kind::Container { container, .. } = &entry.kind else {
-                return Err(status(ttrpc::Code::FAILED_PRECONDITION, "a pod sandbox runs no execs"));
+                return Err(status(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    "a pod sandbox runs no execs",
+                ));
             };
             let p = &exec.process;
             let out = io::output(&p.stdout).map_err(invalid)?;
             let stdio = match p.terminal {
                 true => Stdio::merged(!p.stdin.is_empty(), out),
-                false => Stdio { stdin: !p.stdin.is_empty(), stdout: out, stderr: io::output(&p.stderr).map_err(invalid)? },
+                false => Stdio {
+                    stdin: !p.stdin.is_empty(),
+                    stdout: out,
+                    stderr: io::output(&p.stderr).map_err(invalid)?,
+                },
             };
-            let task = self.rt.exec(container, &exec.args, stdio).await.map_err(rpc)?;
+            let task = self
+                .rt
+                .exec(container, &exec.args, stdio)
+                .await
+                .map_err(rpc)?;
             if !p.stdin.is_empty() {
                 let (rx, pump) = io::input(&p.stdin).map_err(invalid)?;
                 let t = task.clone();
@@ -430,16 +510,36 @@ impl TaskApi for TaskService {
             }
             *exec.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.clone());
             p.phase.send_replace(Phase::Running);
-            self.publish(&entry, Event::ExecStarted(TaskExecStarted { container_id: entry.id.clone(), exec_id: req.exec_id.clone(), pid: self.pid, ..Default::default() }));
+            self.publish(
+                &entry,
+                Event::ExecStarted(TaskExecStarted {
+                    container_id: entry.id.clone(),
+                    exec_id: req.exec_id.clone(),
+                    pid: self.pid,
+                    ..Default::default()
+                }),
+            );
             let (this, entry, exec_id) = (self.0.clone(), entry.clone(), req.exec_id.clone());
             tokio::spawn(async move {
                 let exit = task.wait().await;
-                this.process_exited(&entry, &exec_id, &exec.process, exit_code(&exit), SystemTime::now());
+                this.process_exited(
+                    &entry,
+                    &exec_id,
+                    &exec.process,
+                    exit_code(&exit),
+                    SystemTime::now(),
+                );
             });
-            return Ok(api::StartResponse { pid: self.pid, ..Default::default() });
+            return Ok(api::StartResponse {
+                pid: self.pid,
+                ..Default::default()
+            });
         }
         if entry.process.phase() != Phase::Created {
-            return Err(status(ttrpc::Code::FAILED_PRECONDITION, format!("task {} was started already", req.id)));
+            return Err(status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("task {} was started already", req.id),
+            ));
         }
         if let Kind::Container { container, .. } = &entry.kind {
             self.rt.start_container(container).map_err(rpc)?;
@@ -457,16 +557,37 @@ impl TaskApi for TaskService {
                 }
                 created
             });
-            self.publish(&entry, Event::Start(TaskStart { container_id: entry.id.clone(), pid: self.pid, ..Default::default() }));
+            self.publish(
+                &entry,
+                Event::Start(TaskStart {
+                    container_id: entry.id.clone(),
+                    pid: self.pid,
+                    ..Default::default()
+                }),
+            );
             self.watch_exit(entry.clone(), container.clone());
         } else {
             entry.process.phase.send_replace(Phase::Running);
-            self.publish(&entry, Event::Start(TaskStart { container_id: entry.id.clone(), pid: self.pid, ..Default::default() }));
+            self.publish(
+                &entry,
+                Event::Start(TaskStart {
+                    container_id: entry.id.clone(),
+                    pid: self.pid,
+                    ..Default::default()
+                }),
+            );
         }
-        Ok(api::StartResponse { pid: self.pid, ..Default::default() })
+        Ok(api::StartResponse {
+            pid: self.pid,
+            ..Default::default()
+        })
     }
 
-    async fn state(&self, ctx: &TtrpcContext, req: api::StateRequest) -> ttrpc::Result<api::StateResponse> {
+    async fn state(
+        &self,
+        ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> ttrpc::Result<api::StateResponse> {
         let entry = self.entry(&namespace(ctx), &req.id)?;
         let exec = match req.exec_id.is_empty() {
             true => None,
@@ -511,18 +632,32 @@ impl TaskApi for TaskService {
             Kind::Container { container, .. } => {
                 if entry.process.phase() == Phase::Created {
                     // Never started: it ends here, as a process killed before it ran.
-                    self.process_exited(&entry, &entry.id, &entry.process, 128 + req.signal, SystemTime::now());
+                    self.process_exited(
+                        &entry,
+                        &entry.id,
+                        &entry.process,
+                        128 + req.signal,
+                        SystemTime::now(),
+                    );
                     return Ok(api::Empty::new());
                 }
                 let c = self.rt.container(container).map_err(rpc)?;
-                let grace = if is_kill(req.signal) { Duration::ZERO } else { UNTIL_KILLED };
+                let grace = if is_kill(req.signal) {
+                    Duration::ZERO
+                } else {
+                    UNTIL_KILLED
+                };
                 tokio::spawn(async move { c.stop(grace, ExitReason::Killed, "killed").await });
             }
         }
         Ok(api::Empty::new())
     }
 
-    async fn delete(&self, ctx: &TtrpcContext, req: api::DeleteRequest) -> ttrpc::Result<api::DeleteResponse> {
+    async fn delete(
+        &self,
+        ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> ttrpc::Result<api::DeleteResponse> {
         let ns = namespace(ctx);
         let entry = self.entry(&ns, &req.id)?;
         if !req.exec_id.is_empty() {
@@ -530,10 +665,24 @@ impl TaskApi for TaskService {
             let (code, at) = match exec.process.phase() {
                 Phase::Stopped { code, at } => (code, at),
                 Phase::Created => (0, SystemTime::now()),
-                Phase::Running => return Err(status(ttrpc::Code::FAILED_PRECONDITION, format!("exec {} is still running", req.exec_id))),
+                Phase::Running => {
+                    return Err(status(
+                        ttrpc::Code::FAILED_PRECONDITION,
+                        format!("exec {} is still running", req.exec_id),
+                    ))
+                }
             };
-            entry.execs.lock().unwrap_or_else(|e| e.into_inner()).remove(&req.exec_id);
-            return Ok(api::DeleteResponse { pid: self.pid, exit_status: code, exited_at: MessageField::some(timestamp(at)), ..Default::default() });
+            entry
+                .execs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&req.exec_id);
+            return Ok(api::DeleteResponse {
+                pid: self.pid,
+                exit_status: code,
+                exited_at: MessageField::some(timestamp(at)),
+                ..Default::default()
+            });
         }
         if entry.process.phase() == Phase::Running {
             if let Kind::Container { container, .. } = &entry.kind {
@@ -548,7 +697,10 @@ impl TaskApi for TaskService {
             _ => (0, SystemTime::now()),
         };
         self.remove(&entry).await;
-        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(&(ns, req.id.clone()));
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(ns, req.id.clone()));
         self.publish(
             &entry,
             Event::Delete(TaskDelete {
@@ -560,26 +712,46 @@ impl TaskApi for TaskService {
                 ..Default::default()
             }),
         );
-        Ok(api::DeleteResponse { pid: self.pid, exit_status: code, exited_at: MessageField::some(timestamp(at)), ..Default::default() })
+        Ok(api::DeleteResponse {
+            pid: self.pid,
+            exit_status: code,
+            exited_at: MessageField::some(timestamp(at)),
+            ..Default::default()
+        })
     }
 
-    async fn wait(&self, ctx: &TtrpcContext, req: api::WaitRequest) -> ttrpc::Result<api::WaitResponse> {
+    async fn wait(
+        &self,
+        ctx: &TtrpcContext,
+        req: api::WaitRequest,
+    ) -> ttrpc::Result<api::WaitResponse> {
         let entry = self.entry(&namespace(ctx), &req.id)?;
         let (code, at) = match req.exec_id.is_empty() {
             true => entry.process.wait().await,
             false => self.find_exec(&entry, &req.exec_id)?.process.wait().await,
         };
-        Ok(api::WaitResponse { exit_status: code, exited_at: MessageField::some(timestamp(at)), ..Default::default() })
+        Ok(api::WaitResponse {
+            exit_status: code,
+            exited_at: MessageField::some(timestamp(at)),
+            ..Default::default()
+        })
     }
 
-    async fn exec(&self, ctx: &TtrpcContext, req: api::ExecProcessRequest) -> ttrpc::Result<api::Empty> {
+    async fn exec(
+        &self,
+        ctx: &TtrpcContext,
+        req: api::ExecProcessRequest,
+    ) -> ttrpc::Result<api::Empty> {
         let entry = self.entry(&namespace(ctx), &req.id)?;
         if !matches!(entry.kind, Kind::Container { .. }) {
-            return Err(status(ttrpc::Code::FAILED_PRECONDITION, "a pod sandbox runs no execs"));
+            return Err(status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                "a pod sandbox runs no execs",
+            ));
         }
         let process: oci_spec::runtime::Process = serde_json::from_slice(&req.spec.value)
             .map_err(|e| invalid(format!("exec {}: the process spec: {e}", req.exec_id)))?;
-        let (args, _, _, _) = spec::process_parts(&process);
+        let args = spec::process_parts(&process).args;
         if args.is_empty() {
             return Err(invalid(format!("exec {}: no args", req.exec_id)));
         }
@@ -591,44 +763,84 @@ impl TaskApi for TaskService {
         {
             let mut execs = entry.execs.lock().unwrap_or_else(|e| e.into_inner());
             if execs.contains_key(&req.exec_id) {
-                return Err(status(ttrpc::Code::ALREADY_EXISTS, format!("exec {} already exists", req.exec_id)));
+                return Err(status(
+                    ttrpc::Code::ALREADY_EXISTS,
+                    format!("exec {} already exists", req.exec_id),
+                ));
             }
             execs.insert(req.exec_id.clone(), exec);
         }
-        self.publish(&entry, Event::ExecAdded(TaskExecAdded { container_id: entry.id.clone(), exec_id: req.exec_id, ..Default::default() }));
+        self.publish(
+            &entry,
+            Event::ExecAdded(TaskExecAdded {
+                container_id: entry.id.clone(),
+                exec_id: req.exec_id,
+                ..Default::default()
+            }),
+        );
         Ok(api::Empty::new())
     }
 
-    async fn resize_pty(&self, ctx: &TtrpcContext, req: api::ResizePtyRequest) -> ttrpc::Result<api::Empty> {
+    async fn resize_pty(
+        &self,
+        ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> ttrpc::Result<api::Empty> {
         // WASI has no terminal: a size is accepted and has nothing to change.
         self.entry(&namespace(ctx), &req.id)?;
         Ok(api::Empty::new())
     }
 
-    async fn close_io(&self, ctx: &TtrpcContext, req: api::CloseIORequest) -> ttrpc::Result<api::Empty> {
+    async fn close_io(
+        &self,
+        ctx: &TtrpcContext,
+        req: api::CloseIORequest,
+    ) -> ttrpc::Result<api::Empty> {
         let entry = self.entry(&namespace(ctx), &req.id)?;
         if !req.stdin {
             return Ok(api::Empty::new());
         }
         if req.exec_id.is_empty() {
-            if let Some(pump) = entry.stdin_pump.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            if let Some(pump) = entry
+                .stdin_pump
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
                 pump.abort();
             }
-        } else if let Some(task) = self.find_exec(&entry, &req.exec_id)?.task.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        } else if let Some(task) = self
+            .find_exec(&entry, &req.exec_id)?
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
             task.close_stdin();
         }
         Ok(api::Empty::new())
     }
 
-    async fn pids(&self, ctx: &TtrpcContext, req: api::PidsRequest) -> ttrpc::Result<api::PidsResponse> {
+    async fn pids(
+        &self,
+        ctx: &TtrpcContext,
+        req: api::PidsRequest,
+    ) -> ttrpc::Result<api::PidsResponse> {
         self.entry(&namespace(ctx), &req.id)?;
         Ok(api::PidsResponse {
-            processes: vec![api::ProcessInfo { pid: self.pid, ..Default::default() }],
+            processes: vec![api::ProcessInfo {
+                pid: self.pid,
+                ..Default::default()
+            }],
             ..Default::default()
         })
     }
 
-    async fn stats(&self, ctx: &TtrpcContext, req: api::StatsRequest) -> ttrpc::Result<api::StatsResponse> {
+    async fn stats(
+        &self,
+        ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> ttrpc::Result<api::StatsResponse> {
         let entry = self.entry(&namespace(ctx), &req.id)?;
         let usage = match &entry.kind {
             Kind::Container { container, .. } => self.rt.container(container).map_err(rpc)?.usage(),
@@ -636,25 +848,84 @@ impl TaskApi for TaskService {
         };
         let micros = usage.cpu.as_micros() as u64;
         let metrics = Metrics {
-            pids: MessageField::some(PidsStat { current: 1, ..Default::default() }),
-            cpu: MessageField::some(CPUStat { usage_usec: micros, user_usec: micros, ..Default::default() }),
-            memory: MessageField::some(MemoryStat { usage: usage.memory_bytes, anon: usage.memory_bytes, ..Default::default() }),
+            pids: MessageField::some(PidsStat {
+                current: 1,
+                ..Default::default()
+            }),
+            cpu: MessageField::some(CPUStat {
+                usage_usec: micros,
+                user_usec: micros,
+                ..Default::default()
+            }),
+            memory: MessageField::some(MemoryStat {
+                usage: usage.memory_bytes,
+                anon: usage.memory_bytes,
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let mut any = super::events::any(&metrics);
         // containerd's typeurl registry name for cgroup v2 metrics.
         any.type_url = "io.containerd.cgroups.v2.Metrics".into();
-        Ok(api::StatsResponse { stats: MessageField::some(any), ..Default::default() })
+        Ok(api::StatsResponse {
+            stats: MessageField::some(any),
+            ..Default::default()
+        })
     }
 
-    async fn connect(&self, ctx: &TtrpcContext, req: api::ConnectRequest) -> ttrpc::Result<api::ConnectResponse> {
+    async fn connect(
+        &self,
+        ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> ttrpc::Result<api::ConnectResponse> {
         if !req.id.is_empty() {
             self.entry(&namespace(ctx), &req.id)?;
         }
-        Ok(api::ConnectResponse { shim_pid: self.pid, task_pid: self.pid, version: env!("CARGO_PKG_VERSION").into(), ..Default::default() })
+        Ok(api::ConnectResponse {
+            shim_pid: self.pid,
+            task_pid: self.pid,
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        })
     }
 
-    async fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> ttrpc::Result<api::Empty> {
+    async fn pause(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::PauseRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        Err(unsupported("pause", &req.id))
+    }
+
+    async fn resume(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResumeRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        Err(unsupported("resume", &req.id))
+    }
+
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CheckpointTaskRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        Err(unsupported("checkpoint", &req.id))
+    }
+
+    async fn update(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::UpdateTaskRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        Err(unsupported("update the resources of", &req.id))
+    }
+
+    async fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ShutdownRequest,
+    ) -> ttrpc::Result<api::Empty> {
         // containerd asks every shim to exit after each delete; this daemon serves the whole
         // node and stays.
         Ok(api::Empty::new())

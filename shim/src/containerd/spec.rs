@@ -58,7 +58,10 @@ pub fn pod_config(spec: &Spec, namespace: &str, id: &str) -> PodConfig {
         .and_then(|l| l.namespaces().as_ref())
         .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network));
     PodConfig {
-        name: a.get(SANDBOX_NAME).cloned().unwrap_or_else(|| id.to_owned()),
+        name: a
+            .get(SANDBOX_NAME)
+            .cloned()
+            .unwrap_or_else(|| id.to_owned()),
         namespace: a
             .get(SANDBOX_NAMESPACE)
             .cloned()
@@ -67,7 +70,11 @@ pub fn pod_config(spec: &Spec, namespace: &str, id: &str) -> PodConfig {
         // whose old one is not removed yet.
         uid: id.to_owned(),
         hostname: spec.hostname().clone().unwrap_or_default(),
-        labels: a.get(SANDBOX_UID).map(|u| ("io.kubernetes.pod.uid".to_owned(), u.clone())).into_iter().collect(),
+        labels: a
+            .get(SANDBOX_UID)
+            .map(|u| ("io.kubernetes.pod.uid".to_owned(), u.clone()))
+            .into_iter()
+            .collect(),
         annotations: a,
         host_namespaces: HostNamespaces {
             network: network.is_none(),
@@ -87,7 +94,12 @@ pub fn container_config(spec: &Spec, id: &str, stdin: bool) -> anyhow::Result<Co
         .process()
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("the spec has no process"))?;
-    let (command, env, working_dir, tty) = process_parts(process);
+    let ProcessParts {
+        args: command,
+        env,
+        cwd: working_dir,
+        terminal: tty,
+    } = process_parts(process);
     if command.is_empty() {
         anyhow::bail!("the spec's process has no args");
     }
@@ -98,7 +110,10 @@ pub fn container_config(spec: &Spec, id: &str, stdin: bool) -> anyhow::Result<Co
         .flatten()
         .filter(|m| {
             m.typ().as_deref() == Some("bind")
-                || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind")
+                || m.options()
+                    .iter()
+                    .flatten()
+                    .any(|o| o == "bind" || o == "rbind")
         })
         .filter_map(|m| {
             Some(MountSpec {
@@ -119,7 +134,10 @@ pub fn container_config(spec: &Spec, id: &str, stdin: bool) -> anyhow::Result<Co
         // Unique per task: kubelet restarts a container under its old name before the old
         // task is removed.
         name: id.to_owned(),
-        image: a.get("io.kubernetes.cri.image-name").cloned().unwrap_or_default(),
+        image: a
+            .get("io.kubernetes.cri.image-name")
+            .cloned()
+            .unwrap_or_default(),
         command,
         env,
         working_dir,
@@ -133,7 +151,11 @@ pub fn container_config(spec: &Spec, id: &str, stdin: bool) -> anyhow::Result<Co
             .collect(),
         stdin,
         tty,
-        writable_rootfs: !spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
+        writable_rootfs: !spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false),
         readonly_paths: linux
             .and_then(|l| l.readonly_paths().clone())
             .unwrap_or_default(),
@@ -141,8 +163,15 @@ pub fn container_config(spec: &Spec, id: &str, stdin: bool) -> anyhow::Result<Co
     })
 }
 
-/// argv, env, cwd and terminal of an OCI process (a task's or an exec's).
-pub fn process_parts(p: &Process) -> (Vec<String>, Vec<(String, String)>, Option<String>, bool) {
+/// What wasmpod takes of an OCI process (a task's or an exec's).
+pub struct ProcessParts {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    pub terminal: bool,
+}
+
+pub fn process_parts(p: &Process) -> ProcessParts {
     let env = p
         .env()
         .iter()
@@ -153,12 +182,12 @@ pub fn process_parts(p: &Process) -> (Vec<String>, Vec<(String, String)>, Option
         })
         .collect();
     let cwd = p.cwd().to_string_lossy().into_owned();
-    (
-        p.args().clone().unwrap_or_default(),
+    ProcessParts {
+        args: p.args().clone().unwrap_or_default(),
         env,
-        (!cwd.is_empty()).then_some(cwd),
-        p.terminal().unwrap_or(false),
-    )
+        cwd: (!cwd.is_empty()).then_some(cwd),
+        terminal: p.terminal().unwrap_or(false),
+    }
 }
 
 /// The root filesystem directory: the spec's `root.path`, relative to the bundle.
