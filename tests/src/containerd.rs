@@ -1,4 +1,5 @@
-//! Debian's containerd (its CRI plugin) started on a temp root and socket, in two roles:
+//! Debian's containerd (its CRI plugin) started on a temp root and socket, or containerd 2.x
+//! ([`Flavour::V2`], built by `scripts/peers`) on the same settings, in two roles:
 //!
 //! - the benchmark peer: runc runs the pods, driven by the same CRI client as `wasmpod serve`;
 //!   all pods use the host network, so no CNI is needed;
@@ -134,10 +135,41 @@ pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
 /// The CNI plugins the conflist and containerd's loopback setup run.
 const CNI_PLUGINS: [&str; 4] = ["bridge", "host-local", "portmap", "loopback"];
 
+/// Which containerd runs: the shim must work on the 1.6 distributions ship and on 2.x, whose
+/// CRI plugin is split into `io.containerd.cri.v1.*` plugins with a config version 3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Flavour {
+    /// Debian's containerd 1.6 and `ctr`, found on PATH; config version 2.
+    #[default]
+    Debian16,
+    /// containerd 2.x and its `ctr`, built by `scripts/peers` ([`crate::peers::containerd2`]).
+    V2,
+}
+
+impl Flavour {
+    /// The containerd daemon binary.
+    fn containerd(self) -> PathBuf {
+        match self {
+            Flavour::Debian16 => "containerd".into(),
+            Flavour::V2 => crate::peers::containerd2(),
+        }
+    }
+
+    /// The `ctr` matching the daemon.
+    fn ctr(self) -> PathBuf {
+        match self {
+            Flavour::Debian16 => "ctr".into(),
+            Flavour::V2 => crate::peers::ctr2(),
+        }
+    }
+}
+
 /// How to start a [`Containerd`]: `Options::default()` is the benchmark peer (native
 /// snapshotter, runc only, host-network pods).
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Which containerd: Debian's 1.6 or 2.x.
+    pub flavour: Flavour,
     /// CRI's snapshotter ([`NATIVE`] or [`OVERLAYFS`]); `ctr` imports unpack for it too.
     pub snapshotter: String,
     /// Adds the `wasmpod` runtime handler (runc stays the default) and imports the toolbox
@@ -152,6 +184,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
+            flavour: Flavour::default(),
             snapshotter: NATIVE.to_owned(),
             wasmpod: None,
             cni: false,
@@ -167,6 +200,11 @@ impl Options {
             cni: true,
             ..Options::default()
         }
+    }
+
+    pub fn flavour(mut self, flavour: Flavour) -> Self {
+        self.flavour = flavour;
+        self
     }
 
     pub fn snapshotter(mut self, snapshotter: &str) -> Self {
@@ -299,6 +337,7 @@ pub struct Containerd {
     /// Host paths this instance may create outside its dir, with whether each existed before,
     /// so Drop removes (when empty) only what it made.
     outside: Vec<(PathBuf, bool)>,
+    flavour: Flavour,
     snapshotter: String,
     pause: String,
     hello: String,
@@ -335,7 +374,10 @@ impl Containerd {
 
     async fn try_start_options(opts: Options) -> anyhow::Result<Self> {
         // runc is what the peer runs; the wasmpod role needs it only for runc pods.
-        let mut tools = vec!["containerd", "ctr"];
+        let mut tools = Vec::new();
+        if opts.flavour == Flavour::Debian16 {
+            tools.extend(["containerd", "ctr"]);
+        }
         if opts.wasmpod.is_none() {
             tools.extend(["containerd-shim-runc-v2", "runc"]);
         }
@@ -390,7 +432,13 @@ impl Containerd {
         let config = d.join("config.toml");
         fs::write(
             &config,
-            config_toml(d, &opts.snapshotter, opts.wasmpod.is_some(), opts.cni),
+            config_toml(
+                opts.flavour,
+                d,
+                &opts.snapshotter,
+                opts.wasmpod.is_some(),
+                opts.cni,
+            ),
         )?;
         // containerd and its shims put these on the host whatever the config says (shim
         // sockets, client fifos); runc with cgroupfs makes the `k8s.io` cgroup parents; CNI's
@@ -418,6 +466,7 @@ impl Containerd {
             config,
             env,
             outside,
+            flavour: opts.flavour,
             snapshotter: opts.snapshotter.clone(),
             pause: reference("pause"),
             hello: reference("hello"),
@@ -449,8 +498,8 @@ impl Containerd {
             .append(true)
             .open(self.dir.path().join("containerd.log"))?;
         let mut cmd = match &self.netns {
-            Some(ns) => ns.command("containerd"),
-            None => Command::new("containerd"),
+            Some(ns) => ns.command(self.flavour.containerd()),
+            None => Command::new(self.flavour.containerd()),
         };
         cmd.arg("--config")
             .arg(&self.config)
@@ -527,11 +576,15 @@ impl Containerd {
     /// CRI's image store has `reference` (it learns of imports through events).
     async fn import(&self, namespace: &str, reference: &str, archive: &Path) -> anyhow::Result<()> {
         let snapshotter = self.snapshotter.clone();
-        let args = ["images", "import", "--all-platforms", "--snapshotter"];
-        let out = crate::output_within(
-            self.ctr(namespace, &args).arg(&snapshotter).arg(archive),
-            120,
-        );
+        let mut args = vec!["images", "import", "--all-platforms", "--snapshotter"];
+        args.push(&snapshotter);
+        if self.flavour == Flavour::V2 {
+            // 2.x imports through the transfer API by default, whose unpacker has no platform
+            // to unpack with `--all-platforms` ("no unpack platforms defined"); the client-side
+            // import is 1.6's.
+            args.push("--local");
+        }
+        let out = crate::output_within(self.ctr(namespace, &args).arg(archive), 120);
         if !out.status.success() {
             bail!(
                 "ctr -n {namespace} images import {}: {}\n{}",
@@ -589,7 +642,7 @@ impl Containerd {
 
     /// `ctr --address <socket> -n <namespace> ARGS…`, ready for more arguments and stdio.
     pub fn ctr(&self, namespace: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ctr");
+        let mut cmd = Command::new(self.flavour.ctr());
         cmd.arg("--address")
             .arg(&self.socket)
             .args(["-n", namespace])
@@ -683,6 +736,11 @@ impl Containerd {
             }
         }
         pod
+    }
+
+    /// Which containerd runs.
+    pub fn flavour(&self) -> Flavour {
+        self.flavour
     }
 
     /// CRI's snapshotter: how each container's rootfs is made from its image.
@@ -1143,27 +1201,64 @@ fn toolbox_archives(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
 /// shim with cgroupfs and its state under `dir` (the default runtime), our pause image; with
 /// `wasmpod` the `wasmpod` runtime handler; with `cni` the conflist's dir, the plugins of
 /// [`CNI_BIN_DIR`] and pod netns files under the state dir, else CNI dirs that hold nothing
-/// (host-network pods only).
-fn config_toml(dir: &Path, snapshotter: &str, wasmpod: bool, cni: bool) -> String {
+/// (host-network pods only). The settings are the same for both flavours; only where they
+/// live differs: 1.6 keeps them all in `io.containerd.grpc.v1.cri` (version 2), 2.x splits
+/// the runtime side (`io.containerd.cri.v1.runtime`) from the images side
+/// (`io.containerd.cri.v1.images`: snapshotter, pinned sandbox image) in version 3.
+fn config_toml(
+    flavour: Flavour,
+    dir: &Path,
+    snapshotter: &str,
+    wasmpod: bool,
+    cni: bool,
+) -> String {
     let d = dir.display();
     let pause = reference("pause");
+    let (bin_dir, conf_dir) = if cni {
+        (CNI_BIN_DIR.to_owned(), format!("{d}/cni/net.d"))
+    } else {
+        (format!("{d}/cni/bin"), format!("{d}/cni/conf"))
+    };
+    // (config version, the runtime table, the images tables, its keys in the runtime table,
+    // its keys in the runtime's `containerd` table, the CNI plugin dir key).
+    let (version, rt, images, rt_images, containerd_images, bin_dirs) = match flavour {
+        Flavour::Debian16 => (
+            2,
+            r#"plugins."io.containerd.grpc.v1.cri""#,
+            String::new(),
+            format!("  sandbox_image = \"{pause}\"\n"),
+            format!("    snapshotter = \"{snapshotter}\"\n"),
+            format!("bin_dir = \"{bin_dir}\""),
+        ),
+        Flavour::V2 => (
+            3,
+            r#"plugins."io.containerd.cri.v1.runtime""#,
+            format!(
+                r#"
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "{snapshotter}"
+
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "{pause}"
+"#
+            ),
+            String::new(),
+            String::new(),
+            format!("bin_dirs = [\"{bin_dir}\"]"),
+        ),
+    };
     let wasmpod_runtime = if wasmpod {
         format!(
             r#"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{WASMPOD_HANDLER}]
+    [{rt}.containerd.runtimes.{WASMPOD_HANDLER}]
       runtime_type = "{WASMPOD_RUNTIME}"
 "#
         )
     } else {
         String::new()
     };
-    let (bin_dir, conf_dir) = if cni {
-        (CNI_BIN_DIR.to_owned(), format!("{d}/cni/net.d"))
-    } else {
-        (format!("{d}/cni/bin"), format!("{d}/cni/conf"))
-    };
     format!(
-        r#"version = 2
+        r#"version = {version}
 root = "{d}/root"
 state = "{d}/state"
 disabled_plugins = []
@@ -1176,10 +1271,9 @@ disabled_plugins = []
 
 [plugins."io.containerd.internal.v1.opt"]
   path = "{d}/opt"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  disable_apparmor = true
+{images}
+[{rt}]
+{rt_images}  disable_apparmor = true
   enable_selinux = false
   # This sandbox drops CAP_SYS_RESOURCE, so runc cannot lower oom_score_adj (the sandbox's
   # -998): keep every score at or above containerd's own, as rootless setups do.
@@ -1187,19 +1281,18 @@ disabled_plugins = []
   # Pod netns files under the state dir, not the host's /var/run/netns.
   netns_mounts_under_state_dir = true
 
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "{snapshotter}"
-    default_runtime_name = "runc"
+  [{rt}.containerd]
+{containerd_images}    default_runtime_name = "runc"
 
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    [{rt}.containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
 
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      [{rt}.containerd.runtimes.runc.options]
         SystemdCgroup = false
         Root = "{d}/runc"
 {wasmpod_runtime}
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{bin_dir}"
+  [{rt}.cni]
+    {bin_dirs}
     conf_dir = "{conf_dir}"
     max_conf_num = 1
 "#

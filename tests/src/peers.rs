@@ -1,4 +1,4 @@
-//! The real Go peers (cri-tools' `crictl` and `critest`), built from the Go module proxy with
+//! The real Go peers (cri-tools' `crictl` and `critest`, containerd 2.x and its `ctr`), built from the Go module proxy with
 //! the machine's Go by `scripts/peers` into a cache keyed by module and version
 //! (`${WASMPOD_PEERS:-$HOME/.cache/wasmpod/peers}/<module>-<version>/<tool>`). The versions
 //! live in that script only: it is asked for the path, and builds the tool first when it is
@@ -18,6 +18,19 @@ pub fn crictl() -> PathBuf {
 pub fn critest() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| peer("critest")).clone()
+}
+
+/// containerd 2.x (the daemon with its CRI plugin): the second containerd the shim is tested
+/// on, beside Debian's 1.6.
+pub fn containerd2() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| peer("containerd2")).clone()
+}
+
+/// The `ctr` of containerd 2.x, speaking its daemon's API version.
+pub fn ctr2() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| peer("ctr2")).clone()
 }
 
 /// `scripts/peers --path <tool>`: builds the tool if it is not cached (under a lock, so the

@@ -1,4 +1,4 @@
-//! containerd 1.6 running Wasm pods on wasmpod through its shim (runtime type
+//! containerd (Debian's 1.6, and 2.x for `ctr run` and a crictl pod) running Wasm pods on wasmpod through its shim (runtime type
 //! `io.containerd.wasmpod.v1`, CRI handler `wasmpod`): `ctr run`, crictl against containerd's
 //! CRI with CNI pod networks, kills of containerd and of the wasmpod daemon, and a hundred pods
 //! leaving nothing behind. Each test's containerd, its CNI bridge and the wasmpod daemon the
@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use wasmpod_tests::containerd::{
-    self, Containerd, Options, NAMESPACE, TOOLBOX_P1, TOOLBOX_P2, WASMPOD_HANDLER, WASMPOD_RUNTIME,
+    self, Containerd, Flavour, Options, NAMESPACE, TOOLBOX_P1, TOOLBOX_P2, WASMPOD_HANDLER,
+    WASMPOD_RUNTIME,
 };
 use wasmpod_tests::crictl::{
     container_json, id_of, pods, ps, status, wait_log, wait_state, Crictl,
@@ -26,9 +27,14 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const FD_SLACK: usize = 16;
 const THREAD_SLACK: usize = 8;
 
-/// containerd with the `wasmpod` handler and CNI in a netns of its own.
+/// containerd 1.6 with the `wasmpod` handler and CNI in a netns of its own.
 async fn wasmpod_containerd() -> Containerd {
-    Options::wasmpod_cni().start().await
+    wasmpod_containerd_of(Flavour::Debian16).await
+}
+
+/// [`wasmpod_containerd`] on either flavour: the tests both share run on this.
+async fn wasmpod_containerd_of(flavour: Flavour) -> Containerd {
+    Options::wasmpod_cni().flavour(flavour).start().await
 }
 
 /// Runs pod `name` on wasmpod with the preview2 toolbox's httpd serving port 8080 (its built-in
@@ -284,8 +290,18 @@ async fn harness_cni_gives_runc_pods_addresses_in_the_test_netns() {
 /// guest's status, and `--rm` frees the id for the next run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctr_run_prints_and_returns_the_exit_status() {
+    ctr_run_prints_and_returns_the_exit_status_on(Flavour::Debian16).await;
+}
+
+/// a on containerd 2.x.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctr_run_prints_and_returns_the_exit_status_on_containerd2() {
+    ctr_run_prints_and_returns_the_exit_status_on(Flavour::V2).await;
+}
+
+async fn ctr_run_prints_and_returns_the_exit_status_on(flavour: Flavour) {
     let _serial = SERIAL.lock().await;
-    let c = wasmpod_containerd().await;
+    let c = wasmpod_containerd_of(flavour).await;
     let out = c.ctr_run_wasmpod(
         TOOLBOX_P1,
         "t1",
@@ -309,8 +325,18 @@ async fn ctr_run_prints_and_returns_the_exit_status() {
 /// settings, then stop (exit status in inspect), rm, stopp, rmp leaving nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crictl_pod_on_the_pod_network() {
+    crictl_pod_on_the_pod_network_on(Flavour::Debian16).await;
+}
+
+/// b on containerd 2.x.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crictl_pod_on_the_pod_network_on_containerd2() {
+    crictl_pod_on_the_pod_network_on(Flavour::V2).await;
+}
+
+async fn crictl_pod_on_the_pod_network_on(flavour: Flavour) {
     let _serial = SERIAL.lock().await;
-    let c = wasmpod_containerd().await;
+    let c = wasmpod_containerd_of(flavour).await;
     let crictl = c.crictl();
     let (pod_id, id, ip) = web_pod(&c, &crictl, "web");
     assert!(c.in_pod_subnet(&ip), "{ip} not in {:?}", c.pod_cidr());
