@@ -36,7 +36,9 @@ impl Args {
             }
             let value = match inline {
                 Some(v) => v,
-                None => it.next().ok_or_else(|| format!("flag -{name} needs a value"))?,
+                None => it
+                    .next()
+                    .ok_or_else(|| format!("flag -{name} needs a value"))?,
             };
             match name {
                 "namespace" => out.namespace = value,
@@ -72,7 +74,10 @@ mod tests {
     #[test]
     fn containerd_command_lines() {
         let a = parse("-namespace k8s.io -address /run/containerd/containerd.sock -publish-binary /usr/bin/containerd -id abc -debug start").unwrap();
-        assert_eq!((a.namespace.as_str(), a.id.as_str(), a.action.as_str()), ("k8s.io", "abc", "start"));
+        assert_eq!(
+            (a.namespace.as_str(), a.id.as_str(), a.action.as_str()),
+            ("k8s.io", "abc", "start")
+        );
         let d = parse("--namespace=default --id=x --bundle=/b delete").unwrap();
         assert_eq!(d.bundle, Some(PathBuf::from("/b")));
         assert_eq!(d.action, "delete");

@@ -43,8 +43,9 @@ impl Config {
             None => (PathBuf::from("/etc/wasmpod/config.toml"), false),
         };
         let parsed: File = match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str(&text)
-                .map_err(|e| format!("config file {}: {e}", path.display()))?,
+            Ok(text) => {
+                toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
                 return Ok(Self {
                     file: None,
@@ -74,13 +75,21 @@ pub fn ensure_running(config: &Config) -> Result<(), String> {
     if answers(config) {
         return Ok(());
     }
-    let dir = config.socket.parent().ok_or("the socket path has no directory")?;
+    let dir = config
+        .socket
+        .parent()
+        .ok_or("the socket path has no directory")?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let lock_path = config.socket.with_extension("start.lock");
-    let lock = std::fs::File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
+    let lock =
+        std::fs::File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
     // SAFETY: flock on a descriptor we own; released when `lock` is closed.
     if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
-        return Err(format!("locking {}: {}", lock_path.display(), std::io::Error::last_os_error()));
+        return Err(format!(
+            "locking {}: {}",
+            lock_path.display(),
+            std::io::Error::last_os_error()
+        ));
     }
     if answers(config) {
         return Ok(());
@@ -151,7 +160,10 @@ pub fn delete(config: &Config, namespace: &str, id: &str) -> Result<DeleteRespon
     let client = ttrpc::Client::connect(&format!("unix://{}", config.socket.display()))
         .map_err(|e| format!("the wasmpod daemon at {}: {e}", config.socket.display()))?;
     let mut metadata = HashMap::new();
-    metadata.insert("containerd-namespace-ttrpc".to_owned(), vec![namespace.to_owned()]);
+    metadata.insert(
+        "containerd-namespace-ttrpc".to_owned(),
+        vec![namespace.to_owned()],
+    );
     let mut ctx = ttrpc::context::with_metadata(metadata);
     ctx.timeout_nano = crate::DELETE_TIMEOUT.as_nanos() as i64;
     TaskClient::new(client)

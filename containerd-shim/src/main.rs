@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::{Message, MessageField};
+use containerd_shim_protos::types::introspection::{RuntimeInfo, RuntimeVersion};
 
 use args::Args;
 
@@ -33,6 +34,11 @@ fn main() -> ExitCode {
     let done = match args.action.as_str() {
         "start" => start(&args),
         "delete" => delete(&args),
+        "info" => info(),
+        "v" | "version" => {
+            println!("containerd-shim-wasmpod-v1 {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
         other => Err(format!(
             "unknown action {other:?}: containerd runs this shim with `start` or `delete`; the \
              task API is served by `wasmpod serve`"
@@ -64,7 +70,10 @@ fn start(args: &Args) -> Result<(), String> {
         "id": args.id,
         "ttrpc_address": std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
     });
-    write_new(&bundle.join(REGISTRATION), registration.to_string().as_bytes())?;
+    write_new(
+        &bundle.join(REGISTRATION),
+        registration.to_string().as_bytes(),
+    )?;
     let address = format!("unix://{}", config.socket.display());
     // containerd reconnects from this file after its own restart.
     write_new(&bundle.join("address"), address.as_bytes())?;
@@ -79,27 +88,51 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), String> {
 
 fn delete(args: &Args) -> Result<(), String> {
     let bundle = bundle(args)?;
-    let response = match daemon::Config::load().and_then(|c| daemon::delete(&c, &args.namespace, &args.id)) {
-        Ok(r) => r,
-        Err(e) => {
-            // The daemon is gone (or never had the task): what it held in the bundle is
-            // released here, and containerd hears the task died killed.
-            eprintln!("containerd-shim-wasmpod-v1 delete: {e}; cleaning up {}", bundle.display());
-            unmount(&bundle.join("rootfs"));
-            let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-            DeleteResponse {
-                exit_status: 128 + libc::SIGKILL as u32,
-                exited_at: MessageField::some(Timestamp {
-                    seconds: now.as_secs() as i64,
-                    nanos: now.subsec_nanos() as i32,
+    let response =
+        match daemon::Config::load().and_then(|c| daemon::delete(&c, &args.namespace, &args.id)) {
+            Ok(r) => r,
+            Err(e) => {
+                // The daemon is gone (or never had the task): what it held in the bundle is
+                // released here, and containerd hears the task died killed.
+                eprintln!(
+                    "containerd-shim-wasmpod-v1 delete: {e}; cleaning up {}",
+                    bundle.display()
+                );
+                unmount(&bundle.join("rootfs"));
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default();
+                DeleteResponse {
+                    exit_status: 128 + libc::SIGKILL as u32,
+                    exited_at: MessageField::some(Timestamp {
+                        seconds: now.as_secs() as i64,
+                        nanos: now.subsec_nanos() as i32,
+                        ..Default::default()
+                    }),
                     ..Default::default()
-                }),
-                ..Default::default()
+                }
             }
-        }
-    };
+        };
     let bytes = response.write_to_bytes().map_err(|e| e.to_string())?;
-    std::io::stdout().write_all(&bytes).map_err(|e| e.to_string())
+    std::io::stdout()
+        .write_all(&bytes)
+        .map_err(|e| e.to_string())
+}
+
+/// containerd 2.x asks a runtime what it is (`-info`): a RuntimeInfo message on stdout.
+fn info() -> Result<(), String> {
+    let info = RuntimeInfo {
+        name: "io.containerd.wasmpod.v1".into(),
+        version: MessageField::some(RuntimeVersion {
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let bytes = info.write_to_bytes().map_err(|e| e.to_string())?;
+    std::io::stdout()
+        .write_all(&bytes)
+        .map_err(|e| e.to_string())
 }
 
 /// Detaches a root filesystem mount the daemon left (nothing mounted is fine).
