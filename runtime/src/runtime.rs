@@ -12,7 +12,7 @@ use crate::container::{
     Container, ContainerEvent, ContainerState, ContainerUsage, EventKind, NewContainer, Observer,
     Prepared,
 };
-use crate::engine::{Wasm, raise_descriptor_limit, Engine, FileBudget, FileLimits};
+use crate::engine::{raise_descriptor_limit, Engine, FileBudget, FileLimits, Wasm};
 use crate::error::{Error, Result};
 use crate::exit::{Exit, ExitReason};
 use crate::image::{
@@ -23,8 +23,8 @@ use crate::mounts::GuestFs;
 use crate::network::{Network, NetworkConfig};
 use crate::pod::{Pod, PodState};
 use crate::spec::{ContainerConfig, PodConfig, PodOwner};
-use crate::stdio::Output;
 use crate::state::{PodRecord, StateStore, Sync};
+use crate::stdio::Output;
 use crate::volume::PodVolumes;
 
 /// How a runtime is set up.
@@ -443,8 +443,7 @@ impl Runtime {
         };
         let (log, output) = match bundle {
             None => {
-                let log =
-                    log_target(&pod.log_directory(), &config).map_err(|e| e.context(&ctx))?;
+                let log = log_target(&pod.log_directory(), &config).map_err(|e| e.context(&ctx))?;
                 // A log directory the client named is the client's to rotate; ours we rotate.
                 let limit = match pod.config.log_directory {
                     Some(_) => self.log_limits.client,

@@ -192,7 +192,10 @@ pub(super) async fn serve(
         return failed("a wasi:http handler needs the pod network".into());
     };
     let addr = net.at(spec.http_port);
-    let listener = match net.listen_tcp(spec.http_port).and_then(TcpListener::from_std) {
+    let listener = match net
+        .listen_tcp(spec.http_port)
+        .and_then(TcpListener::from_std)
+    {
         Ok(l) => l,
         Err(e) => return failed(format!("serving wasi:http on {addr}: {e}")),
     };

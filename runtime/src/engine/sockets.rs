@@ -165,9 +165,13 @@ impl tcp_create_socket::Host for SocketsView<'_> {
         net.open_socket().map_err(net_error)?;
         let made = match net.netns() {
             Some(ns) => ns
-                .run(|| tcp_create_socket::Host::create_tcp_socket(&mut self.inner, host_family(family)))
+                .run(|| {
+                    tcp_create_socket::Host::create_tcp_socket(&mut self.inner, host_family(family))
+                })
                 .unwrap_or_else(|e| Err(SocketError::trap(e))),
-            None => tcp_create_socket::Host::create_tcp_socket(&mut self.inner, host_family(family)),
+            None => {
+                tcp_create_socket::Host::create_tcp_socket(&mut self.inner, host_family(family))
+            }
         };
         match made {
             Ok(sock) => {

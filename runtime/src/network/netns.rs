@@ -72,7 +72,11 @@ impl NetNs {
         let host = match HOST.get() {
             Some(Ok(fd)) => fd,
             Some(Err(e)) => return Err(io::Error::other(e.clone())),
-            None => return Err(io::Error::other("the host network namespace was not recorded")),
+            None => {
+                return Err(io::Error::other(
+                    "the host network namespace was not recorded",
+                ))
+            }
         };
         move_into_link_name_space(self.fd.as_fd(), Some(LinkNameSpaceType::Network))?;
         let out = f();
