@@ -40,7 +40,12 @@ async fn wasmpod_containerd_of(flavour: Flavour) -> Containerd {
 /// Runs pod `name` on wasmpod with the preview2 toolbox's httpd serving port 8080 (its built-in
 /// page); returns once it listens: (pod id, container id, pod IP).
 fn web_pod(c: &Containerd, crictl: &Crictl, name: &str) -> (String, String, String) {
-    let pod = crictl.write(&format!("{name}-pod.json"), &c.pod_json(name));
+    web_pod_of(crictl, name, &c.pod_json(name))
+}
+
+/// [`web_pod`] with the pod config `pod`.
+fn web_pod_of(crictl: &Crictl, name: &str, pod: &Value) -> (String, String, String) {
+    let pod = crictl.write(&format!("{name}-pod.json"), pod);
     let pod_id = id_of(&crictl.ok(&["runp", "--runtime", WASMPOD_HANDLER, &pod]));
     let mut web = container_json("web", TOOLBOX_P2, &["-p", "8080"]);
     web["command"] = json!(["/bin/httpd"]);
@@ -646,4 +651,61 @@ fn image_tags(images: &Value) -> Vec<String> {
         .flat_map(|i| i["repoTags"].as_array().cloned().unwrap_or_default())
         .filter_map(|t| t.as_str().map(str::to_owned))
         .collect()
+}
+
+/// What containerd offers around a running Wasm pod, through its own code paths: `crictl stats`
+/// (the daemon's cgroup v2 metrics), `crictl port-forward` (containerd dials the port inside
+/// the pod's namespace, where the guest's listener was made) and a hostPort (CNI portmap's
+/// DNAT to the pod IP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_port_forward_and_host_port_go_through_containerd() {
+    let _serial = SERIAL.lock().await;
+    let c = wasmpod_containerd().await;
+    let crictl = c.crictl();
+    let mut pod = c.pod_json("ports");
+    pod["port_mappings"] = json!([{"protocol": 0, "container_port": 8080, "host_port": 18080}]);
+    let (pod_id, id, _ip) = web_pod_of(&crictl, "ports", &pod);
+
+    let stats = crictl.json(&["stats", "-o", "json", &id]);
+    let memory = stats["stats"][0]["memory"]["workingSetBytes"]["value"]
+        .as_str()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(memory > 0, "no memory figure in {stats:#}");
+
+    let gateway = c.pod_gateway().unwrap();
+    let (code, body) = get(&c, &gateway, 18080, "/").await;
+    assert_eq!(code, 200, "hostPort 18080 on {gateway}: {body}\n{}", c.log_tail(20));
+    assert!(body.contains("It works!"), "{body}");
+
+    let mut forward = crictl
+        .command(&["port-forward", &pod_id, ":8080"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        forward.stdout.take().unwrap(),
+    ));
+    // crictl says where it listens before it accepts: "Forwarding from 127.0.0.1:N -> 8080".
+    let local: u16 = lines
+        .by_ref()
+        .take(5)
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("Forwarding from 127.0.0.1:")
+                .and_then(|l| l.split(' ').next())
+                .and_then(|p| p.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("crictl port-forward printed no local port"));
+    let forwarded = get(&c, "127.0.0.1", local, "/").await;
+    let _ = forward.kill();
+    let _ = forward.wait();
+    assert_eq!(forwarded.0, 200, "through port-forward: {}", forwarded.1);
+    assert!(forwarded.1.contains("It works!"), "{}", forwarded.1);
+
+    crictl.ok(&["stop", &id]);
+    crictl.ok(&["rm", &id]);
+    remove_pod(&crictl, &pod_id);
+    assert_clean(&c);
 }
