@@ -675,7 +675,12 @@ async fn stats_port_forward_and_host_port_go_through_containerd() {
 
     let gateway = c.pod_gateway().unwrap();
     let (code, body) = get(&c, &gateway, 18080, "/").await;
-    assert_eq!(code, 200, "hostPort 18080 on {gateway}: {body}\n{}", c.log_tail(20));
+    assert_eq!(
+        code,
+        200,
+        "hostPort 18080 on {gateway}: {body}\n{}",
+        c.log_tail(20)
+    );
     assert!(body.contains("It works!"), "{body}");
 
     let mut forward = crictl
@@ -684,9 +689,8 @@ async fn stats_port_forward_and_host_port_go_through_containerd() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
-        forward.stdout.take().unwrap(),
-    ));
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(forward.stdout.take().unwrap()));
     // crictl says where it listens before it accepts: "Forwarding from 127.0.0.1:N -> 8080".
     let local: u16 = lines
         .by_ref()
