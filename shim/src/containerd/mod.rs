@@ -5,9 +5,11 @@
 
 mod events;
 mod io;
+mod process;
 mod rootfs;
 mod service;
 mod spec;
+mod tasks;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,8 +1,5 @@
-//! The task service: containerd's tasks keyed by (namespace, id), each a pod sandbox or a
-//! Wasm container of the shared [`Runtime`].
+//! The ttrpc task service containerd calls, over [`Tasks`].
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -10,122 +7,27 @@ use async_trait::async_trait;
 use containerd_shim_protos::api::{self as api, Status};
 use containerd_shim_protos::cgroups_v2::metrics::{CPUStat, MemoryStat, Metrics, PidsStat};
 use containerd_shim_protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskStart,
 };
 use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::shim_async::Task as TaskApi;
-use serde::Deserialize;
-use tokio::sync::watch;
 use ttrpc::asynchronous::TtrpcContext;
-use wasmpod_runtime::container::ContainerState;
-use wasmpod_runtime::engine::Task;
 use wasmpod_runtime::error::{Error, ErrorKind};
 use wasmpod_runtime::exit::{Exit, ExitReason};
-use wasmpod_runtime::runtime::{Bundle, Runtime};
+use wasmpod_runtime::runtime::Runtime;
 use wasmpod_runtime::stdio::Stdio;
 
-use super::events::{timestamp, Event, Publisher};
-use super::{io, rootfs, spec};
-
-/// What the shim binary's `start` leaves in the bundle for the daemon: who the task belongs to.
-pub const REGISTRATION: &str = "wasmpod-task.json";
+use super::events::{timestamp, Event};
+use super::process::{Phase, Process};
+use super::tasks::{exit_code, Exec, Kind, Tasks};
+use super::{io, spec};
 
 /// How long a stop asked by SIGTERM may take before containerd's own SIGKILL: containerd
 /// decides (it sends the kill after its timeout), so this is only a bound.
 const UNTIL_KILLED: Duration = Duration::from_secs(24 * 3600);
 
-#[derive(Deserialize, Default)]
-struct Registration {
-    /// containerd's ttrpc address, where events go.
-    #[serde(default)]
-    ttrpc_address: String,
-}
-
-/// Where a task is in its life, as containerd sees it.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Phase {
-    Created,
-    Running,
-    Stopped { code: u32, at: SystemTime },
-}
-
-/// A sandbox, a container or an exec: what State and Wait report.
-struct Process {
-    phase: watch::Sender<Phase>,
-    stdin: String,
-    stdout: String,
-    stderr: String,
-    terminal: bool,
-}
-
-impl Process {
-    fn new(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> Self {
-        Self {
-            phase: watch::Sender::new(Phase::Created),
-            stdin: stdin.to_owned(),
-            stdout: stdout.to_owned(),
-            stderr: stderr.to_owned(),
-            terminal,
-        }
-    }
-
-    fn phase(&self) -> Phase {
-        *self.phase.borrow()
-    }
-
-    /// Records the exit once; false if it was already recorded.
-    fn stopped(&self, code: u32, at: SystemTime) -> bool {
-        self.phase.send_if_modified(|p| match p {
-            Phase::Stopped { .. } => false,
-            _ => {
-                *p = Phase::Stopped { code, at };
-                true
-            }
-        })
-    }
-
-    async fn wait(&self) -> (u32, SystemTime) {
-        let mut rx = self.phase.subscribe();
-        loop {
-            if let Phase::Stopped { code, at } = *rx.borrow_and_update() {
-                return (code, at);
-            }
-            if rx.changed().await.is_err() {
-                return (255, SystemTime::now());
-            }
-        }
-    }
-}
-
-enum Kind {
-    /// A pod's sandbox: the pod itself, with no guest of its own.
-    Sandbox,
-    /// A Wasm container; `own_pod` when the task made its pod (a `ctr run`, no CRI sandbox).
-    Container { container: String, own_pod: bool },
-}
-
-struct Exec {
-    args: Vec<String>,
-    process: Process,
-    task: Mutex<Option<Arc<Task>>>,
-}
-
-struct Entry {
-    namespace: String,
-    id: String,
-    bundle: PathBuf,
-    events: String,
-    pod: String,
-    kind: Kind,
-    process: Process,
-    /// Where the root filesystem was mounted (unmounted at delete).
-    mounted: Option<PathBuf>,
-    stdin_pump: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    execs: Mutex<HashMap<String, Arc<Exec>>>,
-}
-
 /// The ttrpc face of [`Tasks`].
-pub struct TaskService(Arc<Tasks>);
+pub(super) struct TaskService(Arc<Tasks>);
 
 impl std::ops::Deref for TaskService {
     type Target = Arc<Tasks>;
@@ -134,14 +36,7 @@ impl std::ops::Deref for TaskService {
     }
 }
 
-pub struct Tasks {
-    rt: Arc<Runtime>,
-    tasks: Mutex<HashMap<(String, String), Arc<Entry>>>,
-    events: Publisher,
-    pid: u32,
-}
-
-fn status(kind: ttrpc::Code, msg: impl Into<String>) -> ttrpc::Error {
+pub(super) fn status(kind: ttrpc::Code, msg: impl Into<String>) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(kind, msg.into()))
 }
 
@@ -182,237 +77,10 @@ fn namespace(ctx: &TtrpcContext) -> String {
         .unwrap_or_else(|| "default".into())
 }
 
-fn exit_code(exit: &Exit) -> u32 {
-    u32::try_from(exit.code).unwrap_or(255)
-}
-
 impl TaskService {
-    pub fn new(rt: Arc<Runtime>) -> Self {
-        Self(Arc::new(Tasks {
-            rt,
-            tasks: Mutex::default(),
-            events: Publisher::default(),
-            pid: std::process::id(),
-        }))
+    pub(super) fn new(rt: Arc<Runtime>) -> Self {
+        Self(Arc::new(Tasks::new(rt)))
     }
-}
-
-impl Tasks {
-    fn entry(&self, ns: &str, id: &str) -> ttrpc::Result<Arc<Entry>> {
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(ns.to_owned(), id.to_owned()))
-            .cloned()
-            .ok_or_else(|| {
-                status(
-                    ttrpc::Code::NOT_FOUND,
-                    format!("task {id} not found in namespace {ns}"),
-                )
-            })
-    }
-
-    fn find_exec(&self, entry: &Entry, exec_id: &str) -> ttrpc::Result<Arc<Exec>> {
-        entry
-            .execs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(exec_id)
-            .cloned()
-            .ok_or_else(|| {
-                status(
-                    ttrpc::Code::NOT_FOUND,
-                    format!("exec {exec_id} of task {} not found", entry.id),
-                )
-            })
-    }
-
-    fn publish(&self, entry: &Entry, event: Event) {
-        self.events.publish(&entry.events, &entry.namespace, event);
-    }
-
-    /// Makes the task's pod and, for a container, the container in it.
-    async fn create_task(&self, ns: &str, req: &api::CreateTaskRequest) -> anyhow::Result<Entry> {
-        let bundle = PathBuf::from(&req.bundle);
-        if !bundle.is_absolute() {
-            anyhow::bail!("bundle {:?} is not an absolute path", req.bundle);
-        }
-        let spec = spec::read(&bundle)?;
-        let registration = read_registration(&bundle);
-        let process = Process::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
-        let base = |pod: String, kind: Kind, mounted: Option<PathBuf>| Entry {
-            namespace: ns.to_owned(),
-            id: req.id.clone(),
-            bundle: bundle.clone(),
-            events: registration.ttrpc_address.clone(),
-            pod,
-            kind,
-            process,
-            mounted,
-            stdin_pump: Mutex::default(),
-            execs: Mutex::default(),
-        };
-        if spec::is_sandbox(&spec) {
-            let pod = self.rt.run_pod(spec::pod_config(&spec, ns, &req.id))?;
-            return Ok(base(pod, Kind::Sandbox, None));
-        }
-        let sandbox = spec::annotations(&spec).get(spec::SANDBOX_ID).cloned();
-        let (pod, own_pod) = match sandbox {
-            Some(sandbox) => (
-                self.entry(ns, &sandbox)
-                    .map_err(|e| anyhow::anyhow!("pod sandbox {sandbox}: {e}"))?
-                    .pod
-                    .clone(),
-                false,
-            ),
-            None => (self.rt.run_pod(spec::pod_config(&spec, ns, &req.id))?, true),
-        };
-        let made = self.create_container(&spec, &bundle, &pod, req).await;
-        match made {
-            Ok((container, mounted)) => {
-                Ok(base(pod, Kind::Container { container, own_pod }, mounted))
-            }
-            Err(e) => {
-                if own_pod {
-                    let _ = self.rt.remove_pod(&pod).await;
-                }
-                Err(e)
-            }
-        }
-    }
-
-    async fn create_container(
-        &self,
-        spec: &oci_spec::runtime::Spec,
-        bundle: &Path,
-        pod: &str,
-        req: &api::CreateTaskRequest,
-    ) -> anyhow::Result<(String, Option<PathBuf>)> {
-        let config = spec::container_config(spec, &req.id, !req.stdin.is_empty())?;
-        let root = spec::rootfs(spec, bundle);
-        if !root.starts_with(bundle)
-            || root
-                .components()
-                .any(|c| c == std::path::Component::ParentDir)
-        {
-            anyhow::bail!("root {} lies outside the bundle", root.display());
-        }
-        let mounted = match req.rootfs.is_empty() {
-            true => None,
-            false => {
-                std::fs::create_dir_all(&root)?;
-                let (mounts, target) = (req.rootfs.clone(), root.clone());
-                tokio::task::spawn_blocking(move || rootfs::mount_all(&mounts, &target)).await??;
-                Some(root.clone())
-            }
-        };
-        let made = async {
-            let stdout = io::output(&req.stdout)?;
-            let stderr = io::output(&req.stderr)?;
-            let bundle = Bundle {
-                rootfs: root.clone(),
-                stdout,
-                stderr,
-            };
-            anyhow::Ok(self.rt.create_bundle_container(pod, config, bundle).await?)
-        }
-        .await;
-        match made {
-            Ok(id) => Ok((id, mounted)),
-            Err(e) => {
-                if let Some(m) = &mounted {
-                    rootfs::unmount(m);
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Watches a started container to its end: records the exit and tells containerd.
-    fn watch_exit(self: &Arc<Self>, entry: Arc<Entry>, container: String) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let Ok(exit) = this.rt.wait_container(&container).await else {
-                return;
-            };
-            let at = match this.rt.container(&container).map(|c| c.state()) {
-                Ok(ContainerState::Exited { finished_at, .. }) => finished_at,
-                _ => SystemTime::now(),
-            };
-            if exit.reason == ExitReason::OomKilled {
-                this.publish(
-                    &entry,
-                    Event::Oom(TaskOOM {
-                        container_id: entry.id.clone(),
-                        ..Default::default()
-                    }),
-                );
-            }
-            this.process_exited(&entry, &entry.id, &entry.process, exit_code(&exit), at);
-        });
-    }
-
-    fn process_exited(
-        &self,
-        entry: &Entry,
-        id: &str,
-        process: &Process,
-        code: u32,
-        at: SystemTime,
-    ) {
-        if process.stopped(code, at) {
-            self.publish(
-                entry,
-                Event::Exit(TaskExit {
-                    container_id: entry.id.clone(),
-                    id: id.to_owned(),
-                    pid: self.pid,
-                    exit_status: code,
-                    exited_at: MessageField::some(timestamp(at)),
-                    ..Default::default()
-                }),
-            );
-        }
-    }
-
-    /// Gives back what the task holds: its container (or pod), its root filesystem mount.
-    async fn remove(&self, entry: &Entry) {
-        match &entry.kind {
-            Kind::Sandbox => {
-                if let Err(e) = self.rt.remove_pod(&entry.pod).await {
-                    tracing::debug!(pod = entry.pod, "removing a sandbox's pod: {e}");
-                }
-            }
-            Kind::Container { container, own_pod } => {
-                let _ = self.rt.remove_container(container).await;
-                if *own_pod {
-                    let _ = self.rt.remove_pod(&entry.pod).await;
-                }
-            }
-        }
-        if let Some(pump) = entry
-            .stdin_pump
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            pump.abort();
-        }
-        if let Some(m) = &entry.mounted {
-            rootfs::unmount(m);
-        }
-    }
-}
-
-/// The shim binary's note in the bundle; a task created without one publishes no events.
-fn read_registration(bundle: &Path) -> Registration {
-    let Ok(dir) = cap_std::fs::Dir::open_ambient_dir(bundle, cap_std::ambient_authority()) else {
-        return Registration::default();
-    };
-    dir.read_to_string(REGISTRATION)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default()
 }
 
 /// A signal as the stop it asks for: KILL at once; anything else is wasmpod's stop (a WASI
