@@ -9,6 +9,7 @@ pub mod containerd;
 pub mod cri;
 pub mod crictl;
 pub mod images;
+pub mod kube_stream;
 pub mod peers;
 
 use std::future::Future;
