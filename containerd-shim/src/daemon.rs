@@ -25,6 +25,8 @@ pub struct Config {
 
 #[derive(Deserialize, Default)]
 struct File {
+    /// The CRI socket: the task API's default lies beside it.
+    socket: Option<PathBuf>,
     #[serde(default)]
     containerd: Section,
 }
@@ -54,12 +56,20 @@ impl Config {
             }
             Err(e) => return Err(format!("config file {}: {e}", path.display())),
         };
+        let socket = match (parsed.containerd.socket, parsed.socket) {
+            (Some(p), _) if p.as_os_str().is_empty() => {
+                return Err(format!(
+                    "config file {}: [containerd] socket is \"\": the daemon's task API is off",
+                    path.display()
+                ))
+            }
+            (Some(p), _) => p,
+            (None, Some(cri)) => cri.with_file_name("containerd.sock"),
+            (None, None) => PathBuf::from("/run/wasmpod/containerd.sock"),
+        };
         Ok(Self {
             file: Some(path),
-            socket: parsed
-                .containerd
-                .socket
-                .unwrap_or_else(|| PathBuf::from("/run/wasmpod/containerd.sock")),
+            socket,
         })
     }
 }

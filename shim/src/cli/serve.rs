@@ -49,7 +49,8 @@ use wasmpod_runtime::network::NetworkConfig;
 ///     idle_timeout = 14400                   # seconds a session may carry nothing
 ///     creation_timeout = 30                  # seconds to open a session's streams
 ///     [containerd]                           # containerd's tasks (containerd-shim-wasmpod-v1)
-///     socket = "/run/wasmpod/containerd.sock"  # the ttrpc task API; "" turns it off
+///     socket = "/run/wasmpod/containerd.sock"  # the ttrpc task API [default: containerd.sock
+///                                            #   beside the CRI socket]; "" turns it off
 ///
 /// SIGTERM or Ctrl-C drains in-flight calls and exits; pods and containers are kept in the
 /// state database and listed again at the next start.
@@ -211,10 +212,10 @@ pub async fn run(
     .await
     .context("[streaming] server")?;
     tracing::info!(address = %streaming.local_addr(), "serving exec, attach and port-forward sessions");
-    let tasks = match config.containerd.socket.as_os_str().is_empty() {
-        true => None,
-        false => Some(
-            crate::containerd::TaskServer::start(rt.clone(), &config.containerd.socket)
+    let tasks = match config.containerd.socket(&socket) {
+        None => None,
+        Some(path) => Some(
+            crate::containerd::TaskServer::start(rt.clone(), &path)
                 .await
                 .context("[containerd] task API")?,
         ),

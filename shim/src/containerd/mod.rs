@@ -20,31 +20,24 @@ use serde::Deserialize;
 use wasmpod_runtime::runtime::Runtime;
 
 /// The `[containerd]` table of the serve config.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ContainerdConfig {
     /// The ttrpc socket containerd's tasks are served on; the shim binary prints it to
-    /// containerd. An empty path turns the task API off.
-    pub socket: PathBuf,
+    /// containerd. Unset: `containerd.sock` beside the CRI socket (so two daemons with their
+    /// own CRI sockets never meet here). An empty path turns the task API off.
+    pub socket: Option<PathBuf>,
 }
 
-impl Default for ContainerdConfig {
-    fn default() -> Self {
-        Self {
-            socket: default_socket(),
+impl ContainerdConfig {
+    /// Where the task API listens for a daemon whose CRI socket is `cri_socket` (`None`: off).
+    pub fn socket(&self, cri_socket: &Path) -> Option<PathBuf> {
+        match &self.socket {
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some(p.clone()),
+            None => Some(cri_socket.with_file_name("containerd.sock")),
         }
     }
-}
-
-/// Where the task API listens unless the config says otherwise.
-pub fn default_socket() -> PathBuf {
-    if crate::cli::is_root() {
-        return PathBuf::from("/run/wasmpod/containerd.sock");
-    }
-    std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
-        .join("wasmpod/containerd.sock")
 }
 
 /// The served task API; dropping it closes the socket and every containerd connection.
