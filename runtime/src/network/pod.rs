@@ -194,7 +194,11 @@ impl PodNetwork {
         match (family, host.ip()) {
             (Family::V4, _) | (_, IpAddr::V6(_)) => host,
             (Family::V6, IpAddr::V4(v4))
-                if v4 == self.spec.ip && self.spec.netns.is_none() || v4.is_loopback() =>
+                if match self.spec.netns {
+                    // Its own namespace has a loopback of its own; else the pod's IP stands for it.
+                    Some(_) => v4.is_loopback(),
+                    None => v4 == self.spec.ip,
+                } =>
             {
                 SocketAddr::new(Ipv6Addr::LOCALHOST.into(), host.port())
             }
