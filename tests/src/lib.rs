@@ -10,6 +10,7 @@ pub mod cri;
 pub mod crictl;
 pub mod images;
 pub mod kube_stream;
+pub mod kubelet;
 pub mod peers;
 
 use std::future::Future;
@@ -473,6 +474,11 @@ pub async fn curl(url: &str) -> (u16, String) {
 /// [`curl`] from inside the network namespace file `netns` (`/run/netns/<name>`) when given,
 /// for servers only reachable there.
 pub async fn curl_in(netns: Option<&Path>, url: &str) -> (u16, String) {
+    curl_opts(netns, &[], url).await
+}
+
+/// [`curl_in`] with more curl options (`-k` for kubelet's self-signed HTTPS, `-X POST`).
+pub async fn curl_opts(netns: Option<&Path>, opts: &[&str], url: &str) -> (u16, String) {
     let mut cmd = match netns {
         Some(ns) => {
             let mut c = tokio::process::Command::new("nsenter");
@@ -482,7 +488,9 @@ pub async fn curl_in(netns: Option<&Path>, url: &str) -> (u16, String) {
         None => tokio::process::Command::new("curl"),
     };
     let out = cmd
-        .args(["-sS", "--max-time", "30", "-w", "\n%{http_code}", url])
+        .args(["-sS", "--max-time", "30", "-w", "\n%{http_code}"])
+        .args(opts)
+        .arg(url)
         .output()
         .await
         .expect("running curl (apt install curl)");

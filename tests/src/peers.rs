@@ -1,4 +1,4 @@
-//! The real Go peers (cri-tools' `crictl` and `critest`, containerd 2.x and its `ctr`), built from the Go module proxy with
+//! The real Go peers (cri-tools' `crictl` and `critest`, containerd 2.x and its `ctr`, kubelet), built from the Go module proxy with
 //! the machine's Go by `scripts/peers` into a cache keyed by module and version
 //! (`${WASMPOD_PEERS:-$HOME/.cache/wasmpod/peers}/<module>-<version>/<tool>`). The versions
 //! live in that script only: it is asked for the path, and builds the tool first when it is
@@ -31,6 +31,12 @@ pub fn containerd2() -> PathBuf {
 pub fn ctr2() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| peer("ctr2")).clone()
+}
+
+/// Kubernetes' `kubelet`, run standalone (static pods, no API server) on `wasmpod serve`.
+pub fn kubelet() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| peer("kubelet")).clone()
 }
 
 /// `scripts/peers --path <tool>`: builds the tool if it is not cached (under a lock, so the

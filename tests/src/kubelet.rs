@@ -1,0 +1,366 @@
+//! A standalone kubelet (no API server) on the real `wasmpod serve`: the real kubelet built by
+//! `scripts/peers`, configured only on loopback in a temp dir, running static pods from a
+//! manifest directory the test writes. The test sees the pods through the daemon's CRI and
+//! through kubelet's own HTTPS API (`/pods`, `/run`, `/containerLogs`, `/stats/summary`, the
+//! streaming endpoints), as an API server would.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::cri::{Daemon, Rt};
+use crate::{curl_opts, output_within, peers, text, wasm, wasmpod};
+
+/// The images every kubelet test imports into its daemon (kubelet refuses `file://`
+/// references): the toolbox (p1 has the shell, p2 adds sockets for httpd) and netprobe.
+pub const IMAGES: [(&str, &str); 3] = [
+    ("toolbox.p1", "wasmpod.local/toolbox:p1"),
+    ("toolbox.p2", "wasmpod.local/toolbox:p2"),
+    ("netprobe.p2", "wasmpod.local/netprobe:p2"),
+];
+
+/// The node name kubelet registers as (`--hostname-override`); static pods are named
+/// `<manifest name>-<node>`.
+pub const NODE: &str = "wasmpod-node";
+
+/// How long any one wait here may last before the test fails: far above what a healthy run
+/// needs, so only a hang trips it (kubelet's container GC runs once a minute).
+pub const WAIT_SECS: u64 = 240;
+
+/// One kubelet at a time per test process: a kubelet and its daemon are heavy for a small
+/// shared machine, and parallel ones would only make every wait longer.
+/// (A tokio lock: it is held across awaits, and each test has a runtime of its own.)
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+/// A `wasmpod serve` daemon with a standalone kubelet on it; both killed when dropped.
+pub struct Kubelet {
+    /// Dropped first (fields drop in order): kubelet must not outlive its runtime's socket.
+    child: Option<Child>,
+    pub daemon: Daemon,
+    pub dir: TempDir,
+    /// Where static pod manifests go.
+    pub manifests: PathBuf,
+    /// kubelet's stderr (its log, `-v=2`).
+    pub log: PathBuf,
+    /// `https://127.0.0.1:<port>`: kubelet's API.
+    pub api: String,
+    /// `http://127.0.0.1:<port>/healthz`.
+    pub healthz: String,
+    _turn: MutexGuard<'static, ()>,
+}
+
+/// A free TCP port on loopback (bound and released; kubelet binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding a free loopback port")
+        .port()
+}
+
+/// Polls `probe` once a second until it answers `Some` (bounded by [`WAIT_SECS`]); `what`
+/// names the wait and `last` what was last seen, for the failure message.
+pub async fn poll<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut last = String::new();
+    for _ in 0..WAIT_SECS {
+        match probe().await {
+            Ok(v) => return v,
+            Err(seen) => last = seen,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    panic!("gave up after {WAIT_SECS}s waiting for {what}; last seen: {last}");
+}
+
+impl Kubelet {
+    /// Starts a daemon (its own containerd socket off, so daemons of other tests do not
+    /// collide), imports [`IMAGES`], then kubelet on free loopback ports; returns once
+    /// kubelet's `/healthz` answers ok.
+    pub async fn start() -> Self {
+        let turn = ONE_AT_A_TIME.lock().await;
+        let daemon = Daemon::start_with("[containerd]\nsocket = \"\"\n", None).await;
+        let state = daemon.dir.path().join("state");
+        for (file, tag) in IMAGES {
+            let out = output_within(
+                wasmpod(&state)
+                    .args(["image", "import"])
+                    .arg(wasm(file))
+                    .args(["--tag", tag]),
+                120,
+            );
+            assert!(out.status.success(), "importing {file}: {out:?}");
+        }
+        let dir = tempfile::tempdir().expect("creating the kubelet's directory");
+        let manifests = dir.path().join("manifests");
+        let pod_logs = dir.path().join("pod-logs");
+        for d in [&manifests, &pod_logs] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let (port, healthz_port) = (free_port(), free_port());
+        let config = dir.path().join("kubelet.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "apiVersion: kubelet.config.k8s.io/v1beta1\n\
+                 kind: KubeletConfiguration\n\
+                 address: 127.0.0.1\n\
+                 port: {port}\n\
+                 readOnlyPort: 0\n\
+                 healthzBindAddress: 127.0.0.1\n\
+                 healthzPort: {healthz_port}\n\
+                 authentication: {{anonymous: {{enabled: true}}, webhook: {{enabled: false}}}}\n\
+                 authorization: {{mode: AlwaysAllow}}\n\
+                 staticPodPath: {manifests}\n\
+                 fileCheckFrequency: 1s\n\
+                 syncFrequency: 5s\n\
+                 cgroupDriver: cgroupfs\n\
+                 cgroupsPerQOS: false\n\
+                 enforceNodeAllocatable: []\n\
+                 failSwapOn: false\n\
+                 failCgroupV1: false\n\
+                 containerRuntimeEndpoint: unix://{socket}\n\
+                 podLogsDir: {pod_logs}\n\
+                 evictionHard: {{}}\n\
+                 localStorageCapacityIsolation: false\n\
+                 resolvConf: \"\"\n\
+                 imageGCHighThresholdPercent: 100\n\
+                 imageGCLowThresholdPercent: 99\n",
+                manifests = manifests.display(),
+                socket = daemon.socket.display(),
+                pod_logs = pod_logs.display(),
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("kubelet.log");
+        let child = Command::new(peers::kubelet())
+            .arg("--config")
+            .arg(&config)
+            .arg("--root-dir")
+            .arg(dir.path().join("root"))
+            .arg("--cert-dir")
+            .arg(dir.path().join("certs"))
+            .args(["--hostname-override", NODE, "-v=2"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting kubelet");
+        let k = Kubelet {
+            child: Some(child),
+            daemon,
+            dir,
+            manifests,
+            log,
+            api: format!("https://127.0.0.1:{port}"),
+            healthz: format!("http://127.0.0.1:{healthz_port}/healthz"),
+            _turn: turn,
+        };
+        k.wait_healthy().await;
+        k
+    }
+
+    /// Waits until kubelet's `/healthz` answers `ok`.
+    pub async fn wait_healthy(&self) {
+        poll("kubelet's /healthz to answer ok", || async move {
+            match crate::curl(&self.healthz).await {
+                (200, body) if body == "ok" => Ok(()),
+                other => Err(format!("{other:?}\n{}", self.log_tail())),
+            }
+        })
+        .await
+    }
+
+    /// The last lines of kubelet's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = self.log_text();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Writes static pod manifest `<name>.yaml`; the pod is then `<name>-<NODE>`.
+    pub fn add_pod(&self, name: &str, yaml: &str) -> String {
+        crate::manifest_file(&self.manifests, &format!("{name}.yaml"), yaml);
+        format!("{name}-{NODE}")
+    }
+
+    pub fn remove_pod(&self, name: &str) {
+        std::fs::remove_file(self.manifests.join(format!("{name}.yaml")))
+            .expect("removing the manifest");
+    }
+
+    /// kubelet's API at `path` (`-k`: its certificate is self-signed) with curl `opts`:
+    /// (HTTP status, body).
+    pub async fn get(&self, opts: &[&str], path: &str) -> (u16, String) {
+        let mut all = vec!["-k"];
+        all.extend_from_slice(opts);
+        curl_opts(None, &all, &format!("{}{path}", self.api)).await
+    }
+
+    /// A JSON document of kubelet's API (`/pods`, `/stats/summary`), or what it answered.
+    pub async fn json(&self, path: &str) -> Result<Value, String> {
+        match self.get(&[], path).await {
+            (200, body) => serde_json::from_str(&body).map_err(|e| format!("{e}: {body}")),
+            other => Err(format!("{path}: {other:?}")),
+        }
+    }
+
+    /// The static pod `pod` (full name) as kubelet's `/pods` shows it, with its status.
+    pub async fn pod(&self, pod: &str) -> Result<Value, String> {
+        let pods = self.json("/pods").await?;
+        pods["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|p| p["metadata"]["name"] == pod))
+            .cloned()
+            .ok_or_else(|| format!("{pod} not in /pods: {pods}"))
+    }
+
+    /// Container `name`'s status in `/pods`, once kubelet reports it.
+    pub async fn container_status(&self, pod: &str, name: &str) -> Result<Value, String> {
+        let p = self.pod(pod).await?;
+        p["status"]["containerStatuses"]
+            .as_array()
+            .and_then(|s| s.iter().find(|c| c["name"] == name))
+            .cloned()
+            .ok_or_else(|| format!("no status of {name} yet: {}", p["status"]))
+    }
+
+    /// `POST /run/default/<pod>/<container>?cmd=...` (ExecSync through kubelet; kubelet
+    /// splits `cmd` at spaces): (HTTP status, output).
+    pub async fn run(&self, pod: &str, container: &str, cmd: &str) -> (u16, String) {
+        let query = cmd.split(' ').map(encode).collect::<Vec<_>>().join("%20");
+        self.get(
+            &["-X", "POST"],
+            &format!("/run/default/{pod}/{container}?cmd={query}"),
+        )
+        .await
+    }
+
+    /// The daemon's CRI runtime client.
+    pub async fn cri(&self) -> Rt {
+        self.daemon.runtime().await
+    }
+
+    /// The containers of `pod` named `name` in the daemon, any state, newest attempt first.
+    pub async fn containers(&self, pod: &str, name: &str) -> Vec<cri::Container> {
+        let mut all = self
+            .cri()
+            .await
+            .list_containers(cri::ListContainersRequest {
+                filter: Some(cri::ContainerFilter {
+                    label_selector: HashMap::from([
+                        ("io.kubernetes.pod.name".into(), pod.into()),
+                        ("io.kubernetes.container.name".into(), name.into()),
+                    ]),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("ListContainers")
+            .into_inner()
+            .containers;
+        all.sort_by_key(|c| std::cmp::Reverse(c.metadata.as_ref().map_or(0, |m| m.attempt)));
+        all
+    }
+
+    /// Waits until container `name` of `pod` runs in the daemon; that container.
+    pub async fn wait_running(&self, pod: &str, name: &str) -> cri::Container {
+        poll(&format!("{name} of {pod} to run"), || async move {
+            let all = self.containers(pod, name).await;
+            all.iter()
+                .find(|c| c.state == cri::ContainerState::ContainerRunning as i32)
+                .cloned()
+                .ok_or_else(|| format!("{all:?}\n{}", self.log_tail()))
+        })
+        .await
+    }
+
+    /// The sandboxes of `pod` in the daemon, any state.
+    pub async fn sandboxes(&self, pod: &str) -> Vec<cri::PodSandbox> {
+        self.cri()
+            .await
+            .list_pod_sandbox(cri::ListPodSandboxRequest {
+                filter: Some(cri::PodSandboxFilter {
+                    label_selector: HashMap::from([("io.kubernetes.pod.name".into(), pod.into())]),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("ListPodSandbox")
+            .into_inner()
+            .items
+    }
+
+    /// The IP the daemon reports for `pod`'s ready sandbox (PodSandboxStatus).
+    pub async fn pod_ip(&self, pod: &str) -> String {
+        let sandbox = self
+            .sandboxes(pod)
+            .await
+            .into_iter()
+            .find(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
+            .unwrap_or_else(|| panic!("{pod} has no ready sandbox"));
+        let status = self
+            .cri()
+            .await
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: sandbox.id,
+                verbose: false,
+            })
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner()
+            .status
+            .expect("a status");
+        status.network.map(|n| n.ip).unwrap_or_default()
+    }
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+pub fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // When the test failed, kubelet's log is the first thing to read.
+        if std::thread::panicking() {
+            eprintln!("--- kubelet log (tail) ---\n{}", self.log_tail());
+        }
+    }
+}
+
+/// Runs `kube-stream` with `args` (bounded): (exit code, stdout, stderr).
+pub fn kube_stream(args: &[&str]) -> (i32, String, String) {
+    let out = output_within(
+        Command::new(crate::kube_stream::kube_stream()).args(args),
+        120,
+    );
+    let code = out
+        .status
+        .code()
+        .unwrap_or_else(|| panic!("kube-stream {args:?} was killed: {out:?}"));
+    (code, text(&out.stdout), text(&out.stderr))
+}
