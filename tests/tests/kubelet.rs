@@ -9,6 +9,9 @@ use wasmpod_tests::{curl, pod_yaml};
 
 /// The toolbox with sockets (httpd) and the shell.
 const TOOLBOX: &str = "wasmpod.local/toolbox:p2";
+/// The toolbox for shells: a preview1 module's exit codes are exact (a preview2 component's
+/// are only success or failure), and a shell needs no sockets.
+const SHELL: &str = "wasmpod.local/toolbox:p1";
 const NETPROBE: &str = "wasmpod.local/netprobe:p2";
 /// What the writer container puts into the shared emptyDir.
 const MESSAGE: &str = "shared through the emptyDir\n";
@@ -49,7 +52,7 @@ fn web(extra: &str) -> String {
 fn writer() -> String {
     container(
         "writer",
-        TOOLBOX,
+        SHELL,
         &format!(
             "[sh, -c, \"echo {} > /data/msg; sleep inf\"]",
             MESSAGE.trim()
@@ -217,7 +220,7 @@ async fn run_exec_attach_and_port_forward_through_kubelet() {
     let shell = |name: &str| {
         container(
             name,
-            TOOLBOX,
+            SHELL,
             "[sh]",
             "\n      stdin: true\n      stdinOnce: true",
         )
