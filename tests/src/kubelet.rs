@@ -29,6 +29,11 @@ pub const IMAGES: [(&str, &str); 3] = [
 /// `<manifest name>-<node>`.
 pub const NODE: &str = "wasmpod-node";
 
+/// The node name of a kubelet registered with an API server: kubelet refuses a loopback
+/// `--node-ip`, so the API server reaches it by this name (`Hostname` address type), which
+/// resolves to loopback, where kubelet listens.
+pub const CLUSTER_NODE: &str = "localhost";
+
 /// How long any one wait here may last before the test fails: far above what a healthy run
 /// needs, so only a hang trips it (kubelet's container GC runs once a minute).
 pub const WAIT_SECS: u64 = 240;
@@ -86,6 +91,12 @@ impl Kubelet {
     /// collide), imports [`IMAGES`], then kubelet on free loopback ports; returns once
     /// kubelet's `/healthz` answers ok.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// [`Kubelet::start`], registered with the API server `kubeconfig` points at when given
+    /// (as node [`CLUSTER_NODE`]), so it also runs the pods the API server binds to it.
+    pub async fn start_with(kubeconfig: Option<&std::path::Path>) -> Self {
         let turn = ONE_AT_A_TIME.lock().await;
         let daemon = Daemon::start_with("[containerd]\nsocket = \"\"\n", None).await;
         let state = daemon.dir.path().join("state");
@@ -141,14 +152,22 @@ impl Kubelet {
         )
         .unwrap();
         let log = dir.path().join("kubelet.log");
-        let child = Command::new(peers::kubelet())
+        let mut cmd = Command::new(peers::kubelet());
+        match kubeconfig {
+            Some(kc) => cmd
+                .arg("--kubeconfig")
+                .arg(kc)
+                .args(["--hostname-override", CLUSTER_NODE]),
+            None => cmd.args(["--hostname-override", NODE]),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&config)
             .arg("--root-dir")
             .arg(dir.path().join("root"))
             .arg("--cert-dir")
             .arg(dir.path().join("certs"))
-            .args(["--hostname-override", NODE, "-v=2"])
+            .arg("-v=2")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -289,11 +308,17 @@ impl Kubelet {
 
     /// The sandboxes of `pod` in the daemon, any state.
     pub async fn sandboxes(&self, pod: &str) -> Vec<cri::PodSandbox> {
+        self.sandboxes_labelled("io.kubernetes.pod.name", pod).await
+    }
+
+    /// The sandboxes in the daemon labelled `key=value` (kubelet passes the pod's labels
+    /// on), any state.
+    pub async fn sandboxes_labelled(&self, key: &str, value: &str) -> Vec<cri::PodSandbox> {
         self.cri()
             .await
             .list_pod_sandbox(cri::ListPodSandboxRequest {
                 filter: Some(cri::PodSandboxFilter {
-                    label_selector: HashMap::from([("io.kubernetes.pod.name".into(), pod.into())]),
+                    label_selector: HashMap::from([(key.into(), value.into())]),
                     ..Default::default()
                 }),
             })

@@ -5,6 +5,7 @@
 //! mocked. Each test makes its own [`tempfile::TempDir`] for the state directory, volumes and
 //! host files.
 
+pub mod cluster;
 pub mod containerd;
 pub mod cri;
 pub mod crictl;

@@ -1,4 +1,5 @@
-//! The real Go peers (cri-tools' `crictl` and `critest`, containerd 2.x and its `ctr`, kubelet), built from the Go module proxy with
+//! The real Go peers (cri-tools' `crictl` and `critest`, containerd 2.x and its `ctr`, kubelet and
+//! the control plane), built from the Go module proxy with
 //! the machine's Go by `scripts/peers` into a cache keyed by module and version
 //! (`${WASMPOD_PEERS:-$HOME/.cache/wasmpod/peers}/<module>-<version>/<tool>`). The versions
 //! live in that script only: it is asked for the path, and builds the tool first when it is
@@ -37,6 +38,20 @@ pub fn ctr2() -> PathBuf {
 pub fn kubelet() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| peer("kubelet")).clone()
+}
+
+/// The control plane's tools of the kubelet's release (`kube-apiserver`, `kubectl`,
+/// `kube-scheduler`, `kube-controller-manager`), for the one-node cluster (`src/cluster.rs`).
+/// One lock for all four: a cluster asks for each once, and they share one build.
+pub fn kube(tool: &str) -> PathBuf {
+    static BINS: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut bins = BINS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = bins.iter().find(|(t, _)| t == tool) {
+        return path.clone();
+    }
+    let path = peer(tool);
+    bins.push((tool.to_owned(), path.clone()));
+    path
 }
 
 /// `scripts/peers --path <tool>`: builds the tool if it is not cached (under a lock, so the

@@ -1,0 +1,225 @@
+//! A one-node Kubernetes cluster on the real `wasmpod serve` (issue 15, part 2): the node
+//! registers with the real API server and runs Wasm pods the scheduler binds to it, which
+//! users reach with the real `kubectl` (logs, exec, port-forward through the API server),
+//! and a Deployment's replicas come and go. The harness is `tests/src/cluster.rs`.
+//! (`kubectl cp` is not tested: it needs `tar` in the container, and the toolbox has none.)
+
+use wasmpod_tests::cluster::Cluster;
+use wasmpod_tests::curl;
+use wasmpod_tests::kubelet::{poll, CLUSTER_NODE};
+
+/// The toolbox with sockets (httpd) and the shell.
+const TOOLBOX: &str = "wasmpod.local/toolbox:p2";
+/// The toolbox for shells: a preview1 module's exit codes are exact.
+const SHELL: &str = "wasmpod.local/toolbox:p1";
+/// What the init container puts into the shared emptyDir.
+const MESSAGE: &str = "written by the init container";
+
+/// A container of `image` running `command` (a YAML flow list) with the emptyDir `share` at
+/// /data, indented for a pod spec at `indent` spaces.
+fn container(indent: usize, name: &str, image: &str, command: &str) -> String {
+    let pad = " ".repeat(indent);
+    format!(
+        "\n{pad}- name: {name}\n{pad}  image: {image}\n{pad}  imagePullPolicy: Never\
+         \n{pad}  command: {command}\n{pad}  volumeMounts: [{{name: share, mountPath: /data}}]"
+    )
+}
+
+/// httpd serving the emptyDir on the pod's port 8080.
+fn web(indent: usize) -> String {
+    container(
+        indent,
+        "web",
+        TOOLBOX,
+        "[httpd, -p, \"0.0.0.0:8080\", -h, /data]",
+    )
+}
+
+/// A pod spec's common fields at `indent`: the emptyDir, no service account token (a Wasm
+/// guest has no use for one), and a short grace period so deletions do not idle.
+fn spec_head(indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    format!(
+        "\n{pad}automountServiceAccountToken: false\n{pad}terminationGracePeriodSeconds: 2\
+         \n{pad}volumes: [{{name: share, emptyDir: {{}}}}]"
+    )
+}
+
+/// The node registered, is Ready, and says its runtime is wasmpod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_registers_with_wasmpod_as_its_runtime() {
+    let c = Cluster::start().await;
+    let node = c.json(&["get", "node", CLUSTER_NODE]).unwrap();
+    let runtime = node["status"]["nodeInfo"]["containerRuntimeVersion"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(runtime.starts_with("wasmpod://"), "{}", node["status"]);
+    let ready = &node["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["type"] == "Ready")
+        .unwrap()["status"];
+    assert_eq!(ready, "True");
+}
+
+/// A Pod applied through the API server runs on wasmpod: its IP is the daemon's, its
+/// logs, exec and port-forward go through the API server to kubelet, and deleting it
+/// removes it from the API and from the daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_through_the_api_server() {
+    let c = &Cluster::start().await;
+    let k = &c.kubelet;
+    c.apply(
+        "site",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: site}}\nspec:{}\
+             \n  initContainers:{}\n  containers:{}{}\n",
+            spec_head(2),
+            container(
+                2,
+                "init",
+                SHELL,
+                &format!("[sh, -c, \"echo {MESSAGE} > /data/msg\"]")
+            ),
+            web(2),
+            container(2, "shell", SHELL, "[sleep, inf]"),
+        ),
+    );
+    let pod = poll("site to be Running", || async {
+        let p = c.json(&["get", "pod", "site"])?;
+        if p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string() {
+            Ok(p)
+        } else {
+            Err(format!("{}\n{}", p["status"], k.log_tail()))
+        }
+    })
+    .await;
+    assert_eq!(pod["spec"]["nodeName"], CLUSTER_NODE);
+    assert_eq!(
+        pod["status"]["podIP"].as_str().unwrap(),
+        k.pod_ip("site").await,
+        "the API's pod IP against the daemon's"
+    );
+
+    // Exec over WebSocket to the API server, SPDY on to kubelet: output and exit code.
+    let (code, out, err) = c.kubectl(&[
+        "exec",
+        "site",
+        "-c",
+        "shell",
+        "--",
+        "sh",
+        "-c",
+        "echo hi; exit 3",
+    ]);
+    assert_eq!((code, out.as_str()), (3, "hi\n"), "stderr: {err}");
+
+    // httpd may not listen yet: retried through one forwarder.
+    let pf = c.port_forward("pod/site", 8080);
+    let url = format!("http://127.0.0.1:{}/msg", pf.local);
+    let got = poll("GET /msg through kubectl port-forward", || async {
+        match curl(&url).await {
+            (200, body) => Ok(body),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(got.trim(), MESSAGE);
+    drop(pf);
+
+    let logs = c.kubectl_ok(&["logs", "site", "-c", "web"]);
+    for line in ["httpd: listening on", "GET /msg 200"] {
+        assert!(logs.contains(line), "no {line:?} in web's log:\n{logs}");
+    }
+
+    c.kubectl_ok(&["delete", "pod", "site", "--wait=false"]);
+    poll("site to leave the API", || async {
+        match c.kubectl(&["get", "pod", "site"]) {
+            (1, _, err) if err.contains("NotFound") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    poll("site's sandbox to leave the daemon", || async {
+        let left = k.sandboxes("site").await;
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    })
+    .await;
+}
+
+/// A Deployment's 3 replicas run as 3 Wasm pods with distinct IPs (each the daemon's);
+/// scaled to 0, none is left in the daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_scales_up_and_down() {
+    let c = &Cluster::start().await;
+    let k = &c.kubelet;
+    c.apply(
+        "trio",
+        &format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: trio}}\nspec:\
+             \n  replicas: 3\n  selector: {{matchLabels: {{app: trio}}}}\n  template:\
+             \n    metadata: {{labels: {{app: trio}}}}\n    spec:{}\n      containers:{}\n",
+            spec_head(6),
+            web(6),
+        ),
+    );
+    let pods = poll("3 replicas Running", || async {
+        let list = c.json(&["get", "pods", "-l", "app=trio"])?;
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let running: Vec<(String, String)> = items
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string())
+            .map(|p| {
+                (
+                    p["metadata"]["name"].as_str().unwrap().to_owned(),
+                    p["status"]["podIP"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        if running.len() == 3 && items.len() == 3 {
+            Ok(running)
+        } else {
+            Err(format!(
+                "{running:?} of {} pods\n{}",
+                items.len(),
+                k.log_tail()
+            ))
+        }
+    })
+    .await;
+    let mut ips: Vec<&str> = pods.iter().map(|(_, ip)| ip.as_str()).collect();
+    for (name, ip) in &pods {
+        assert_eq!(
+            *ip,
+            k.pod_ip(name).await,
+            "{name}: the API's IP against the daemon's"
+        );
+    }
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 3, "replicas share IPs: {pods:?}");
+
+    c.kubectl_ok(&["scale", "deployment", "trio", "--replicas=0"]);
+    poll("the replicas to leave the API", || async {
+        let list = c.json(&["get", "pods", "-l", "app=trio"])?;
+        match list["items"].as_array() {
+            Some(items) if items.is_empty() => Ok(()),
+            _ => Err(list.to_string()),
+        }
+    })
+    .await;
+    poll("the replicas to leave the daemon", || async {
+        let left = k.sandboxes_labelled("app", "trio").await;
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    })
+    .await;
+}
