@@ -1,14 +1,17 @@
 //! wasmpod and containerd + runc side by side, driven by the same CRI client in the same run:
 //! pod start latency (interleaved A B A B…, so drift hits both alike), full lifecycle
 //! throughput with concurrent clients, and density (RSS, start latency and List latency as
-//! idle pods accumulate).
+//! idle pods accumulate). The same figures compare containerd's two runtimes for wasmpod's
+//! RuntimeClass: its shim (handler `wasmpod`) against runc.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use k8s_cri::v1 as cri;
-use wasmpod_tests::containerd::{host_network_pod_config, Containerd};
+use wasmpod_tests::containerd::{
+    host_network_pod_config, processes_under, Containerd, TOOLBOX_P1, WASMPOD_HANDLER,
+};
 use wasmpod_tests::cri::{container_config, pod_config, Daemon, Rt};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -22,7 +25,12 @@ pub enum Peer {
         /// The toolbox as a single-binary image: what exec runs `echo` from.
         toolbox: String,
     },
+    /// containerd running pods with runc: on the node's network, or on CNI pod networks when
+    /// the instance has them.
     Containerd(Containerd),
+    /// containerd running pods through wasmpod's shim (handler `wasmpod`), the toolbox image's
+    /// programs as workloads. Its instance needs CNI: a Wasm pod refuses the node's network.
+    ContainerdShim(Containerd),
 }
 
 impl Peer {
@@ -30,41 +38,66 @@ impl Peer {
         match self {
             Peer::Wasmpod { .. } => "wasmpod",
             Peer::Containerd(_) => "containerd+runc",
+            Peer::ContainerdShim(_) => "containerd+wasmpod shim",
         }
     }
 
     pub async fn client(&self) -> Rt {
         match self {
             Peer::Wasmpod { daemon, .. } => daemon.runtime().await,
-            Peer::Containerd(c) => c.runtime().await,
+            Peer::Containerd(c) | Peer::ContainerdShim(c) => c.runtime().await,
         }
     }
 
-    fn hello(&self) -> &str {
+    /// RunPodSandbox's runtime handler: containerd's default (runc) unless the shim's.
+    fn handler(&self) -> &'static str {
         match self {
-            Peer::Wasmpod { hello, .. } => hello,
-            Peer::Containerd(c) => c.hello_image(),
+            Peer::ContainerdShim(_) => WASMPOD_HANDLER,
+            _ => "",
         }
     }
 
-    fn idle(&self) -> &str {
+    /// A container that prints one line and exits.
+    fn hello(&self) -> cri::ContainerConfig {
         match self {
-            Peer::Wasmpod { idle, .. } => idle,
-            Peer::Containerd(c) => c.idle_image(),
+            Peer::Wasmpod { hello, .. } => container_config("c", hello, &[]),
+            Peer::Containerd(c) => container_config("c", c.hello_image(), &[]),
+            Peer::ContainerdShim(_) => {
+                let mut config = container_config("c", TOOLBOX_P1, &["hello"]);
+                config.command = vec!["/bin/echo".into()];
+                config
+            }
         }
     }
 
-    /// An image, command and exec command for the exec figures: a container that prints a
+    /// A container that prints `tick 1` first and then sleeps (no CPU) until stopped.
+    fn idle(&self) -> cri::ContainerConfig {
+        match self {
+            Peer::Wasmpod { idle, .. } => container_config("c", idle, &[]),
+            Peer::Containerd(c) => container_config("c", c.idle_image(), &[]),
+            // The image's entrypoint is /bin/sh.
+            Peer::ContainerdShim(_) => {
+                container_config("c", TOOLBOX_P1, &["-c", "echo tick 1; pause"])
+            }
+        }
+    }
+
+    /// A container config and exec command for the exec figures: a container that prints a
     /// line and idles, and an `echo hello` run in it.
-    fn exec_target(&self) -> (&str, Vec<String>, Vec<String>) {
+    fn exec_target(&self) -> (cri::ContainerConfig, Vec<String>) {
         let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect();
+        let toolbox = |image: &str| {
+            let mut config = container_config("c", image, &[]);
+            config.command = words(&["sh", "-c", "echo ready; pause"]);
+            (config, words(&["echo", "hello"]))
+        };
         match self {
-            Peer::Wasmpod { toolbox, .. } => (
-                toolbox,
-                words(&["sh", "-c", "echo ready; pause"]),
-                words(&["echo", "hello"]),
+            Peer::Wasmpod { toolbox: image, .. } => toolbox(image),
+            Peer::ContainerdShim(_) => toolbox(TOOLBOX_P1),
+            Peer::Containerd(c) => (
+                container_config("c", c.idle_image(), &[]),
+                words(&["/idle", "echo", "hello"]),
             ),
-            Peer::Containerd(c) => (c.idle_image(), vec![], words(&["/idle", "echo", "hello"])),
         }
     }
 
@@ -72,31 +105,45 @@ impl Peer {
     fn socket(&self) -> &Path {
         match self {
             Peer::Wasmpod { daemon, .. } => &daemon.socket,
-            Peer::Containerd(c) => &c.socket,
+            Peer::Containerd(c) | Peer::ContainerdShim(c) => &c.socket,
         }
     }
 
     fn logs(&self, pod: &str) -> PathBuf {
         match self {
             Peer::Wasmpod { daemon, .. } => daemon.dir.path().join("logs").join(pod),
-            Peer::Containerd(c) => c.pod_log_dir(pod),
+            Peer::Containerd(c) | Peer::ContainerdShim(c) => c.pod_log_dir(pod),
         }
     }
 
-    /// The same sandbox for both; containerd's pods use the node's network (no CNI here).
+    /// The same sandbox for all; containerd's pods use the node's network when it has no CNI.
     fn sandbox(&self, pod: &str, logs: &Path) -> cri::PodSandboxConfig {
         match self {
-            Peer::Wasmpod { .. } => pod_config(pod, logs),
-            Peer::Containerd(_) => host_network_pod_config(pod, logs),
+            Peer::Containerd(c) if c.netns().is_none() => host_network_pod_config(pod, logs),
+            _ => pod_config(pod, logs),
         }
     }
 
-    /// Resident memory of the runtime: wasmpod's one process; containerd and its shims.
+    /// Resident memory of the runtime: wasmpod's one process; containerd and its runc shims;
+    /// containerd, the wasmpod daemon its shim started and any shim process still running
+    /// (they name the instance's socket).
     pub fn rss(&self) -> u64 {
-        let pids = match self {
+        let mut pids: Vec<u32> = match self {
             Peer::Wasmpod { daemon, .. } => daemon.pid().into_iter().collect(),
             Peer::Containerd(c) => c.pids(),
+            Peer::ContainerdShim(c) => c
+                .containerd_pid()
+                .into_iter()
+                .chain(c.wasmpod_pid())
+                .chain(
+                    processes_under(c.dir.path())
+                        .into_iter()
+                        .map(|(pid, _)| pid),
+                )
+                .collect(),
         };
+        pids.sort_unstable();
+        pids.dedup();
         pids.into_iter().map(rss_of).sum()
     }
 }
@@ -120,13 +167,9 @@ pub struct Started {
     pub first_line: Duration,
 }
 
-/// RunPodSandbox + CreateContainer + StartContainer → the first line in the container's log.
-pub async fn start_pod(peer: &Peer, rt: &mut Rt, name: &str, image: &str) -> Res<Started> {
-    start_pod_with(peer, rt, name, container_config("c", image, &[])).await
-}
-
-/// [`start_pod`] with a container config of the caller's.
-async fn start_pod_with(
+/// RunPodSandbox (on the peer's handler) + CreateContainer + StartContainer → the first line
+/// in the container's log.
+pub async fn start_pod(
     peer: &Peer,
     rt: &mut Rt,
     name: &str,
@@ -141,7 +184,7 @@ async fn start_pod_with(
     let pod = rt
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(sandbox.clone()),
-            ..Default::default()
+            runtime_handler: peer.handler().to_owned(),
         })
         .await?
         .into_inner()
@@ -339,10 +382,8 @@ pub async fn exec(
     let mut targets = Vec::new();
     for p in peers {
         let mut rt = p.client().await;
-        let (image, command, exec) = p.exec_target();
-        let mut config = container_config("c", image, &[]);
-        config.command = command;
-        let started = start_pod_with(p, &mut rt, "exec", config).await?;
+        let (config, exec) = p.exec_target();
+        let started = start_pod(p, &mut rt, "exec", config).await?;
         targets.push((rt, started, exec));
     }
     let mut sync = vec![Vec::with_capacity(n); peers.len()];

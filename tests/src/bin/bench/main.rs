@@ -1,10 +1,13 @@
 //! wasmpod benchmarks: prints figures, asserts nothing about speed.
 //!
-//! `scripts/bench [--quick] [--report docs/benchmarks.md]`
+//! `scripts/bench [--quick] [--containerd-shim] [--report docs/benchmarks.md]`
 //!
 //! - over the CRI, wasmpod against containerd + runc (same client, same machine, same run):
 //!   pod start (interleaved), full lifecycle throughput with 1/4/16 clients, density (runtime
 //!   RSS, start latency and List latency as idle pods accumulate);
+//! - containerd's two runtimes for a RuntimeClass, wasmpod's shim against runc (both on CNI
+//!   pod networks): pod start (interleaved) and RSS per idle pod; `--containerd-shim` runs
+//!   only these;
 //! - container start: create + start → first stdout line, module cached, in process (p50/p99);
 //! - stop: how long a spinning WASI command takes to end once stopped (at once: no SIGTERM);
 //! - density: RSS growth per idle pod across N idle pods in one process, and thread count;
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use wasmpod_runtime::runtime::{Runtime, RuntimeOptions};
 use wasmpod_runtime::spec::{ContainerConfig, PodConfig};
-use wasmpod_tests::containerd::Containerd;
+use wasmpod_tests::containerd::{Containerd, Options};
 use wasmpod_tests::cri::Daemon;
 
 mod compare;
@@ -34,6 +37,7 @@ use report::{Plot, Report};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let shim_only = args.iter().any(|a| a == "--containerd-shim");
     let report_path = args
         .iter()
         .position(|a| a == "--report")
@@ -77,8 +81,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!();
     println!("| figure | wasmpod | containerd + runc |");
     println!("|---|---|---|");
-    compare_over_cri(&mut report, &bin, &wasm, quick).await?;
-    in_process(&mut report, &wasm, quick).await?;
+    if !shim_only {
+        compare_over_cri(&mut report, &bin, &wasm, quick).await?;
+        in_process(&mut report, &wasm, quick).await?;
+    }
+    // Last: its rows sit under a row naming its own columns.
+    compare_containerd_runtimes(&mut report, quick).await?;
     if let Some(path) = report_path {
         report.write(&path, quick)?;
         println!();
@@ -345,6 +353,132 @@ async fn compare_over_cri(
         ));
     }
     Ok(())
+}
+
+/// containerd's CRI with wasmpod's shim (its RuntimeClass) against containerd's CRI with runc,
+/// each an instance of its own with pods on CNI networks: a Wasm pod refuses the node's
+/// network, and runc on the same network setup keeps the two comparable. RSS counts containerd
+/// and every process the runtime adds (the wasmpod daemon and any shim left; runc's shims).
+async fn compare_containerd_runtimes(
+    report: &mut Report,
+    quick: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let ours = match Options::wasmpod_cni().try_start().await {
+        Ok(c) => Peer::ContainerdShim(c),
+        Err(e) => {
+            report.note(format!("containerd + wasmpod shim not measured: {e:#}"));
+            return Ok(());
+        }
+    };
+    let theirs = match Options::default().cni(true).try_start().await {
+        Ok(c) => Some(Peer::Containerd(c)),
+        Err(e) => {
+            report.note(format!("containerd + runc on CNI not measured: {e:#}"));
+            None
+        }
+    };
+    let peers: Vec<&Peer> = std::iter::once(&ours).chain(theirs.as_ref()).collect();
+    report.columns(
+        "containerd's CRI, pods on CNI",
+        "containerd + wasmpod shim",
+        "containerd + runc",
+    );
+
+    let n = if quick { 20 } else { 200 };
+    let starts = match compare::pod_start(&peers, n).await {
+        Ok(s) => s,
+        Err(e) => return Err(with_logs(&peers, e).into()),
+    };
+    report.row(
+        &format!("pod start (runp + create + start → first log line), n={n}, interleaved"),
+        p50_p99(&starts[0]),
+        starts.get(1).map(|l| p50_p99(l)),
+        starts
+            .get(1)
+            .map(|l| times(pct(l, 50), pct(&starts[0], 50))),
+    );
+    if let Some(theirs) = starts.get(1) {
+        let ratio = times(pct(theirs, 50), pct(&starts[0], 50));
+        report.goal(
+            "containerd + wasmpod pod start ≥ 3× faster than containerd + runc (p50)",
+            format!("×{ratio:.1}"),
+            ratio >= 3.0,
+        );
+    }
+    report.plots.push(Plot::Cdf {
+        file: "bench-containerd-shim-pod-start.svg".into(),
+        title: format!("Pod start through containerd's CRI, n={n}"),
+        series: peers
+            .iter()
+            .map(|p| p.name().to_owned())
+            .zip(starts)
+            .collect(),
+    });
+
+    // The pod start run above warmed both up (the daemon runs, images are unpacked): the
+    // baseline is the runtime with no pod.
+    let counts: &[usize] = if quick { &[10] } else { &[50, 100] };
+    let mut curves = Vec::new();
+    for p in &peers {
+        match compare::density(p, counts, 10).await {
+            Ok(points) => curves.push(points),
+            Err(e) => return Err(with_logs(&peers, e).into()),
+        }
+    }
+    for (i, &count) in counts.iter().enumerate() {
+        let cell = |k: usize| {
+            curves.get(k).map(|pts: &Vec<compare::DensityPoint>| {
+                let p = &pts[i];
+                format!(
+                    "{:.0} KiB/pod ({:.0} MiB total)",
+                    p.rss_per_pod / 1024.0,
+                    p.rss as f64 / 1048576.0
+                )
+            })
+        };
+        report.row(
+            &format!(
+                "idle pods: RSS added per pod at {count} pods (containerd + runtime processes)"
+            ),
+            cell(0).unwrap_or_else(|| "—".into()),
+            cell(1),
+            curves
+                .get(1)
+                .map(|t| t[i].rss_per_pod / curves[0][i].rss_per_pod.max(1.0)),
+        );
+    }
+    if let Some(last) = curves.first().and_then(|pts| pts.last()) {
+        let mib = last.rss_per_pod / 1048576.0;
+        report.goal(
+            &format!(
+                "≤ 1 MiB added RSS per idle pod (containerd + wasmpod), {} pods",
+                last.pods
+            ),
+            format!("{:.0} KiB", last.rss_per_pod / 1024.0),
+            mib <= 1.0,
+        );
+    }
+    Ok(())
+}
+
+/// A failure of the containerd comparison with the tails of each instance's log (a shim's
+/// complaints end up there) and of the wasmpod daemon's (the shim starts it logging beside
+/// its socket).
+fn with_logs(peers: &[&Peer], e: impl std::fmt::Display) -> String {
+    let mut text = e.to_string();
+    for p in peers {
+        let (Peer::Containerd(c) | Peer::ContainerdShim(c)) = p else {
+            continue;
+        };
+        text.push_str(&format!("\n{} log:\n{}", p.name(), c.log_tail(30)));
+        if let Some(dir) = c.wasmpod_socket().and_then(Path::parent) {
+            let log = std::fs::read_to_string(dir.join("wasmpod.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+            text.push_str(&format!("\nwasmpod daemon log:\n{tail}"));
+        }
+    }
+    text
 }
 
 /// Figures of wasmpod alone, in process: container start, kill, density, network, images.
