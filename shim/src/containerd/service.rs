@@ -154,13 +154,14 @@ impl TaskApi for TaskService {
                 ));
             };
             let p = &exec.process;
-            let out = io::output(&p.stdout).map_err(invalid)?;
+            let mut pumps = io::Pumps::default();
+            let out = io::output(&p.stdout, &mut pumps).map_err(invalid)?;
             let stdio = match p.terminal {
                 true => Stdio::merged(!p.stdin.is_empty(), out),
                 false => Stdio {
                     stdin: !p.stdin.is_empty(),
                     stdout: out,
-                    stderr: io::output(&p.stderr).map_err(invalid)?,
+                    stderr: io::output(&p.stderr, &mut pumps).map_err(invalid)?,
                 },
             };
             let task = self
@@ -190,6 +191,7 @@ impl TaskApi for TaskService {
             let (this, entry, exec_id) = (self.0.clone(), entry.clone(), req.exec_id.clone());
             tokio::spawn(async move {
                 let exit = task.wait().await;
+                pumps.drained().await;
                 this.process_exited(
                     &entry,
                     &exec_id,

@@ -54,6 +54,8 @@ pub(super) struct Entry {
     /// Where the root filesystem was mounted (unmounted at delete).
     pub(super) mounted: Option<PathBuf>,
     pub(super) stdin_pump: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The output pumps of the container's guest, drained before its exit is told.
+    pub(super) output: Mutex<io::Pumps>,
     pub(super) execs: Mutex<HashMap<String, Arc<Exec>>>,
 }
 
@@ -124,7 +126,7 @@ impl Tasks {
         let spec = spec::read(&bundle)?;
         let registration = read_registration(&bundle);
         let process = Process::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
-        let base = |pod: String, kind: Kind, mounted: Option<PathBuf>| Entry {
+        let base = |pod: String, kind: Kind, mounted: Option<PathBuf>, output| Entry {
             namespace: ns.to_owned(),
             id: req.id.clone(),
             bundle: bundle.clone(),
@@ -134,11 +136,12 @@ impl Tasks {
             process,
             mounted,
             stdin_pump: Mutex::default(),
+            output: Mutex::new(output),
             execs: Mutex::default(),
         };
         if spec::is_sandbox(&spec) {
             let pod = self.rt.run_pod(spec::pod_config(&spec, ns, &req.id))?;
-            return Ok(base(pod, Kind::Sandbox, None));
+            return Ok(base(pod, Kind::Sandbox, None, io::Pumps::default()));
         }
         let sandbox = spec::annotations(&spec).get(spec::SANDBOX_ID).cloned();
         let (pod, own_pod) = match sandbox {
@@ -153,9 +156,12 @@ impl Tasks {
         };
         let made = self.create_container(&spec, &bundle, &pod, req).await;
         match made {
-            Ok((container, mounted)) => {
-                Ok(base(pod, Kind::Container { container, own_pod }, mounted))
-            }
+            Ok((container, mounted, output)) => Ok(base(
+                pod,
+                Kind::Container { container, own_pod },
+                mounted,
+                output,
+            )),
             Err(e) => {
                 if own_pod {
                     let _ = self.rt.remove_pod(&pod).await;
@@ -171,7 +177,7 @@ impl Tasks {
         bundle: &Path,
         pod: &str,
         req: &api::CreateTaskRequest,
-    ) -> anyhow::Result<(String, Option<PathBuf>)> {
+    ) -> anyhow::Result<(String, Option<PathBuf>, io::Pumps)> {
         let config = spec::container_config(spec, &req.id, !req.stdin.is_empty())?;
         let root = spec::rootfs(spec, bundle);
         if !root.starts_with(bundle)
@@ -190,9 +196,10 @@ impl Tasks {
                 Some(root.clone())
             }
         };
+        let mut pumps = io::Pumps::default();
         let made = async {
-            let stdout = io::output(&req.stdout)?;
-            let stderr = io::output(&req.stderr)?;
+            let stdout = io::output(&req.stdout, &mut pumps)?;
+            let stderr = io::output(&req.stderr, &mut pumps)?;
             let bundle = Bundle {
                 rootfs: root.clone(),
                 stdout,
@@ -202,7 +209,7 @@ impl Tasks {
         }
         .await;
         match made {
-            Ok(id) => Ok((id, mounted)),
+            Ok(id) => Ok((id, mounted, pumps)),
             Err(e) => {
                 if let Some(m) = &mounted {
                     rootfs::unmount(m);
@@ -223,6 +230,9 @@ impl Tasks {
                 Ok(ContainerState::Exited { finished_at, .. }) => finished_at,
                 _ => SystemTime::now(),
             };
+            let pumps =
+                std::mem::take(&mut *entry.output.lock().unwrap_or_else(|e| e.into_inner()));
+            pumps.drained().await;
             if exit.reason == ExitReason::OomKilled {
                 this.publish(
                     &entry,
