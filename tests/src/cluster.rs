@@ -14,7 +14,7 @@ use tempfile::TempDir;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::kubelet::{poll, Kubelet, CLUSTER_NODE, WAIT_SECS};
-use crate::{output_within, peers, text};
+use crate::{free_port, output_within, peers, text};
 
 /// The admin's bearer token (`--token-auth-file`, group `system:masters`): every component
 /// and `kubectl` use it, so RBAC never stands between the test and the runtime under test.
@@ -41,14 +41,6 @@ pub struct Cluster {
     pub kubeconfig: PathBuf,
     pub dir: TempDir,
     _turn: MutexGuard<'static, ()>,
-}
-
-/// A free TCP port on loopback (bound and released; the component binds it next).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding a free loopback port")
-        .port()
 }
 
 /// Runs `cmd` (bounded) and fails the test unless it succeeds.

@@ -15,7 +15,7 @@ use tempfile::TempDir;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::cri::{Daemon, Rt};
-use crate::{curl_opts, output_within, peers, text, wasm, wasmpod};
+use crate::{curl_opts, free_port, output_within, peers, text, wasm, wasmpod};
 
 /// The images every kubelet test imports into its daemon (kubelet refuses `file://`
 /// references): the toolbox (p1 has the shell, p2 adds sockets for httpd) and netprobe.
@@ -58,14 +58,6 @@ pub struct Kubelet {
     /// `http://127.0.0.1:<port>/healthz`.
     pub healthz: String,
     _turn: MutexGuard<'static, ()>,
-}
-
-/// A free TCP port on loopback (bound and released; kubelet binds it next).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding a free loopback port")
-        .port()
 }
 
 /// Polls `probe` once a second until it answers `Some` (bounded by [`WAIT_SECS`]); `what`
