@@ -15,7 +15,7 @@ use tempfile::TempDir;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::cri::{Daemon, Rt};
-use crate::{curl_opts, free_port, output_within, peers, text, wasm, wasmpod};
+use crate::{curl_opts, free_port, output_within, peers, wasm, wasmpod};
 
 /// The images every kubelet test imports into its daemon (kubelet refuses `file://`
 /// references): the toolbox (p1 has the shell, p2 adds sockets for httpd) and netprobe.
@@ -369,15 +369,4 @@ impl Drop for Kubelet {
     }
 }
 
-/// Runs `kube-stream` with `args` (bounded): (exit code, stdout, stderr).
-pub fn kube_stream(args: &[&str]) -> (i32, String, String) {
-    let out = output_within(
-        Command::new(crate::kube_stream::kube_stream()).args(args),
-        120,
-    );
-    let code = out
-        .status
-        .code()
-        .unwrap_or_else(|| panic!("kube-stream {args:?} was killed: {out:?}"));
-    (code, text(&out.stdout), text(&out.stderr))
-}
+pub use crate::kube_stream::run as kube_stream;
