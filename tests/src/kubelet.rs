@@ -344,17 +344,7 @@ impl Kubelet {
     }
 }
 
-/// Percent-encodes a query value (everything but unreserved characters).
-pub fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+pub use crate::url_encode as encode;
 
 impl Drop for Kubelet {
     fn drop(&mut self) {

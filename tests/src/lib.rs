@@ -581,3 +581,15 @@ pub fn free_port() -> u16 {
         .expect("binding a free loopback port")
         .port()
 }
+
+/// Percent-encodes a URL query value (everything but unreserved characters).
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

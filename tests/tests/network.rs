@@ -283,7 +283,7 @@ async fn a_stopped_wasi_http_handler_drains_in_flight_requests() {
     let up = upstream.local_addr().unwrap();
     let url = format!(
         "http://{ip}:8080/fetch?url={}",
-        urlencode(&format!("http://{up}/"))
+        url_encode(&format!("http://{up}/"))
     );
     let request = tokio::spawn(async move { curl(&url).await });
     let (mut held, _) = within(30, "the guest's upstream request", upstream.accept())
@@ -389,7 +389,7 @@ async fn egress_follows_the_pods_policy_for_sockets_and_http() {
         let id = start(&rt, pod_id, container("fetch", &wasm("http-hello.p2"), &[])).await;
         log_line(&rt, &id, "serving wasi:http").await;
         let ip = ip_of(&rt, pod_id);
-        let (code, body) = curl(&format!("http://{ip}:8080/fetch?url={}", urlencode(&url))).await;
+        let (code, body) = curl(&format!("http://{ip}:8080/fetch?url={}", url_encode(&url))).await;
         assert_eq!(code, expect, "{body}");
         if expect == 200 {
             assert_eq!(body, "from host\n");
@@ -397,17 +397,6 @@ async fn egress_follows_the_pods_policy_for_sockets_and_http() {
             assert!(body.contains("upstream error"), "{body}");
         }
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[tokio::test]
