@@ -188,9 +188,9 @@ impl Cluster {
     }
 
     /// [`Cluster::start`] with `count` nodes (`wasmpod-node-1` …), each a kubelet and
-    /// daemon of its own in a network namespace of its own (see [`Switch`]), node `i` on
+    /// daemon of its own in a network namespace of its own (see `Switch`), node `i` on
     /// pod CIDR `10.244.<i + 1>.0/24`; the controller manager has the short node-failure
-    /// timings of [`NODE_MONITOR`].
+    /// timings of `NODE_MONITOR`.
     pub async fn start_nodes(count: usize) -> Self {
         Self::launch(Some(count)).await
     }
