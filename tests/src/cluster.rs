@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use crate::containerd::Netns;
 use crate::kubelet::{poll, Kubelet, NodeNet, Registration, CLUSTER_NODE, NODE, WAIT_SECS};
-use crate::{output_within, peers, text};
+use crate::{free_port, output_within, peers, text};
 
 /// The admin's bearer token (`--token-auth-file`, group `system:masters`): every component
 /// and `kubectl` use it, so RBAC never stands between the test and the runtime under test.
@@ -162,14 +162,6 @@ impl Drop for Switch {
 /// from. Only the nodes' namespaces route them, so they cannot clash with the host's.
 fn pod_cidr(i: usize) -> String {
     format!("10.244.{}.0/24", i + 1)
-}
-
-/// A free TCP port on loopback (bound and released; the component binds it next).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding a free loopback port")
-        .port()
 }
 
 /// Runs `cmd` (bounded) and fails the test unless it succeeds.

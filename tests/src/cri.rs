@@ -328,11 +328,7 @@ pub struct Registry {
 
 impl Registry {
     pub async fn start(dir: &Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::free_port();
         let root = dir.join(format!("registry-{port}"));
         std::fs::create_dir_all(&root).unwrap();
         let config = root.join("config.yml");

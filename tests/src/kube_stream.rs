@@ -29,6 +29,19 @@ pub fn kube_stream() -> PathBuf {
 }
 
 /// The Go module's directory.
+/// How one kube-stream run ended: (exit code, stdout, stderr).
+pub type Ran = (i32, String, String);
+
+/// Runs `kube-stream` with `args` (bounded: 120 s; its own timeouts are shorter).
+pub fn run(args: &[&str]) -> Ran {
+    let out = output_within(Command::new(kube_stream()).args(args), 120);
+    let code = out
+        .status
+        .code()
+        .unwrap_or_else(|| panic!("kube-stream {args:?} was killed: {out:?}"));
+    (code, text(&out.stdout), text(&out.stderr))
+}
+
 pub fn source_dir() -> PathBuf {
     workspace_root().join("tests/go/kube-stream")
 }

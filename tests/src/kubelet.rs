@@ -15,7 +15,7 @@ use tempfile::TempDir;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::cri::{Daemon, Rt};
-use crate::{curl_opts, output_within, peers, text, wasm, wasmpod};
+use crate::{curl_opts, free_port, output_within, peers, wasm, wasmpod};
 
 /// The images every kubelet test imports into its daemon (kubelet refuses `file://`
 /// references): the toolbox (p1 has the shell, p2 adds sockets for httpd) and netprobe.
@@ -84,14 +84,6 @@ pub struct NodeNet<'a> {
     /// kubelet's `podCIDR`, which it hands the daemon (UpdateRuntimeConfig): the daemon runs
     /// in node mode, so pod IPs come from it.
     pub pod_cidr: &'a str,
-}
-
-/// A free TCP port on loopback (bound and released; kubelet binds it next).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding a free loopback port")
-        .port()
 }
 
 /// Polls `probe` once a second until it answers `Some` (bounded by [`WAIT_SECS`]); `what`
@@ -436,15 +428,4 @@ impl Drop for Kubelet {
     }
 }
 
-/// Runs `kube-stream` with `args` (bounded): (exit code, stdout, stderr).
-pub fn kube_stream(args: &[&str]) -> (i32, String, String) {
-    let out = output_within(
-        Command::new(crate::kube_stream::kube_stream()).args(args),
-        120,
-    );
-    let code = out
-        .status
-        .code()
-        .unwrap_or_else(|| panic!("kube-stream {args:?} was killed: {out:?}"));
-    (code, text(&out.stdout), text(&out.stderr))
-}
+pub use crate::kube_stream::run as kube_stream;

@@ -573,3 +573,11 @@ macro_rules! p1_and_p2_tests {
         }
     };
 }
+
+/// A free TCP port on loopback: bound and released at once, for a peer to bind next.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding a free loopback port")
+        .port()
+}

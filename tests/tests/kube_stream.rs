@@ -9,35 +9,15 @@ use std::time::Duration;
 use k8s_cri::v1 as cri;
 use wasmpod_tests::cri::{self as harness, container_config, Daemon, Rt, TestPod};
 use wasmpod_tests::crictl::file_image;
-use wasmpod_tests::kube_stream::kube_stream;
-use wasmpod_tests::{output_within, text};
+use wasmpod_tests::kube_stream::run;
 
 const TRANSPORTS: [&str; 2] = ["spdy", "websocket"];
 /// What the http-hello guest answers.
 const HELLO: &str = "hello from wasi:http\n";
-/// A hang guard for one kube-stream run; its own -timeout (30 s) ends it well before.
-const RUN_SECS: u64 = 120;
 
-/// `wasmpod serve` with `config` (TOML) and the containerd task API off: the API's default
-/// socket is one fixed path, so of several daemons started side by side (this file's tests
-/// run in parallel) only the first would start.
+/// `wasmpod serve` with `config` (TOML).
 async fn daemon(config: &str) -> Daemon {
-    Daemon::start_with(&format!("[containerd]\nsocket = \"\"\n{config}"), None).await
-}
-
-/// How one kube-stream run ended: (exit code, stdout, stderr).
-type Ran = (i32, String, String);
-
-fn run(args: &[&str]) -> Ran {
-    let out = output_within(
-        std::process::Command::new(kube_stream()).args(args),
-        RUN_SECS,
-    );
-    let code = out
-        .status
-        .code()
-        .unwrap_or_else(|| panic!("kube-stream {args:?} was killed: {out:?}"));
-    (code, text(&out.stdout), text(&out.stderr))
+    Daemon::start_with(config, None).await
 }
 
 /// Creates and starts a toolbox container running `command` (with stdin and stdin_once when

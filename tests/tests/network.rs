@@ -185,15 +185,6 @@ async fn pods_share_ports_but_not_localhost_and_reach_each_other_by_ip() {
     assert_eq!(rt.pod(&a).unwrap().ip(), ip_a.parse().ok());
 }
 
-/// A free TCP port on 127.0.0.1 (the listener is closed again at once).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn host_ports_forward_and_a_taken_one_fails_the_pod_cleanly() {
     let (_tmp, rt) = temp_runtime();

@@ -471,14 +471,7 @@ impl TaskApi for TaskService {
             return Ok(api::Empty::new());
         }
         if req.exec_id.is_empty() {
-            if let Some(pump) = entry
-                .stdin_pump
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-            {
-                pump.abort();
-            }
+            entry.close_stdin();
         } else if let Some(task) = self
             .find_exec(&entry, &req.exec_id)?
             .task

@@ -59,6 +59,20 @@ pub(super) struct Entry {
     pub(super) execs: Mutex<HashMap<String, Arc<Exec>>>,
 }
 
+impl Entry {
+    /// Stops feeding the guest's stdin from containerd's FIFO; the guest then reads its end.
+    pub(super) fn close_stdin(&self) {
+        if let Some(pump) = self
+            .stdin_pump
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            pump.abort();
+        }
+    }
+}
+
 pub(super) struct Tasks {
     pub(super) rt: Arc<Runtime>,
     pub(super) tasks: Mutex<HashMap<(String, String), Arc<Entry>>>,
@@ -284,14 +298,7 @@ impl Tasks {
                 }
             }
         }
-        if let Some(pump) = entry
-            .stdin_pump
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            pump.abort();
-        }
+        entry.close_stdin();
         if let Some(m) = &entry.mounted {
             rootfs::unmount(m);
         }

@@ -104,6 +104,50 @@ fn times(theirs: Duration, ours: Duration) -> f64 {
     theirs.as_secs_f64() / ours.as_secs_f64().max(1e-9)
 }
 
+/// How a pod start comparison is reported.
+struct PodStartFigures {
+    /// The goal against the second peer, and the ratio that meets it.
+    goal: &'static str,
+    times_faster: f64,
+    plot: &'static str,
+    title: String,
+}
+
+/// A pod start comparison's row (the first peer against the second), its ratio goal and
+/// its CDF plot.
+fn report_pod_start(
+    report: &mut Report,
+    peers: &[&Peer],
+    starts: Vec<Vec<Duration>>,
+    figures: PodStartFigures,
+) {
+    let n = starts[0].len();
+    let ours = pct(&starts[0], 50);
+    report.row(
+        &format!("pod start (runp + create + start → first log line), n={n}, interleaved"),
+        p50_p99(&starts[0]),
+        starts.get(1).map(|l| p50_p99(l)),
+        starts.get(1).map(|l| times(pct(l, 50), ours)),
+    );
+    if let Some(theirs) = starts.get(1) {
+        let ratio = times(pct(theirs, 50), ours);
+        report.goal(
+            figures.goal,
+            format!("×{ratio:.1}"),
+            ratio >= figures.times_faster,
+        );
+    }
+    report.plots.push(Plot::Cdf {
+        file: figures.plot.into(),
+        title: figures.title,
+        series: peers
+            .iter()
+            .map(|p| p.name().to_owned())
+            .zip(starts)
+            .collect(),
+    });
+}
+
 /// The CRI figures, wasmpod against containerd + runc when containerd can run here.
 async fn compare_over_cri(
     report: &mut Report,
@@ -132,14 +176,6 @@ async fn compare_over_cri(
     let starts = compare::pod_start(&peers, n)
         .await
         .map_err(|e| e.to_string())?;
-    report.row(
-        &format!("pod start (runp + create + start → first log line), n={n}, interleaved"),
-        p50_p99(&starts[0]),
-        starts.get(1).map(|l| p50_p99(l)),
-        starts
-            .get(1)
-            .map(|l| times(pct(l, 50), pct(&starts[0], 50))),
-    );
     let (p50, p99) = (pct(&starts[0], 50), pct(&starts[0], 99));
     report.goal(
         "pod start p50 ≤ 3 ms",
@@ -151,23 +187,17 @@ async fn compare_over_cri(
         fmt(p99),
         p99 <= Duration::from_millis(10),
     );
-    if let Some(theirs) = starts.get(1) {
-        let ratio = times(pct(theirs, 50), p50);
-        report.goal(
-            "pod start ≥ 50× faster than containerd + runc (p50)",
-            format!("×{ratio:.1}"),
-            ratio >= 50.0,
-        );
-    }
-    report.plots.push(Plot::Cdf {
-        file: "bench-pod-start.svg".into(),
-        title: format!("Pod start through the CRI, n={n}"),
-        series: peers
-            .iter()
-            .map(|p| p.name().to_owned())
-            .zip(starts)
-            .collect(),
-    });
+    report_pod_start(
+        report,
+        &peers,
+        starts,
+        PodStartFigures {
+            goal: "pod start ≥ 50× faster than containerd + runc (p50)",
+            times_faster: 50.0,
+            plot: "bench-pod-start.svg",
+            title: format!("Pod start through the CRI, n={n}"),
+        },
+    );
 
     let (n_exec, n_crictl) = if quick { (20, 3) } else { (500, 30) };
     let crictl = wasmpod_tests::peers::crictl();
@@ -389,31 +419,17 @@ async fn compare_containerd_runtimes(
         Ok(s) => s,
         Err(e) => return Err(with_logs(&peers, e).into()),
     };
-    report.row(
-        &format!("pod start (runp + create + start → first log line), n={n}, interleaved"),
-        p50_p99(&starts[0]),
-        starts.get(1).map(|l| p50_p99(l)),
-        starts
-            .get(1)
-            .map(|l| times(pct(l, 50), pct(&starts[0], 50))),
+    report_pod_start(
+        report,
+        &peers,
+        starts,
+        PodStartFigures {
+            goal: "containerd + wasmpod pod start ≥ 3× faster than containerd + runc (p50)",
+            times_faster: 3.0,
+            plot: "bench-containerd-shim-pod-start.svg",
+            title: format!("Pod start through containerd's CRI, n={n}"),
+        },
     );
-    if let Some(theirs) = starts.get(1) {
-        let ratio = times(pct(theirs, 50), pct(&starts[0], 50));
-        report.goal(
-            "containerd + wasmpod pod start ≥ 3× faster than containerd + runc (p50)",
-            format!("×{ratio:.1}"),
-            ratio >= 3.0,
-        );
-    }
-    report.plots.push(Plot::Cdf {
-        file: "bench-containerd-shim-pod-start.svg".into(),
-        title: format!("Pod start through containerd's CRI, n={n}"),
-        series: peers
-            .iter()
-            .map(|p| p.name().to_owned())
-            .zip(starts)
-            .collect(),
-    });
 
     // The pod start run above warmed both up (the daemon runs, images are unpacked): the
     // baseline is the runtime with no pod.
