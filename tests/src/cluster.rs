@@ -1,8 +1,11 @@
-//! A one-node Kubernetes cluster on the real `wasmpod serve` (issue 15, part 2): Debian's
+//! A Kubernetes cluster on the real `wasmpod serve` (issue 15, parts 2 and 3): Debian's
 //! etcd, the real kube-apiserver, kube-scheduler and kube-controller-manager built by
-//! `scripts/peers`, and the kubelet harness (`src/kubelet.rs`) registered with the API
-//! server. Everything listens on free loopback ports and lives in one temp dir; every
-//! process is killed when the cluster is dropped. Tests drive it with the real `kubectl`.
+//! `scripts/peers`, and kubelets (the harness of `src/kubelet.rs`) registered with the API
+//! server. [`Cluster::start`] is one node on loopback; [`Cluster::start_nodes`] is several,
+//! each kubelet with its own daemon in a network namespace of its own, joined by a bridge
+//! the API server listens on. Everything lives in one temp dir; every process is killed
+//! (and every namespace and link deleted) when the cluster is dropped. Tests drive it with
+//! the real `kubectl`.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -13,7 +16,8 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::kubelet::{poll, Kubelet, CLUSTER_NODE, WAIT_SECS};
+use crate::containerd::Netns;
+use crate::kubelet::{poll, Kubelet, NodeNet, Registration, CLUSTER_NODE, NODE, WAIT_SECS};
 use crate::{free_port, output_within, peers, text};
 
 /// The admin's bearer token (`--token-auth-file`, group `system:masters`): every component
@@ -31,16 +35,133 @@ struct Proc {
     log: PathBuf,
 }
 
-/// etcd, the API server, scheduler and controller manager, and a kubelet on a daemon.
+/// etcd, the API server, scheduler and controller manager, and kubelets on daemons.
 pub struct Cluster {
-    /// Dropped after `Drop::drop` killed the control plane; its own drop kills kubelet.
-    pub kubelet: Kubelet,
+    /// Dropped after `Drop::drop` killed the control plane: each kills its kubelet and
+    /// daemon, then deletes its namespace.
+    pub nodes: Vec<Node>,
     /// In start order; killed in reverse.
     procs: Vec<Proc>,
     /// `kubectl`'s kubeconfig (also every component's).
     pub kubeconfig: PathBuf,
     pub dir: TempDir,
+    /// The bridge of namespaced nodes: deleted after them.
+    _switch: Option<Switch>,
     _turn: MutexGuard<'static, ()>,
+}
+
+/// A node of the cluster: its kubelet and daemon, and for a namespaced node its network.
+pub struct Node {
+    /// The node's name in the API.
+    pub name: String,
+    /// None once [`Cluster::kill_node`] killed it.
+    kubelet: Option<Kubelet>,
+    /// The node's IP and pod CIDR (namespaced nodes; the loopback node has neither).
+    pub ip: Option<String>,
+    pub pod_cidr: Option<String>,
+    /// Deleted after the kubelet and daemon are gone (field order).
+    _netns: Option<Netns>,
+}
+
+impl Node {
+    /// The node's kubelet (and its daemon); the test fails if the node was killed.
+    pub fn kubelet(&self) -> &Kubelet {
+        self.kubelet
+            .as_ref()
+            .unwrap_or_else(|| panic!("node {} was killed", self.name))
+    }
+}
+
+/// The short node-failure timings of a multi-node cluster: the node lifecycle controller
+/// looks every 2 s and takes a node whose kubelet has not renewed its lease for 10 s as
+/// unreachable (its `NoExecute` taint then evicts pods after their `tolerationSeconds`).
+/// The defaults (5 s, 50 s) would make a failover test idle for minutes.
+const NODE_MONITOR: [&str; 2] = [
+    "--node-monitor-period=2s",
+    "--node-monitor-grace-period=10s",
+];
+
+/// The host bridge joining the namespaced nodes (a veth each), with the address the API
+/// server listens on: the nodes reach the control plane and, by routes in their namespaces
+/// (the "host-gw" way), each other's pod CIDRs over it, so the host needs no IP forwarding
+/// and no routes. Deleted with the veths' host ends when dropped.
+struct Switch {
+    name: String,
+    /// `10.99.<n>.0/24`, `<n>` from the pid (concurrent test processes stay apart); the host
+    /// is `.1`, node `i` is `.<i + 2>`.
+    prefix: [u8; 3],
+    veths: Vec<String>,
+}
+
+impl Switch {
+    fn create() -> Self {
+        let pid = std::process::id();
+        let sw = Switch {
+            name: format!("wpc{pid}br"),
+            prefix: [10, 99, (pid % 250) as u8],
+            veths: Vec::new(),
+        };
+        run_ok(Command::new("ip").args(["link", "add", &sw.name, "type", "bridge"]));
+        run_ok(
+            Command::new("ip")
+                .args(["addr", "add", &format!("{}/24", sw.host_ip())])
+                .args(["dev", &sw.name]),
+        );
+        run_ok(Command::new("ip").args(["link", "set", &sw.name, "up"]));
+        sw
+    }
+
+    fn host_ip(&self) -> String {
+        let [a, b, c] = self.prefix;
+        format!("{a}.{b}.{c}.1")
+    }
+
+    fn node_ip(&self, i: usize) -> String {
+        let [a, b, c] = self.prefix;
+        format!("{a}.{b}.{c}.{}", i + 2)
+    }
+
+    /// Plugs namespace `ns` in as node `i` of `count`: a veth (`eth0` inside) with the
+    /// node's IP, and a route to every other node's pod CIDR via that node's IP.
+    fn plug(&mut self, ns: &Netns, i: usize, count: usize) {
+        let veth = format!("wpc{}n{i}", std::process::id());
+        run_ok(
+            Command::new("ip")
+                .args(["link", "add", &veth, "type", "veth"])
+                .args(["peer", "name", "eth0", "netns", ns.name()]),
+        );
+        self.veths.push(veth.clone());
+        run_ok(Command::new("ip").args(["link", "set", &veth, "master", &self.name, "up"]));
+        let inside = |args: &[&str]| run_ok(Command::new("ip").args(["-n", ns.name()]).args(args));
+        inside(&[
+            "addr",
+            "add",
+            &format!("{}/24", self.node_ip(i)),
+            "dev",
+            "eth0",
+        ]);
+        inside(&["link", "set", "eth0", "up"]);
+        for j in (0..count).filter(|&j| j != i) {
+            inside(&["route", "add", &pod_cidr(j), "via", &self.node_ip(j)]);
+        }
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        for link in self.veths.iter().chain([&self.name]) {
+            let _ = Command::new("ip")
+                .args(["link", "del", link])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Node `i`'s pod CIDR: kubelet's `podCIDR`, which wasmpod's node mode takes its pod IPs
+/// from. Only the nodes' namespaces route them, so they cannot clash with the host's.
+fn pod_cidr(i: usize) -> String {
+    format!("10.244.{}.0/24", i + 1)
 }
 
 /// Runs `cmd` (bounded) and fails the test unless it succeeds.
@@ -50,11 +171,29 @@ fn run_ok(cmd: &mut Command) {
 }
 
 impl Cluster {
-    /// Starts etcd, the API server (waits for `/readyz`), the controller manager and the
-    /// scheduler, then the kubelet; returns once the node is Ready and the `default`
-    /// service account exists (pods are refused before it does).
+    /// One node on loopback (named [`CLUSTER_NODE`]): starts etcd, the API server (waits
+    /// for `/readyz`), the controller manager and the scheduler, then the kubelet; returns
+    /// once the node is Ready and the `default` service account exists (pods are refused
+    /// before it does).
     pub async fn start() -> Self {
+        Self::launch(None).await
+    }
+
+    /// [`Cluster::start`] with `count` nodes (`wasmpod-node-1` …), each a kubelet and
+    /// daemon of its own in a network namespace of its own (see `Switch`), node `i` on
+    /// pod CIDR `10.244.<i + 1>.0/24`; the controller manager has the short node-failure
+    /// timings of `NODE_MONITOR`.
+    pub async fn start_nodes(count: usize) -> Self {
+        Self::launch(Some(count)).await
+    }
+
+    async fn launch(namespaced: Option<usize>) -> Self {
         let turn = ONE_AT_A_TIME.lock().await;
+        let mut switch = namespaced.map(|_| Switch::create());
+        // The API server listens where the kubelets reach it: the bridge, or loopback.
+        let api_host = switch
+            .as_ref()
+            .map_or("127.0.0.1".to_owned(), Switch::host_ip);
         let dir = tempfile::tempdir().expect("creating the cluster's directory");
         let d = dir.path();
         let mut procs = Vec::new();
@@ -104,7 +243,7 @@ impl Cluster {
         let tokens = d.join("tokens.csv");
         std::fs::write(&tokens, format!("{TOKEN},admin,admin,system:masters\n")).unwrap();
         let api_port = free_port();
-        let server = format!("https://127.0.0.1:{api_port}");
+        let server = format!("https://{api_host}:{api_port}");
         // The API server's serving certificate is self-signed (`--cert-dir`): not verified.
         let kubeconfig = d.join("kubeconfig");
         std::fs::write(
@@ -123,7 +262,7 @@ impl Cluster {
             "kube-apiserver",
             Command::new(peers::kube("kube-apiserver"))
                 .arg(format!("--etcd-servers=http://127.0.0.1:{client}"))
-                .arg("--bind-address=127.0.0.1")
+                .arg(format!("--bind-address={api_host}"))
                 .arg(format!("--secure-port={api_port}"))
                 .arg("--cert-dir")
                 .arg(&api_certs)
@@ -136,18 +275,75 @@ impl Cluster {
                 .arg(&public)
                 .arg("--service-account-signing-key-file")
                 .arg(&key)
-                // kubectl logs/exec/port-forward: the API server dials kubelet by the node's
-                // name, which resolves to loopback (see `CLUSTER_NODE`); no kubelet CA is
-                // configured, so kubelet's self-signed certificate is not verified.
-                .args(["--kubelet-preferred-address-types=Hostname"]),
+                // kubectl logs/exec/port-forward: the API server dials kubelet at the node's
+                // IP, or for the loopback node by its name, which resolves to loopback (see
+                // `CLUSTER_NODE`); no kubelet CA is configured, so kubelet's self-signed
+                // certificate is not verified.
+                .arg(match namespaced {
+                    Some(_) => "--kubelet-preferred-address-types=InternalIP",
+                    None => "--kubelet-preferred-address-types=Hostname",
+                }),
         );
         let mut c = Cluster {
-            kubelet: Kubelet::start_with(Some(&kubeconfig)).await,
+            nodes: Vec::new(),
             procs,
             kubeconfig,
             dir,
+            _switch: None,
             _turn: turn,
         };
+        match (namespaced, &mut switch) {
+            (Some(count), Some(sw)) => {
+                // Every namespace is plugged in before any kubelet starts: each routes to
+                // all the others' pod CIDRs.
+                let pid = std::process::id();
+                let spaces: Vec<Netns> = (0..count)
+                    .map(|i| {
+                        let ns = Netns::create(&format!("wasmpod-cluster-{pid}-{i}"))
+                            .expect("creating a node's network namespace (needs root)");
+                        sw.plug(&ns, i, count);
+                        ns
+                    })
+                    .collect();
+                for (i, ns) in spaces.into_iter().enumerate() {
+                    let (name, ip, cidr) =
+                        (format!("{NODE}-{}", i + 1), sw.node_ip(i), pod_cidr(i));
+                    let kubelet = Kubelet::register(Registration {
+                        kubeconfig: &c.kubeconfig,
+                        name: &name,
+                        net: Some(NodeNet {
+                            netns: ns.name(),
+                            ip: &ip,
+                            pod_cidr: &cidr,
+                        }),
+                    })
+                    .await;
+                    c.nodes.push(Node {
+                        name,
+                        kubelet: Some(kubelet),
+                        ip: Some(ip),
+                        pod_cidr: Some(cidr),
+                        _netns: Some(ns),
+                    });
+                }
+            }
+            _ => {
+                let kubelet = Kubelet::register(Registration {
+                    kubeconfig: &c.kubeconfig,
+                    name: CLUSTER_NODE,
+                    net: None,
+                })
+                .await;
+                c.nodes.push(Node {
+                    name: CLUSTER_NODE.to_owned(),
+                    kubelet: Some(kubelet),
+                    ip: None,
+                    pod_cidr: None,
+                    _netns: None,
+                });
+            }
+        }
+        c._switch = switch;
         poll("the API server's /readyz", || async {
             match c.kubectl(&["get", "--raw", "/readyz"]) {
                 (0, out, _) if out.trim() == "ok" => Ok(()),
@@ -182,7 +378,12 @@ impl Cluster {
                 .arg("--service-account-private-key-file")
                 .arg(d.join("sa.key"))
                 .arg("--root-ca-file")
-                .arg(api_certs.join("apiserver.crt")),
+                .arg(api_certs.join("apiserver.crt"))
+                .args(if namespaced.is_some() {
+                    &NODE_MONITOR[..]
+                } else {
+                    &[]
+                }),
         );
         spawn(
             "kube-scheduler",
@@ -190,24 +391,51 @@ impl Cluster {
         );
 
         let c = c;
-        poll("the node to be Ready", || async {
-            let node = c.json(&["get", "node", CLUSTER_NODE])?;
-            let ready = node["status"]["conditions"].as_array().is_some_and(|cs| {
-                cs.iter()
-                    .any(|x| x["type"] == "Ready" && x["status"] == "True")
-            });
-            if ready {
-                Ok(())
-            } else {
-                Err(format!("{}\n{}", node["status"], c.kubelet.log_tail()))
-            }
-        })
-        .await;
+        for node in &c.nodes {
+            poll(&format!("node {} to be Ready", node.name), || async {
+                let status = c.node_status(&node.name)?;
+                if ready(&status) {
+                    Ok(())
+                } else {
+                    Err(format!("{status}\n{}", node.kubelet().log_tail()))
+                }
+            })
+            .await;
+        }
         poll("the default service account", || async {
             c.json(&["get", "serviceaccount", "default"]).map(drop)
         })
         .await;
         c
+    }
+
+    /// The first node's kubelet: the one-node cluster's only one.
+    pub fn kubelet(&self) -> &Kubelet {
+        self.nodes[0].kubelet()
+    }
+
+    /// The node named `name`.
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// Kills node `name` as a machine failure would: its kubelet and daemon (and with the
+    /// daemon every pod on it) get SIGKILL; its namespace stays, with nothing listening.
+    pub fn kill_node(&mut self, name: &str) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"));
+        drop(node.kubelet.take());
+    }
+
+    /// Node `name`'s `status` in the API, or what went wrong (for polls).
+    pub fn node_status(&self, name: &str) -> Result<Value, String> {
+        Ok(self.json(&["get", "node", name])?["status"].take())
     }
 
     /// `kubectl --kubeconfig <ours> <args>` (bounded): (exit code, stdout, stderr).
@@ -296,6 +524,14 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// Whether a node's `status` has condition Ready True.
+pub fn ready(status: &Value) -> bool {
+    status["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|x| x["type"] == "Ready" && x["status"] == "True")
+    })
 }
 
 /// The last `n` lines of the file at `path`.

@@ -5,7 +5,7 @@
 //! streaming endpoints), as an API server would.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -53,11 +53,37 @@ pub struct Kubelet {
     pub manifests: PathBuf,
     /// kubelet's stderr (its log, `-v=2`).
     pub log: PathBuf,
-    /// `https://127.0.0.1:<port>`: kubelet's API.
+    /// `https://<address>:<port>`: kubelet's API (on loopback, or on its node's IP).
     pub api: String,
     /// `http://127.0.0.1:<port>/healthz`.
     pub healthz: String,
-    _turn: MutexGuard<'static, ()>,
+    /// The network namespace file kubelet runs in, when not the host's: its API and
+    /// `/healthz` are only reachable from there.
+    netns: Option<PathBuf>,
+    /// None for a cluster's node: the cluster holds a turn of its own.
+    _turn: Option<MutexGuard<'static, ()>>,
+}
+
+/// A kubelet registered with an API server, as a node of a cluster (`src/cluster.rs`).
+pub struct Registration<'a> {
+    /// Every component's kubeconfig (the admin's token).
+    pub kubeconfig: &'a Path,
+    /// The node's name (`--hostname-override`).
+    pub name: &'a str,
+    /// None: kubelet and its daemon on the host's network, kubelet on loopback.
+    pub net: Option<NodeNet<'a>>,
+}
+
+/// A node's own network: kubelet and its daemon run in network namespace `netns`.
+pub struct NodeNet<'a> {
+    /// The namespace's name (`/run/netns/<name>`).
+    pub netns: &'a str,
+    /// The node's address there: kubelet's `--node-ip` and where it listens, so the API
+    /// server reaches it by `InternalIP`.
+    pub ip: &'a str,
+    /// kubelet's `podCIDR`, which it hands the daemon (UpdateRuntimeConfig): the daemon runs
+    /// in node mode, so pod IPs come from it.
+    pub pod_cidr: &'a str,
 }
 
 /// Polls `probe` once a second until it answers `Some` (bounded by [`WAIT_SECS`]); `what`
@@ -83,14 +109,24 @@ impl Kubelet {
     /// collide), imports [`IMAGES`], then kubelet on free loopback ports; returns once
     /// kubelet's `/healthz` answers ok.
     pub async fn start() -> Self {
-        Self::start_with(None).await
+        let turn = ONE_AT_A_TIME.lock().await;
+        Self::launch(None, Some(turn)).await
     }
 
-    /// [`Kubelet::start`], registered with the API server `kubeconfig` points at when given
-    /// (as node [`CLUSTER_NODE`]), so it also runs the pods the API server binds to it.
-    pub async fn start_with(kubeconfig: Option<&std::path::Path>) -> Self {
-        let turn = ONE_AT_A_TIME.lock().await;
-        let daemon = Daemon::start_with("[containerd]\nsocket = \"\"\n", None).await;
+    /// [`Kubelet::start`], registered with the API server as `node` says, so it also runs
+    /// the pods the API server binds to it.
+    pub async fn register(node: Registration<'_>) -> Self {
+        Self::launch(Some(node), None).await
+    }
+
+    async fn launch(node: Option<Registration<'_>>, turn: Option<MutexGuard<'static, ()>>) -> Self {
+        let net = node.as_ref().and_then(|n| n.net.as_ref());
+        let mut config = "[containerd]\nsocket = \"\"\n".to_owned();
+        if net.is_some() {
+            // Pod IPs from kubelet's pod CIDR, local on a dummy interface in the namespace.
+            config.push_str("[network]\nmode = \"node\"\ninterface = \"wasmpod0\"\n");
+        }
+        let daemon = Daemon::start_with(&config, net.map(|n| n.netns)).await;
         let state = daemon.dir.path().join("state");
         for (file, tag) in IMAGES {
             let out = output_within(
@@ -109,13 +145,23 @@ impl Kubelet {
             std::fs::create_dir_all(d).unwrap();
         }
         let (port, healthz_port) = (free_port(), free_port());
+        let address = net.map_or("127.0.0.1", |n| n.ip);
+        // A node of its own: its pod CIDR, and a lease renewed every 2.5 s (a quarter of its
+        // duration) and status every 2 s, so the controller manager's short node-monitor
+        // grace period (`src/cluster.rs`) never takes a live node for a dead one.
+        let node_lines = net.map_or(String::new(), |n| {
+            format!(
+                "podCIDR: {}\nnodeLeaseDurationSeconds: 10\nnodeStatusUpdateFrequency: 2s\n",
+                n.pod_cidr
+            )
+        });
         let config = dir.path().join("kubelet.yaml");
         std::fs::write(
             &config,
             format!(
                 "apiVersion: kubelet.config.k8s.io/v1beta1\n\
                  kind: KubeletConfiguration\n\
-                 address: 127.0.0.1\n\
+                 address: {address}\n\
                  port: {port}\n\
                  readOnlyPort: 0\n\
                  healthzBindAddress: 127.0.0.1\n\
@@ -136,7 +182,7 @@ impl Kubelet {
                  localStorageCapacityIsolation: false\n\
                  resolvConf: \"\"\n\
                  imageGCHighThresholdPercent: 100\n\
-                 imageGCLowThresholdPercent: 99\n",
+                 imageGCLowThresholdPercent: 99\n{node_lines}",
                 manifests = manifests.display(),
                 socket = daemon.socket.display(),
                 pod_logs = pod_logs.display(),
@@ -144,14 +190,26 @@ impl Kubelet {
         )
         .unwrap();
         let log = dir.path().join("kubelet.log");
-        let mut cmd = Command::new(peers::kubelet());
-        match kubeconfig {
-            Some(kc) => cmd
+        let netns = net.map(|n| Path::new("/run/netns").join(n.netns));
+        let mut cmd = match &netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display()))
+                    .arg(peers::kubelet());
+                c
+            }
+            None => Command::new(peers::kubelet()),
+        };
+        match &node {
+            Some(n) => cmd
                 .arg("--kubeconfig")
-                .arg(kc)
-                .args(["--hostname-override", CLUSTER_NODE]),
+                .arg(n.kubeconfig)
+                .args(["--hostname-override", n.name]),
             None => cmd.args(["--hostname-override", NODE]),
         };
+        if let Some(n) = net {
+            cmd.arg(format!("--node-ip={}", n.ip));
+        }
         let child = cmd
             .arg("--config")
             .arg(&config)
@@ -171,8 +229,9 @@ impl Kubelet {
             dir,
             manifests,
             log,
-            api: format!("https://127.0.0.1:{port}"),
+            api: format!("https://{address}:{port}"),
             healthz: format!("http://127.0.0.1:{healthz_port}/healthz"),
+            netns,
             _turn: turn,
         };
         k.wait_healthy().await;
@@ -182,7 +241,7 @@ impl Kubelet {
     /// Waits until kubelet's `/healthz` answers `ok`.
     pub async fn wait_healthy(&self) {
         poll("kubelet's /healthz to answer ok", || async move {
-            match crate::curl(&self.healthz).await {
+            match crate::curl_in(self.netns.as_deref(), &self.healthz).await {
                 (200, body) if body == "ok" => Ok(()),
                 other => Err(format!("{other:?}\n{}", self.log_tail())),
             }
@@ -217,7 +276,7 @@ impl Kubelet {
     pub async fn get(&self, opts: &[&str], path: &str) -> (u16, String) {
         let mut all = vec!["-k"];
         all.extend_from_slice(opts);
-        curl_opts(None, &all, &format!("{}{path}", self.api)).await
+        curl_opts(self.netns.as_deref(), &all, &format!("{}{path}", self.api)).await
     }
 
     /// A JSON document of kubelet's API (`/pods`, `/stats/summary`), or what it answered.

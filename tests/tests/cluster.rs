@@ -69,7 +69,7 @@ async fn node_registers_with_wasmpod_as_its_runtime() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_through_the_api_server() {
     let c = &Cluster::start().await;
-    let k = &c.kubelet;
+    let k = c.kubelet();
     c.apply(
         "site",
         &format!(
@@ -157,7 +157,7 @@ async fn pod_through_the_api_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployment_scales_up_and_down() {
     let c = &Cluster::start().await;
-    let k = &c.kubelet;
+    let k = c.kubelet();
     c.apply(
         "trio",
         &format!(
