@@ -1,8 +1,10 @@
 //! A one-node Kubernetes cluster on the real `wasmpod serve` (issue 15, part 2): the node
 //! registers with the real API server and runs Wasm pods the scheduler binds to it, which
-//! users reach with the real `kubectl` (logs, exec, port-forward through the API server),
-//! and a Deployment's replicas come and go. The harness is `tests/src/cluster.rs`.
-//! (`kubectl cp` is not tested: it needs `tar` in the container, and the toolbox has none.)
+//! users reach with the real `kubectl` (logs, exec, cp, port-forward through the API
+//! server), and a Deployment's replicas come and go. The harness is `tests/src/cluster.rs`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
 
 use wasmpod_tests::cluster::Cluster;
 use wasmpod_tests::curl;
@@ -222,4 +224,102 @@ async fn deployment_scales_up_and_down() {
         }
     })
     .await;
+}
+
+/// Every file under `root` (recursively) with its bytes, by path relative to `root`.
+fn files_under(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let bytes = fs::read(&path).unwrap();
+                files.push((path.strip_prefix(root).unwrap().to_path_buf(), bytes));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// `kubectl cp` both ways, through the toolbox's `tar`: a local tree (a binary file bigger
+/// than tar's copy buffer, nested directories, a name past ustar's 100 bytes, which Go's
+/// archive/tar sends as a pax header) goes into the pod's emptyDir (`tar -xmf - -C /data`
+/// reading exec's stdin), is read there, and comes back out (`tar cf - /data/x`, its long
+/// name as a GNU record) byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_cp_copies_files_in_and_out() {
+    let c = &Cluster::start().await;
+    let k = c.kubelet();
+    c.apply(
+        "files",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: files}}\nspec:{}\n  containers:{}\n",
+            spec_head(2),
+            container(2, "shell", SHELL, "[sleep, inf]"),
+        ),
+    );
+    poll("files to be Running", || async {
+        let p = c.json(&["get", "pod", "files"])?;
+        if p["status"]["phase"] == "Running" {
+            Ok(())
+        } else {
+            Err(format!("{}\n{}", p["status"], k.log_tail()))
+        }
+    })
+    .await;
+
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("tree");
+    let long = format!("{}.txt", "n".repeat(120));
+    fs::create_dir_all(src.join("sub/deeper")).unwrap();
+    fs::write(src.join("a.txt"), "alpha\n").unwrap();
+    let binary: Vec<u8> = (0..200_000u32).map(|i| (i * 31 % 256) as u8).collect();
+    fs::write(src.join("sub/b.bin"), &binary).unwrap();
+    fs::write(src.join("sub/deeper").join(&long), "long name\n").unwrap();
+
+    // In: /data/x does not exist, so the tree lands there under that name.
+    let (code, out, err) =
+        c.kubectl(&["cp", src.to_str().unwrap(), "files:/data/x", "-c", "shell"]);
+    assert_eq!(code, 0, "kubectl cp in: {out}{err}\n{}", k.log_tail());
+    let long_path = format!("/data/x/sub/deeper/{long}");
+    let got = c.kubectl_ok(&[
+        "exec",
+        "files",
+        "-c",
+        "shell",
+        "--",
+        "cat",
+        "/data/x/a.txt",
+        &long_path,
+    ]);
+    assert_eq!(got, "alpha\nlong name\n");
+    let size = c.kubectl_ok(&[
+        "exec",
+        "files",
+        "-c",
+        "shell",
+        "--",
+        "wc",
+        "-c",
+        "/data/x/sub/b.bin",
+    ]);
+    assert_eq!(size.split_whitespace().next(), Some("200000"), "{size}");
+
+    // Out, into a directory that does not exist yet.
+    let back = local.path().join("back");
+    let (code, out, err) =
+        c.kubectl(&["cp", "files:/data/x", back.to_str().unwrap(), "-c", "shell"]);
+    assert_eq!(code, 0, "kubectl cp out: {out}{err}\n{}", k.log_tail());
+    let want = files_under(&src);
+    assert_eq!(want.len(), 3);
+    let got = files_under(&back);
+    assert_eq!(
+        got.iter().map(|(p, b)| (p, b.len())).collect::<Vec<_>>(),
+        want.iter().map(|(p, b)| (p, b.len())).collect::<Vec<_>>(),
+    );
+    assert!(got == want, "the files came back changed");
 }

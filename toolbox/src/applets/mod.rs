@@ -11,6 +11,7 @@ mod basic;
 mod files;
 mod grep;
 mod httpd;
+mod tar;
 mod test;
 
 pub use grep::Regex;
@@ -44,6 +45,7 @@ const APPLETS: &[(&str, Applet)] = &[
     ("sleep", basic::sleep),
     ("sync", basic::sync),
     ("tail", files::tail),
+    ("tar", tar::tar),
     ("test", test::test),
     ("top", basic::top),
     ("touch", files::touch),
@@ -55,7 +57,7 @@ const APPLETS: &[(&str, Applet)] = &[
 pub const NAMES: &[&str] = &[
     "[", "basename", "cat", "dd", "dirname", "echo", "env", "false", "grep", "head", "hostname",
     "httpd", "ls", "mkdir", "pause", "pgrep", "pidof", "printenv", "pwd", "rm", "seq", "sh",
-    "sleep", "sync", "tail", "test", "top", "touch", "true", "wc",
+    "sleep", "sync", "tail", "tar", "test", "top", "touch", "true", "wc",
 ];
 
 pub fn find(name: &str) -> Option<Applet> {
