@@ -16,7 +16,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::containerd::Netns;
+use crate::containerd::{Containerd, Flavour, Netns, Options};
 use crate::kubelet::{poll, Kubelet, NodeNet, Registration, CLUSTER_NODE, NODE, WAIT_SECS};
 use crate::{free_port, output_within, peers, text};
 
@@ -59,9 +59,26 @@ pub struct Node {
     /// The node's IP and pod CIDR (namespaced nodes; the loopback node has neither).
     pub ip: Option<String>,
     pub pod_cidr: Option<String>,
+    /// The node's runtime, when it is containerd (stopped after its kubelet, with its
+    /// shims, daemon and namespace).
+    containerd: Option<Containerd>,
     /// Deleted after the kubelet and daemon are gone (field order).
     _netns: Option<Netns>,
 }
+
+/// Where a cluster's nodes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// One node on loopback, on a daemon of its own.
+    Loopback,
+    /// This many nodes in namespaces of their own, each on a daemon of its own.
+    Namespaced(usize),
+    /// One node in containerd's namespace, on containerd with the wasmpod shim.
+    Containerd,
+}
+
+/// The name of the node of [`Cluster::start_on_containerd`].
+pub const CONTAINERD_NODE: &str = "wasmpod-containerd-node";
 
 impl Node {
     /// The node's kubelet (and its daemon); the test fails if the node was killed.
@@ -176,7 +193,7 @@ impl Cluster {
     /// once the node is Ready and the `default` service account exists (pods are refused
     /// before it does).
     pub async fn start() -> Self {
-        Self::launch(None).await
+        Self::launch(Layout::Loopback).await
     }
 
     /// [`Cluster::start`] with `count` nodes (`wasmpod-node-1` …), each a kubelet and
@@ -184,12 +201,21 @@ impl Cluster {
     /// pod CIDR `10.244.<i + 1>.0/24`; the controller manager has the short node-failure
     /// timings of `NODE_MONITOR`.
     pub async fn start_nodes(count: usize) -> Self {
-        Self::launch(Some(count)).await
+        Self::launch(Layout::Namespaced(count)).await
     }
 
-    async fn launch(namespaced: Option<usize>) -> Self {
+    /// [`Cluster::start`] with one node, [`CONTAINERD_NODE`], whose runtime is containerd
+    /// 2.x with the `wasmpod` handler (`containerd-shim-wasmpod-v1`, which starts a
+    /// `wasmpod serve` for the node) and CNI pod networks; kubelet runs in containerd's
+    /// network namespace, where containerd's streaming server listens, plugged into the
+    /// bridge as the namespaced nodes are. [`Cluster::containerd`] is that containerd.
+    pub async fn start_on_containerd() -> Self {
+        Self::launch(Layout::Containerd).await
+    }
+
+    async fn launch(layout: Layout) -> Self {
         let turn = ONE_AT_A_TIME.lock().await;
-        let mut switch = namespaced.map(|_| Switch::create());
+        let mut switch = (layout != Layout::Loopback).then(Switch::create);
         // The API server listens where the kubelets reach it: the bridge, or loopback.
         let api_host = switch
             .as_ref()
@@ -279,9 +305,9 @@ impl Cluster {
                 // IP, or for the loopback node by its name, which resolves to loopback (see
                 // `CLUSTER_NODE`); no kubelet CA is configured, so kubelet's self-signed
                 // certificate is not verified.
-                .arg(match namespaced {
-                    Some(_) => "--kubelet-preferred-address-types=InternalIP",
-                    None => "--kubelet-preferred-address-types=Hostname",
+                .arg(match layout {
+                    Layout::Loopback => "--kubelet-preferred-address-types=Hostname",
+                    _ => "--kubelet-preferred-address-types=InternalIP",
                 }),
         );
         let mut c = Cluster {
@@ -292,8 +318,8 @@ impl Cluster {
             _switch: None,
             _turn: turn,
         };
-        match (namespaced, &mut switch) {
-            (Some(count), Some(sw)) => {
+        match (layout, &mut switch) {
+            (Layout::Namespaced(count), Some(sw)) => {
                 // Every namespace is plugged in before any kubelet starts: each routes to
                 // all the others' pod CIDRs.
                 let pid = std::process::id();
@@ -306,32 +332,40 @@ impl Cluster {
                     })
                     .collect();
                 for (i, ns) in spaces.into_iter().enumerate() {
-                    let (name, ip, cidr) =
-                        (format!("{NODE}-{}", i + 1), sw.node_ip(i), pod_cidr(i));
-                    let kubelet = Kubelet::register(Registration {
-                        kubeconfig: &c.kubeconfig,
-                        name: &name,
-                        net: Some(NodeNet {
-                            netns: ns.name(),
-                            ip: &ip,
-                            pod_cidr: &cidr,
-                        }),
-                    })
-                    .await;
+                    let name = format!("{NODE}-{}", i + 1);
+                    let node = c.register(name, sw, i, ns.name(), None).await;
                     c.nodes.push(Node {
-                        name,
-                        kubelet: Some(kubelet),
-                        ip: Some(ip),
-                        pod_cidr: Some(cidr),
                         _netns: Some(ns),
+                        ..node
                     });
                 }
+            }
+            (Layout::Containerd, Some(sw)) => {
+                let containerd = Options::wasmpod_cni().flavour(Flavour::V2).start().await;
+                let ns = containerd
+                    .netns()
+                    .expect("containerd with CNI has a namespace");
+                sw.plug(ns, 0, 1);
+                let node = c
+                    .register(
+                        CONTAINERD_NODE.to_owned(),
+                        sw,
+                        0,
+                        ns.name(),
+                        Some(&containerd.socket),
+                    )
+                    .await;
+                c.nodes.push(Node {
+                    containerd: Some(containerd),
+                    ..node
+                });
             }
             _ => {
                 let kubelet = Kubelet::register(Registration {
                     kubeconfig: &c.kubeconfig,
                     name: CLUSTER_NODE,
                     net: None,
+                    endpoint: None,
                 })
                 .await;
                 c.nodes.push(Node {
@@ -339,6 +373,7 @@ impl Cluster {
                     kubelet: Some(kubelet),
                     ip: None,
                     pod_cidr: None,
+                    containerd: None,
                     _netns: None,
                 });
             }
@@ -379,7 +414,7 @@ impl Cluster {
                 .arg(d.join("sa.key"))
                 .arg("--root-ca-file")
                 .arg(api_certs.join("apiserver.crt"))
-                .args(if namespaced.is_some() {
+                .args(if let Layout::Namespaced(_) = layout {
                     &NODE_MONITOR[..]
                 } else {
                     &[]
@@ -407,6 +442,46 @@ impl Cluster {
         })
         .await;
         c
+    }
+
+    /// Starts the kubelet of node `name`, number `i` on switch `sw`, in namespace `netns`
+    /// (plugged in already), on its own daemon or on the CRI socket `endpoint`.
+    async fn register(
+        &self,
+        name: String,
+        sw: &Switch,
+        i: usize,
+        netns: &str,
+        endpoint: Option<&Path>,
+    ) -> Node {
+        let (ip, cidr) = (sw.node_ip(i), pod_cidr(i));
+        let kubelet = Kubelet::register(Registration {
+            kubeconfig: &self.kubeconfig,
+            name: &name,
+            net: Some(NodeNet {
+                netns,
+                ip: &ip,
+                pod_cidr: &cidr,
+            }),
+            endpoint,
+        })
+        .await;
+        Node {
+            name,
+            kubelet: Some(kubelet),
+            ip: Some(ip),
+            pod_cidr: Some(cidr),
+            containerd: None,
+            _netns: None,
+        }
+    }
+
+    /// The containerd of a cluster made by [`Cluster::start_on_containerd`].
+    pub fn containerd(&self) -> &Containerd {
+        self.nodes[0]
+            .containerd
+            .as_ref()
+            .expect("a cluster on containerd")
     }
 
     /// The first node's kubelet: the one-node cluster's only one.

@@ -43,11 +43,15 @@ pub const WAIT_SECS: u64 = 240;
 /// (A tokio lock: it is held across awaits, and each test has a runtime of its own.)
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
-/// A `wasmpod serve` daemon with a standalone kubelet on it; both killed when dropped.
+/// A `wasmpod serve` daemon with a standalone kubelet on it (or a kubelet on another
+/// runtime's CRI socket); both killed when dropped.
 pub struct Kubelet {
     /// Dropped first (fields drop in order): kubelet must not outlive its runtime's socket.
     child: Option<Child>,
-    pub daemon: Daemon,
+    /// None when kubelet runs on another runtime ([`Registration::endpoint`]).
+    daemon: Option<Daemon>,
+    /// The CRI socket kubelet runs on.
+    endpoint: PathBuf,
     pub dir: TempDir,
     /// Where static pod manifests go.
     pub manifests: PathBuf,
@@ -72,6 +76,9 @@ pub struct Registration<'a> {
     pub name: &'a str,
     /// None: kubelet and its daemon on the host's network, kubelet on loopback.
     pub net: Option<NodeNet<'a>>,
+    /// The CRI socket of a runtime the caller runs (containerd with the wasmpod shim);
+    /// None starts a `wasmpod serve` of the kubelet's own.
+    pub endpoint: Option<&'a Path>,
 }
 
 /// A node's own network: kubelet and its daemon run in network namespace `netns`.
@@ -121,23 +128,14 @@ impl Kubelet {
 
     async fn launch(node: Option<Registration<'_>>, turn: Option<MutexGuard<'static, ()>>) -> Self {
         let net = node.as_ref().and_then(|n| n.net.as_ref());
-        let mut config = "[containerd]\nsocket = \"\"\n".to_owned();
-        if net.is_some() {
-            // Pod IPs from kubelet's pod CIDR, local on a dummy interface in the namespace.
-            config.push_str("[network]\nmode = \"node\"\ninterface = \"wasmpod0\"\n");
-        }
-        let daemon = Daemon::start_with(&config, net.map(|n| n.netns)).await;
-        let state = daemon.dir.path().join("state");
-        for (file, tag) in IMAGES {
-            let out = output_within(
-                wasmpod(&state)
-                    .args(["image", "import"])
-                    .arg(wasm(file))
-                    .args(["--tag", tag]),
-                120,
-            );
-            assert!(out.status.success(), "importing {file}: {out:?}");
-        }
+        let (daemon, endpoint) = match node.as_ref().and_then(|n| n.endpoint) {
+            Some(endpoint) => (None, endpoint.to_owned()),
+            None => {
+                let daemon = Self::own_daemon(net).await;
+                let socket = daemon.socket.clone();
+                (Some(daemon), socket)
+            }
+        };
         let dir = tempfile::tempdir().expect("creating the kubelet's directory");
         let manifests = dir.path().join("manifests");
         let pod_logs = dir.path().join("pod-logs");
@@ -184,7 +182,7 @@ impl Kubelet {
                  imageGCHighThresholdPercent: 100\n\
                  imageGCLowThresholdPercent: 99\n{node_lines}",
                 manifests = manifests.display(),
-                socket = daemon.socket.display(),
+                socket = endpoint.display(),
                 pod_logs = pod_logs.display(),
             ),
         )
@@ -226,6 +224,7 @@ impl Kubelet {
         let k = Kubelet {
             child: Some(child),
             daemon,
+            endpoint,
             dir,
             manifests,
             log,
@@ -236,6 +235,36 @@ impl Kubelet {
         };
         k.wait_healthy().await;
         k
+    }
+
+    /// A daemon for this kubelet alone (its containerd socket off, so daemons of other tests
+    /// do not collide; in node mode on a namespaced node), with [`IMAGES`] imported.
+    async fn own_daemon(net: Option<&NodeNet<'_>>) -> Daemon {
+        let mut config = "[containerd]\nsocket = \"\"\n".to_owned();
+        if net.is_some() {
+            // Pod IPs from kubelet's pod CIDR, local on a dummy interface in the namespace.
+            config.push_str("[network]\nmode = \"node\"\ninterface = \"wasmpod0\"\n");
+        }
+        let daemon = Daemon::start_with(&config, net.map(|n| n.netns)).await;
+        let state = daemon.dir.path().join("state");
+        for (file, tag) in IMAGES {
+            let out = output_within(
+                wasmpod(&state)
+                    .args(["image", "import"])
+                    .arg(wasm(file))
+                    .args(["--tag", tag]),
+                120,
+            );
+            assert!(out.status.success(), "importing {file}: {out:?}");
+        }
+        daemon
+    }
+
+    /// The kubelet's own `wasmpod serve`; the test fails if kubelet runs on another runtime.
+    pub fn daemon(&mut self) -> &mut Daemon {
+        self.daemon
+            .as_mut()
+            .expect("this kubelet runs on another runtime's CRI socket")
     }
 
     /// Waits until kubelet's `/healthz` answers `ok`.
@@ -318,9 +347,13 @@ impl Kubelet {
         .await
     }
 
-    /// The daemon's CRI runtime client.
+    /// A CRI runtime client on kubelet's runtime.
     pub async fn cri(&self) -> Rt {
-        self.daemon.runtime().await
+        crate::cri::runtime_client(
+            crate::cri::unix_channel(&self.endpoint)
+                .await
+                .expect("connecting to kubelet's CRI socket"),
+        )
     }
 
     /// The containers of `pod` named `name` in the daemon, any state, newest attempt first.

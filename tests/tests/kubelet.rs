@@ -341,9 +341,9 @@ async fn removed_manifest_and_runtime_restart() {
     assert!(p.is_err(), "gone is still in /pods: {p:?}");
     let before = k.wait_running(keep, "web").await;
 
-    let status = kubelet.daemon.terminate();
+    let status = kubelet.daemon().terminate();
     assert!(status.success(), "wasmpod serve on SIGTERM: {status}");
-    kubelet.daemon.restart().await;
+    kubelet.daemon().restart().await;
     let k = &kubelet;
     k.wait_healthy().await;
     let after = k.wait_running(keep, "web").await;
