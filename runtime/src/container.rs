@@ -3,7 +3,6 @@
 //! store (inside the engine's task), so stopping or restarting never touches another guest.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -12,13 +11,13 @@ use std::collections::HashMap;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Engine, GuestSpec, GuestUsage, Program, Task};
+use crate::engine::{Account, Engine, GuestSpec, Program, Task};
 use crate::error::{Error, Result};
 use crate::exit::{Exit, ExitReason};
 use crate::log::{ContainerLog, LogLimit, LogLine, LogTarget, OutputChunk, Stream};
 use crate::mounts::GuestFs;
 use crate::pod::Pod;
-use crate::spec::{ContainerConfig, Protocol};
+use crate::spec::{ContainerConfig, Protocol, Resources};
 use crate::state::{ContainerRecord, Sync};
 use crate::stdio::{Output, Stdio};
 
@@ -76,7 +75,10 @@ pub struct Container {
     pub(crate) dir: PathBuf,
     /// What a start needs; `None` for containers restored from the state database.
     prepared: Option<Prepared>,
-    usage: Arc<GuestUsage>,
+    /// Its live limits (which may differ from `config`'s since an update) and usage.
+    account: Arc<Account>,
+    /// Serializes limit updates, so that the record persisted is the last one applied.
+    updating: Mutex<()>,
     state: watch::Sender<ContainerState>,
     run: Mutex<Option<RunHandle>>,
     /// Every write of the guest, for attachers.
@@ -214,6 +216,8 @@ pub(crate) struct NewContainer {
     pub persist: bool,
     pub dir: PathBuf,
     pub prepared: Prepared,
+    /// Its account, made with the config's limits.
+    pub account: Arc<Account>,
 }
 
 impl Container {
@@ -230,7 +234,8 @@ impl Container {
             persist: n.persist,
             dir: n.dir,
             prepared: Some(n.prepared),
-            usage: Arc::default(),
+            account: n.account,
+            updating: Mutex::default(),
             state: watch::Sender::new(ContainerState::Created),
             run: Mutex::new(None),
             attach: broadcast::Sender::new(ATTACH_BACKLOG),
@@ -242,7 +247,12 @@ impl Container {
 
     /// A container from the state database. Its instance did not survive the restart: if it
     /// was running it is now exited, and one that never started cannot start any more.
-    pub(crate) fn restore(r: ContainerRecord, dir: PathBuf, observer: Arc<Observer>) -> Self {
+    pub(crate) fn restore(
+        r: ContainerRecord,
+        dir: PathBuf,
+        account: Arc<Account>,
+        observer: Arc<Observer>,
+    ) -> Self {
         let state = match r.state {
             ContainerState::Running { started_at } => ContainerState::Exited {
                 started_at: Some(started_at),
@@ -267,7 +277,8 @@ impl Container {
             persist: true,
             dir,
             prepared: None,
-            usage: Arc::default(),
+            account,
+            updating: Mutex::default(),
             state: watch::Sender::new(state),
             run: Mutex::new(None),
             attach: broadcast::Sender::new(ATTACH_BACKLOG),
@@ -280,12 +291,17 @@ impl Container {
         }
     }
 
-    /// The record the state database keeps.
+    /// The record the state database keeps, with the limits in force.
     pub(crate) fn record(&self) -> ContainerRecord {
+        let limits = self.resources();
         ContainerRecord {
             id: self.id.clone(),
             pod_id: self.pod_id.clone(),
-            config: self.config.clone(),
+            config: ContainerConfig {
+                memory_limit: limits.memory_limit,
+                cpu: limits.cpu,
+                ..self.config.clone()
+            },
             image_ref: self.image_ref.clone(),
             created_at: self.created_at,
             log_path: self.log_path.clone(),
@@ -309,9 +325,48 @@ impl Container {
 
     pub fn usage(&self) -> ContainerUsage {
         ContainerUsage {
-            memory_bytes: self.usage.memory_bytes.load(Ordering::Relaxed),
-            cpu: Duration::from_nanos(self.usage.cpu_nanos.load(Ordering::Relaxed)),
+            memory_bytes: self.account.memory_bytes(),
+            cpu: self.account.cpu_time(),
         }
+    }
+
+    /// The limits in force (the config's, or the last update's).
+    pub fn resources(&self) -> Resources {
+        Resources {
+            memory_limit: self.account.memory_limit(),
+            cpu: self.account.cpu_limits(),
+        }
+    }
+
+    /// Applies new limits to the running guests at once and persists them. `change` gets the
+    /// limits in force; on any error nothing changes.
+    pub(crate) fn update_resources(
+        &self,
+        change: impl FnOnce(Resources) -> Result<Resources>,
+    ) -> Result<Resources> {
+        let _one_at_a_time = self.updating.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.resources();
+        let new = change(old)?;
+        new.cpu.check()?;
+        if let (Some(limit), Some(program)) = (new.memory_limit, self.program()) {
+            check_memory_floor(limit, program)?;
+        }
+        self.account.set_memory_limit(new.memory_limit)?;
+        self.account.set_cpu_limits(new.cpu);
+        if self.persist {
+            let persisted = self
+                .observer
+                .state
+                .put_container(&self.record(), Sync::Soon);
+            if let Err(e) = persisted {
+                self.account.set_cpu_limits(old.cpu);
+                // Refused only if the guests grew past the old limit under a higher new one
+                // meanwhile: then the new one stays, as killing them is not ours to do.
+                let _ = self.account.set_memory_limit(old.memory_limit);
+                return Err(e);
+            }
+        }
+        Ok(new)
     }
 
     /// The port a wasi:http handler is served on: the [`HTTP_PORT_ANNOTATION`] when set (an
@@ -417,8 +472,7 @@ impl Container {
             cwd: self.config.working_dir.clone(),
             preopens: prepared.fs.preopens.clone(),
             stdio,
-            memory_limit: self.config.memory_limit,
-            usage: self.usage.clone(),
+            account: self.account.clone(),
             network: pod.network.clone(),
             http_port: self.http_port()?,
             files: pod.files.clone(),
@@ -580,4 +634,16 @@ impl Container {
             ))),
         }
     }
+}
+
+/// Refuses a memory limit below what `program` declares it needs to start.
+pub(crate) fn check_memory_floor(limit: u64, program: &Program) -> Result<()> {
+    let floor = program.min_memory();
+    if limit < floor {
+        return Err(Error::invalid(format!(
+            "memory limit {limit} bytes is below the {floor} bytes of linear memory the \
+             program declares it starts with"
+        )));
+    }
+    Ok(())
 }

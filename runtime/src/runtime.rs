@@ -22,7 +22,7 @@ use crate::log::{LogLimits, LogLine, LogTarget, LIVE_CAPACITY};
 use crate::mounts::GuestFs;
 use crate::network::{Network, NetworkConfig};
 use crate::pod::{Pod, PodState};
-use crate::spec::{ContainerConfig, PodConfig, PodOwner};
+use crate::spec::{ContainerConfig, CriResources, PodConfig, PodOwner, Resources};
 use crate::state::{PodRecord, StateStore, Sync};
 use crate::stdio::Output;
 use crate::volume::PodVolumes;
@@ -125,7 +125,8 @@ impl Runtime {
             };
             let dir = pod.dir.join("containers").join(&r.id);
             let was_running = matches!(r.state, ContainerState::Running { .. });
-            let c = Arc::new(Container::restore(r, dir, self.observer.clone()));
+            let account = self.engine.account(r.config.memory_limit, r.config.cpu);
+            let c = Arc::new(Container::restore(r, dir, account, self.observer.clone()));
             if was_running {
                 self.observer.state.put_container(&c.record(), Sync::Now)?;
             }
@@ -384,6 +385,7 @@ impl Runtime {
         }
         self.check_unique_name(&pod, &config)?;
         let ctx = format!("container {}", config.name);
+        config.cpu.check().map_err(|e| e.context(&ctx))?;
         let image = match &bundle {
             None => self.images.resolve(&config.image).await,
             Some(b) => bundle_image(b, &config).await,
@@ -394,6 +396,9 @@ impl Runtime {
             .load(image.wasm.clone())
             .await
             .map_err(|e| e.context(format!("{ctx}: image {}", image.reference)))?;
+        if let Some(limit) = config.memory_limit {
+            crate::container::check_memory_floor(limit, &program).map_err(|e| e.context(&ctx))?;
+        }
 
         let env = merge_env(
             std::iter::once(("HOSTNAME".to_owned(), pod.config.hostname.clone()))
@@ -453,8 +458,10 @@ impl Runtime {
             }
             Some(b) => (None, Some((b.stdout, b.stderr))),
         };
+        let account = self.engine.account(config.memory_limit, config.cpu);
         let container = Arc::new(Container::new(
             NewContainer {
+                account,
                 id: id.clone(),
                 pod_id: pod_id.to_owned(),
                 image_ref: image.reference,
@@ -491,6 +498,16 @@ impl Runtime {
         }
         self.observer.changed(&container, EventKind::Created);
         Ok(id)
+    }
+
+    /// Changes a container's CPU and memory limits (CRI UpdateContainerResources): the figures
+    /// `update` sets, at once for its running guests, and in its record. A memory limit below
+    /// what it uses now is refused (FailedPrecondition), out-of-bounds figures too
+    /// (InvalidArgument); then nothing changes. Returns the limits now in force.
+    pub fn update_container_resources(&self, id: &str, update: CriResources) -> Result<Resources> {
+        let c = self.container(id)?;
+        c.update_resources(|current| current.updated(update))
+            .map_err(|e| e.context(format!("updating the resources of container {id}")))
     }
 
     /// What the pod's containers use together.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::engine::CpuLimits;
 use crate::error::{Error, Result};
 
 /// What a pod sandbox is made of.
@@ -171,6 +172,9 @@ pub struct ContainerConfig {
     pub mounts: Vec<MountSpec>,
     /// Linear-memory limit across the container's instances, in bytes.
     pub memory_limit: Option<u64>,
+    /// CPU limit and shares, enforced by the engine.
+    #[serde(default)]
+    pub cpu: CpuLimits,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     /// Log file, relative to the pod's log directory.
@@ -247,5 +251,141 @@ pub struct MountSpec {
     pub read_only: bool,
 }
 
+/// The limits of a container that can change while it runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub memory_limit: Option<u64>,
+    pub cpu: CpuLimits,
+}
+
+/// CPU and memory figures as the CRI and the OCI runtime spec carry them
+/// (`LinuxContainerResources`): signed, with 0 meaning "not set" and -1 "no limit".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CriResources {
+    pub cpu_period: i64,
+    pub cpu_quota: i64,
+    pub cpu_shares: i64,
+    pub memory_limit: i64,
+}
+
+impl Resources {
+    /// A new container's limits: what is not set takes its default (no limit, a 100 ms period,
+    /// 1024 shares). Out-of-bounds figures are refused, as runc refuses them.
+    pub fn from_cri(r: CriResources) -> Result<Self> {
+        if r.cpu_quota > 0 && r.cpu_period == 0 {
+            return Err(Error::invalid(format!(
+                "cpu quota {} µs with a cpu period of 0: the period must be 1000..=1000000 µs",
+                r.cpu_quota
+            )));
+        }
+        Self::default().updated(r)
+    }
+
+    /// These limits changed by an update (CRI UpdateContainerResources), which, as containerd
+    /// reads it, changes only the figures it sets.
+    pub fn updated(self, r: CriResources) -> Result<Self> {
+        let mut new = self;
+        new.memory_limit = match r.memory_limit {
+            0 => self.memory_limit,
+            -1 => None,
+            m if m < 0 => return Err(Error::invalid(format!("memory limit {m} is negative"))),
+            m => Some(m as u64),
+        };
+        new.cpu.quota_us = match r.cpu_quota {
+            0 => self.cpu.quota_us,
+            -1 => None,
+            q if q < 0 => {
+                return Err(Error::invalid(format!(
+                    "cpu quota {q} µs is negative (-1 or 0 mean no limit)"
+                )))
+            }
+            q => Some(q as u64),
+        };
+        new.cpu.period_us = match r.cpu_period {
+            0 => self.cpu.period_us,
+            p if p < 0 => return Err(Error::invalid(format!("cpu period {p} µs is negative"))),
+            p => p as u64,
+        };
+        new.cpu.shares = match r.cpu_shares {
+            0 => self.cpu.shares,
+            s if s < 0 => return Err(Error::invalid(format!("cpu shares {s} are negative"))),
+            // The kernel raises 1 to its minimum, 2 (kubelet never asks less than 2).
+            1 => 2,
+            s => s as u64,
+        };
+        new.cpu.check()?;
+        Ok(new)
+    }
+
+    /// As the CRI carries them (0 for "no limit").
+    pub fn to_cri(self) -> CriResources {
+        CriResources {
+            cpu_period: self.cpu.period_us as i64,
+            cpu_quota: self.cpu.quota_us.map_or(0, |q| q as i64),
+            cpu_shares: self.cpu.shares as i64,
+            memory_limit: self
+                .memory_limit
+                .map_or(0, |m| m.min(i64::MAX as u64) as i64),
+        }
+    }
+}
+
 /// How long a stopping container may take before it is killed.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cri(cpu_period: i64, cpu_quota: i64, cpu_shares: i64, memory_limit: i64) -> CriResources {
+        CriResources {
+            cpu_period,
+            cpu_quota,
+            cpu_shares,
+            memory_limit,
+        }
+    }
+
+    #[test]
+    fn cri_figures_at_creation() {
+        let r = Resources::from_cri(cri(100_000, 20_000, 512, 64 << 20)).unwrap();
+        assert_eq!(r.cpu.cores(), Some(0.2));
+        assert_eq!((r.cpu.shares, r.memory_limit), (512, Some(64 << 20)));
+        assert_eq!(
+            Resources::from_cri(CriResources::default()).unwrap(),
+            Resources::default()
+        );
+        assert_eq!(Resources::from_cri(r.to_cri()).unwrap(), r);
+        for bad in [
+            cri(0, 20_000, 0, 0),
+            cri(100_000, -2, 0, 0),
+            cri(100_000, 999, 0, 0),
+            cri(-1, 0, 0, 0),
+            cri(999, 0, 0, 0),
+            cri(1_000_001, 0, 0, 0),
+            cri(0, 0, 262_145, 0),
+            cri(0, 0, -5, 0),
+            cri(0, 0, 0, -2),
+        ] {
+            let e = Resources::from_cri(bad).unwrap_err();
+            assert_eq!(e.kind, crate::error::ErrorKind::InvalidArgument, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_update_changes_what_it_sets() {
+        let r = Resources::from_cri(cri(100_000, 20_000, 512, 64 << 20)).unwrap();
+        // crictl update --cpu-quota 50000: the period stays.
+        let up = r.updated(cri(0, 50_000, 0, 0)).unwrap();
+        assert_eq!(
+            (up.cpu.cores(), up.cpu.shares, up.memory_limit),
+            (Some(0.5), 512, Some(64 << 20))
+        );
+        let unlimited = r.updated(cri(0, -1, 0, -1)).unwrap();
+        assert_eq!(
+            (unlimited.cpu.quota_us, unlimited.memory_limit),
+            (None, None)
+        );
+        assert!(r.updated(cri(0, 0, 300_000, 0)).is_err());
+    }
+}

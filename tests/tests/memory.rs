@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use wasmpod_runtime::error::ErrorKind;
 use wasmpod_runtime::exit::{ExitReason, KILLED_CODE};
 use wasmpod_runtime::runtime::Runtime;
 use wasmpod_tests::*;
@@ -73,22 +74,18 @@ async fn a_limit_within_reach_lets_the_guest_finish() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_guest_whose_initial_memory_exceeds_the_limit_is_oom_killed() {
-    // The Rust guests start with more than 64 KiB of memory.
+async fn a_limit_below_the_initial_memory_is_refused_at_creation() {
+    // The Rust guests declare more than 64 KiB of initial memory: such a limit could never
+    // run them, so it is a bad argument (as the CRI asks), not an OOM kill at start.
     for kind in ["p1", "p2"] {
         let (_tmp, rt) = temp_runtime();
-        let hello = wasm(&format!("hello.{kind}"));
-        let ran = run_limited(&rt, "small", &hello, Some(64 << 10)).await;
-        assert_eq!(
-            (ran.exit.code, ran.exit.reason),
-            (KILLED_CODE, ExitReason::OomKilled),
-            "{kind}: {:?}",
-            ran.exit
-        );
+        let mut c = container("small", &wasm(&format!("hello.{kind}")), &[]);
+        c.memory_limit = Some(64 << 10);
+        let e = run_container(&rt, pod("small"), c).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidArgument, "{kind}: {e}");
         assert!(
-            !ran.stdout().contains("Hello"),
-            "{kind}: it never ran: {}",
-            ran.stdout()
+            e.message.contains("initial") || e.message.contains("starts with"),
+            "{kind}: {e}"
         );
     }
 }

@@ -291,7 +291,7 @@ impl Server {
                     net: self.spec.network.clone(),
                     tls: self.tls.clone(),
                 },
-                limiter: MemoryLimiter::new(self.spec.memory_limit, self.spec.usage.clone()),
+                limiter: MemoryLimiter::new(self.spec.account.clone()),
                 sockets: PodSockets::new(self.spec.network.clone()),
             },
         );
@@ -312,11 +312,7 @@ impl Server {
                     .call_handle(&mut store, req, out)
                     .await
             };
-            Metered {
-                inner: run,
-                usage: &this.spec.usage,
-            }
-            .await
+            Metered::new(run, &this.spec.account).await
         }));
         match rx.await {
             Ok(Ok(resp)) => Ok(resp),

@@ -4,8 +4,11 @@
 //! Every guest runs in its own `Store` on tokio. Compiled code carries epoch checks; the ticker
 //! advances the epoch every [`EPOCH_TICK`] and each store yields to the executor at every tick,
 //! so a spinning guest shares the cores fairly and a kill (dropping the task) lands within a tick.
+//! Each container's [`Account`] carries its live limits: the memory limiter and the CPU meter
+//! ([`cpu`]) read them at every step, so an update applies at once.
 
 mod cache;
+mod cpu;
 mod files;
 mod http;
 mod rofs;
@@ -17,11 +20,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
@@ -35,6 +36,8 @@ use crate::error::{Error, Result};
 use crate::exit::{Exit, ExitReason, TRAP_CODE};
 use crate::network::PodNetwork;
 use cache::AotCache;
+pub use cpu::CpuLimits;
+use cpu::{CpuAccount, Metered, Scheduler};
 use files::OpenFiles;
 pub use files::{raise_descriptor_limit, FileBudget, FileLimits};
 use http::{HttpEngine, HttpHost};
@@ -46,6 +49,9 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// How often the epoch advances: the longest a guest runs before it yields.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// A Wasm page (memories declare their sizes in pages).
+const WASM_PAGE: u64 = 64 << 10;
 
 /// Which WASI a program speaks, told from its binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +132,8 @@ pub struct Program {
 struct ProgramInner {
     digest: String,
     compiled: Compiled,
+    /// Bytes of linear memory its largest memory starts with.
+    min_memory: u64,
 }
 
 enum Compiled {
@@ -136,12 +144,25 @@ enum Compiled {
 
 impl Program {
     fn new(digest: &str, compiled: Compiled) -> Self {
+        let required = match &compiled {
+            Compiled::Module(pre) => Some(pre.module().resources_required()),
+            Compiled::Component(pre) => pre.instance_pre().component().resources_required(),
+            Compiled::Http(pre) => pre.instance_pre().component().resources_required(),
+        };
+        let pages = required.and_then(|r| r.max_initial_memory_size);
         Self {
             inner: Arc::new(ProgramInner {
                 digest: digest.to_owned(),
                 compiled,
+                min_memory: pages.unwrap_or(0).saturating_mul(WASM_PAGE),
             }),
         }
+    }
+
+    /// Linear memory the program needs to start (its largest memory's initial size): a
+    /// memory limit below it could never run it.
+    pub fn min_memory(&self) -> u64 {
+        self.inner.min_memory
     }
 
     /// `sha256:<hex>` of the Wasm binary.
@@ -176,8 +197,8 @@ pub struct GuestSpec {
     pub cwd: Option<String>,
     pub preopens: Vec<Preopen>,
     pub stdio: crate::stdio::Stdio,
-    pub memory_limit: Option<u64>,
-    pub usage: Arc<GuestUsage>,
+    /// The container's limits and usage, shared by all its guests.
+    pub account: Arc<Account>,
     /// The pod's network; without it the guest has no sockets.
     pub network: Option<Arc<PodNetwork>>,
     /// Where a wasi:http handler is served (a port of the pod).
@@ -188,13 +209,62 @@ pub struct GuestSpec {
     pub drain: tokio_util::sync::CancellationToken,
 }
 
-/// Live resource figures of a running guest, for stats.
-#[derive(Debug, Default)]
-pub struct GuestUsage {
-    /// Bytes of linear memory the guest's instances hold.
-    pub memory_bytes: AtomicU64,
-    /// Time spent running the guest (polling its task), in nanoseconds.
-    pub cpu_nanos: AtomicU64,
+/// A container's live limits and what it uses, shared by all its guests (its run, its execs,
+/// each wasi:http request), so that they count together as a cgroup's processes do.
+pub struct Account {
+    /// Bytes of linear memory the guests' instances hold.
+    memory_bytes: AtomicU64,
+    /// Taken to grow memory and to change the limit, so neither sees the other half done.
+    memory_limit: Mutex<Option<u64>>,
+    cpu: CpuAccount,
+}
+
+impl Account {
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes.load(Ordering::Relaxed)
+    }
+
+    /// CPU time the guests have used (the worker threads' CPU clock while polling them).
+    pub fn cpu_time(&self) -> Duration {
+        self.cpu.used()
+    }
+
+    pub fn memory_limit(&self) -> Option<u64> {
+        *self.memory_limit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn cpu_limits(&self) -> CpuLimits {
+        self.cpu.limits()
+    }
+
+    /// Sets the memory limit; one below what the guests hold now is refused, as runc refuses
+    /// it, rather than killing them.
+    pub fn set_memory_limit(&self, limit: Option<u64>) -> Result<()> {
+        let mut current = self.memory_limit.lock().unwrap_or_else(|e| e.into_inner());
+        let used = self.memory_bytes();
+        if let Some(limit) = limit.filter(|l| *l < used) {
+            return Err(Error::precondition(format!(
+                "memory limit {limit} bytes is below the {used} bytes the container uses now"
+            )));
+        }
+        *current = limit;
+        Ok(())
+    }
+
+    /// Sets the CPU limits, from the guests' next poll on.
+    pub fn set_cpu_limits(&self, limits: CpuLimits) {
+        self.cpu.set_limits(limits);
+    }
+
+    /// Takes `grow` more bytes if the limit allows.
+    fn grow_memory(&self, grow: u64) -> bool {
+        let limit = self.memory_limit.lock().unwrap_or_else(|e| e.into_inner());
+        if limit.is_some_and(|limit| self.memory_bytes() + grow > limit) {
+            return false;
+        }
+        self.memory_bytes.fetch_add(grow, Ordering::Relaxed);
+        true
+    }
 }
 
 /// The process-wide engine.
@@ -205,6 +275,7 @@ pub struct Engine {
     http: HttpEngine,
     programs: Mutex<HashMap<String, Arc<OnceCell<Program>>>>,
     aot: Option<AotCache>,
+    scheduler: Arc<Scheduler>,
 }
 
 impl Engine {
@@ -238,7 +309,18 @@ impl Engine {
             http,
             programs: Mutex::new(HashMap::new()),
             aot,
+            scheduler: Arc::default(),
         }))
+    }
+
+    /// A new container's account with these limits (not checked here: see
+    /// [`CpuLimits::check`]).
+    pub fn account(&self, memory_limit: Option<u64>, cpu: CpuLimits) -> Arc<Account> {
+        Arc::new(Account {
+            memory_bytes: AtomicU64::new(0),
+            memory_limit: Mutex::new(memory_limit),
+            cpu: CpuAccount::new(cpu, self.scheduler.clone()),
+        })
     }
 
     /// Compiles `wasm` (or fetches it from the memory or disk cache) off the async threads.
@@ -403,11 +485,8 @@ impl Engine {
     ) -> Exit {
         let stderr = spec.stdio.stderr.clone();
         let stdout = spec.stdio.stdout.clone();
-        let usage = spec.usage.clone();
-        let guest = Metered {
-            inner: self.run_guest(program, spec, stdin),
-            usage: &usage,
-        };
+        let account = spec.account.clone();
+        let guest = Metered::new(self.run_guest(program, spec, stdin), &account);
         let exit = tokio::select! {
             exit = guest => exit,
             exit = kill => exit,
@@ -429,7 +508,7 @@ impl Engine {
         if let Compiled::Http(pre) = &program.inner.compiled {
             return http::serve(self.http.engine.clone(), pre.clone(), spec).await;
         }
-        let limiter = MemoryLimiter::new(spec.memory_limit, spec.usage.clone());
+        let limiter = MemoryLimiter::new(spec.account.clone());
         let ctx = match wasi_builder(&spec, stdin) {
             Ok(b) => b,
             Err(e) => {
@@ -495,12 +574,16 @@ impl Engine {
     }
 }
 
-/// A store that yields at every epoch tick and counts its memory against the container.
+/// A store that yields at every epoch tick (telling the CPU meter its guest is CPU-bound)
+/// and counts its memory against the container.
 fn new_store<T: HasLimiter>(engine: &wasmtime::Engine, host: T) -> Store<T> {
     let mut store = Store::new(engine, host);
     store.limiter(|h| h.limiter());
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+    store.epoch_deadline_callback(|_| {
+        cpu::note_epoch_yield();
+        Ok(UpdateDeadline::Yield(1))
+    });
     store
 }
 
@@ -657,21 +740,20 @@ impl HasLimiter for P2Host {
     }
 }
 
-/// Caps the total linear memory of a store and remembers whether the cap was hit, so that
-/// the trap that usually follows is reported as `OOMKilled`.
+/// Caps the total linear memory of a container's stores at its account's limit and remembers
+/// whether the cap was hit, so that the trap that usually follows is reported as `OOMKilled`.
 struct MemoryLimiter {
-    limit: Option<usize>,
     hit: bool,
-    usage: Arc<GuestUsage>,
+    account: Arc<Account>,
     /// Bytes this store holds; a container may have several stores (one per HTTP request).
-    held: usize,
+    held: u64,
 }
 
 impl Drop for MemoryLimiter {
     fn drop(&mut self) {
-        let held = self.held as u64;
+        let held = self.held;
         let _ = self
-            .usage
+            .account
             .memory_bytes
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
                 Some(b.saturating_sub(held))
@@ -680,11 +762,10 @@ impl Drop for MemoryLimiter {
 }
 
 impl MemoryLimiter {
-    fn new(limit: Option<u64>, usage: Arc<GuestUsage>) -> Self {
+    fn new(account: Arc<Account>) -> Self {
         Self {
-            limit: limit.map(|l| l as usize),
             hit: false,
-            usage,
+            account,
             held: 0,
         }
     }
@@ -697,15 +778,11 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let grow = desired.saturating_sub(current);
-        let total = self.usage.memory_bytes.load(Ordering::Relaxed) as usize;
-        if self.limit.is_some_and(|limit| total + grow > limit) {
+        let grow = desired.saturating_sub(current) as u64;
+        if !self.account.grow_memory(grow) {
             self.hit = true;
             return Ok(false);
         }
-        self.usage
-            .memory_bytes
-            .fetch_add(grow as u64, Ordering::Relaxed);
         self.held += grow;
         Ok(true)
     }
@@ -717,26 +794,6 @@ impl ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
-    }
-}
-
-/// Wraps the guest's future to add the time spent polling it to the container's CPU time.
-struct Metered<'a, F> {
-    inner: F,
-    usage: &'a GuestUsage,
-}
-
-impl<F: Future> Future for Metered<'_, F> {
-    type Output = F::Output;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // SAFETY: `inner` is never moved out of the pinned wrapper.
-        let this = unsafe { self.get_unchecked_mut() };
-        let started = Instant::now();
-        let inner = unsafe { Pin::new_unchecked(&mut this.inner) };
-        let out = inner.poll(cx);
-        let spent = started.elapsed().as_nanos() as u64;
-        this.usage.cpu_nanos.fetch_add(spent, Ordering::Relaxed);
-        out
     }
 }
 

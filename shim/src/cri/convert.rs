@@ -10,8 +10,8 @@ use wasmpod_runtime::container::{Container, ContainerState};
 use wasmpod_runtime::error::{Error, ErrorKind};
 use wasmpod_runtime::pod::{Pod, PodState};
 use wasmpod_runtime::spec::{
-    ContainerConfig, ContainerPort, DnsConfig, HostNamespaces, MountSource, MountSpec, PodConfig,
-    PortMapping, Protocol,
+    ContainerConfig, ContainerPort, CriResources, DnsConfig, HostNamespaces, MountSource,
+    MountSpec, PodConfig, PortMapping, Protocol, Resources,
 };
 
 /// The one place core errors become gRPC statuses.
@@ -226,12 +226,8 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Stat
     let readonly_paths = security
         .map(|s| s.readonly_paths.clone())
         .unwrap_or_default();
-    let memory_limit = c
-        .linux
-        .and_then(|l| l.resources)
-        .map(|r| r.memory_limit_in_bytes)
-        .filter(|&m| m > 0)
-        .map(|m| m as u64);
+    let resources = c.linux.and_then(|l| l.resources).unwrap_or_default();
+    let resources = Resources::from_cri(cri_resources(&resources)).map_err(status)?;
     Ok(ContainerConfig {
         name: meta.name,
         attempt: meta.attempt,
@@ -243,7 +239,8 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Stat
         env: c.envs.into_iter().map(|kv| (kv.key, kv.value)).collect(),
         working_dir: (!c.working_dir.is_empty()).then_some(c.working_dir),
         mounts,
-        memory_limit,
+        memory_limit: resources.memory_limit,
+        cpu: resources.cpu,
         labels: map(&c.labels),
         annotations: map(&c.annotations),
         log_path: (!c.log_path.is_empty()).then(|| PathBuf::from(c.log_path)),
@@ -394,9 +391,34 @@ pub fn container_status_in(c: &Container, state: ContainerState) -> cri::Contain
             .log_path
             .as_ref()
             .map_or(String::new(), |p| p.display().to_string()),
-        resources: None,
+        resources: Some(container_resources(c.resources())),
         image_id: c.image_ref.clone(),
         user: None,
+    }
+}
+
+/// The CPU and memory figures of a CRI request (the rest have no meaning for a Wasm guest).
+pub fn cri_resources(r: &cri::LinuxContainerResources) -> CriResources {
+    CriResources {
+        cpu_period: r.cpu_period,
+        cpu_quota: r.cpu_quota,
+        cpu_shares: r.cpu_shares,
+        memory_limit: r.memory_limit_in_bytes,
+    }
+}
+
+/// A container's limits in force, for its status.
+pub fn container_resources(r: Resources) -> cri::ContainerResources {
+    let r = r.to_cri();
+    cri::ContainerResources {
+        linux: Some(cri::LinuxContainerResources {
+            cpu_period: r.cpu_period,
+            cpu_quota: r.cpu_quota,
+            cpu_shares: r.cpu_shares,
+            memory_limit_in_bytes: r.memory_limit,
+            ..Default::default()
+        }),
+        windows: None,
     }
 }
 

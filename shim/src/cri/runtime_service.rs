@@ -365,9 +365,14 @@ impl RuntimeService for RuntimeApi {
 
     async fn update_container_resources(
         &self,
-        _: Request<cri::UpdateContainerResourcesRequest>,
+        r: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<cri::UpdateContainerResourcesResponse> {
-        Err(unimplemented("UpdateContainerResources"))
+        let r = r.into_inner();
+        let linux = r.linux.unwrap_or_default();
+        self.rt
+            .update_container_resources(&r.container_id, convert::cri_resources(&linux))
+            .map_err(status)?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
     async fn reopen_container_log(
