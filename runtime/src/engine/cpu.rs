@@ -8,10 +8,11 @@
 //!   tick at most, so a container overshoots by up to a tick; the bucket goes into debt and
 //!   the next poll waits until it is repaid, which keeps the long-run rate exact.
 //! - **Shares** (`cpu_shares`, CFS weight): a container's virtual runtime grows by its CPU time
-//!   × 1024 / shares. Only while more guests are CPU-bound than there are worker threads, a
-//!   CPU-bound guest whose virtual runtime is more than a slice ahead of the least advanced
-//!   guests that fill the workers sleeps for a slice. Guests that just woke from I/O are never
-//!   held back, and without contention nobody is (a guest cannot use more than one worker).
+//!   × 1024 / shares. Only while more guests are CPU-bound than there are worker threads, the
+//!   most advanced of them (as many as there are guests too many) sleep for half a slice when
+//!   they are more than a slice ahead of the least advanced. Guests that just woke from I/O
+//!   are never held back, and without contention nobody is (a guest cannot use more than one
+//!   worker).
 //!
 //! Why epochs and a CPU clock rather than fuel: fuel counts instructions, not time (a host
 //! call or a cache miss costs no more fuel than an add), so a "0.2 CPU" limit in fuel would
@@ -216,9 +217,10 @@ impl CpuAccount {
         if !spinning {
             return None;
         }
-        let threshold = self.sched.threshold()?;
+        let (least, cutoff) = self.sched.standing()?;
+        let mine = self.inner.vruntime.load(Ordering::Relaxed);
         let slice = SLICE.as_nanos() as u64;
-        (self.inner.vruntime.load(Ordering::Relaxed) > threshold.saturating_add(slice))
+        (mine >= cutoff && mine > least.saturating_add(slice))
             .then_some((SLICE / 2, Held::AheadOfShare))
     }
 }
@@ -281,9 +283,10 @@ impl Scheduler {
         }
     }
 
-    /// Under contention (more CPU-bound tasks than workers), the virtual runtime of the
-    /// worker-th least advanced task: those at most a slice past it fill the workers.
-    fn threshold(&self) -> Option<u64> {
+    /// Under contention (more CPU-bound tasks than workers), the least virtual runtime, and
+    /// that of the (tasks - workers)-th most advanced task: a guest at or past it that is a
+    /// slice ahead of the least gives way. Only the surplus waits, so the workers stay busy.
+    fn standing(&self) -> Option<(u64, u64)> {
         let workers = workers();
         let spinning = self.spinning();
         let tasks: usize = spinning.values().map(|(_, n)| *n as usize).sum();
@@ -295,12 +298,14 @@ impl Scheduler {
             .map(|(a, n)| (a.vruntime.load(Ordering::Relaxed), *n))
             .collect();
         drop(spinning);
-        standing.sort_unstable();
-        let mut filled = 0;
-        standing.into_iter().find_map(|(vruntime, n)| {
-            filled += n as usize;
-            (filled >= workers).then_some(vruntime)
-        })
+        standing.sort_unstable_by(|a, b| b.cmp(a));
+        let least = standing.last()?.0;
+        let mut surplus = 0;
+        let cutoff = standing.into_iter().find_map(|(vruntime, n)| {
+            surplus += n as usize;
+            (surplus >= tasks - workers).then_some(vruntime)
+        })?;
+        Some((least, cutoff))
     }
 }
 
