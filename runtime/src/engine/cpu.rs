@@ -14,6 +14,10 @@
 //!   are never held back, and without contention nobody is (a guest cannot use more than one
 //!   worker).
 //!
+//! This is done around the task's poll rather than in the epoch callback (wasmtime's
+//! `UpdateDeadline::YieldCustom` could sleep there too) so that host calls and wasi:http
+//! request handling are charged as well, and a held guest's kill still lands at once.
+//!
 //! Why epochs and a CPU clock rather than fuel: fuel counts instructions, not time (a host
 //! call or a cache miss costs no more fuel than an add), so a "0.2 CPU" limit in fuel would
 //! need calibrating per machine and per program, and it slows all code down. Measured on this
@@ -24,7 +28,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -115,6 +119,10 @@ struct Inner {
     used_nanos: AtomicU64,
     /// CPU time × 1024 / shares, in nanoseconds.
     vruntime: AtomicU64,
+    /// Copies of `state.limits`' shares and whether it has a quota: a container without a
+    /// quota is charged without taking the lock.
+    shares: AtomicU64,
+    limited: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -156,6 +164,8 @@ impl CpuAccount {
             id: sched.next_id.fetch_add(1, Ordering::Relaxed),
             used_nanos: AtomicU64::new(0),
             vruntime: AtomicU64::new(0),
+            shares: AtomicU64::new(limits.shares),
+            limited: AtomicBool::new(limits.quota_us.is_some()),
             state: Mutex::new(State {
                 limits,
                 tokens: full_bucket(&limits),
@@ -186,31 +196,36 @@ impl CpuAccount {
             Some(_) => state.tokens.min(full_bucket(&limits)),
         };
         state.limits = limits;
+        self.inner.shares.store(limits.shares, Ordering::Relaxed);
+        self.inner
+            .limited
+            .store(limits.quota_us.is_some(), Ordering::Relaxed);
     }
 
     fn charge(&self, spent: Duration) {
         let nanos = spent.as_nanos() as u64;
         self.inner.used_nanos.fetch_add(nanos, Ordering::Relaxed);
-        let mut state = self.inner.lock();
-        let weighted =
-            u128::from(nanos) * u128::from(DEFAULT_SHARES) / u128::from(state.limits.shares.max(1));
+        let shares = self.inner.shares.load(Ordering::Relaxed).max(1);
+        let weighted = u128::from(nanos) * u128::from(DEFAULT_SHARES) / u128::from(shares);
         self.inner
             .vruntime
             .fetch_add(weighted as u64, Ordering::Relaxed);
-        if state.limits.quota_us.is_some() {
-            state.tokens = state.tokens.saturating_sub(nanos as i64);
+        if self.inner.limited.load(Ordering::Relaxed) {
+            let mut state = self.inner.lock();
+            if state.limits.quota_us.is_some() {
+                state.tokens = state.tokens.saturating_sub(nanos as i64);
+            }
         }
     }
 
     /// How long a task must wait before its next poll, and why.
     fn hold(&self, spinning: bool) -> Option<(Duration, Held)> {
-        let now = Instant::now();
-        let wait = {
+        let wait = self.inner.limited.load(Ordering::Relaxed).then(|| {
             let mut state = self.inner.lock();
-            state.fill(now);
+            state.fill(Instant::now());
             state.debt_wait()
-        };
-        if let Some(wait) = wait {
+        });
+        if let Some(wait) = wait.flatten() {
             return Some((wait, Held::OverLimit));
         }
         // Only a task that was CPU-bound last time is held back for its share.
@@ -547,5 +562,47 @@ mod tests {
         }
         let thread = t.elapsed() / n;
         println!("a clock read: monotonic {wall:?}, thread CPU time {thread:?}");
+
+        // What metering adds to one poll: a future that wakes itself 1e6 times, bare and
+        // metered (no quota; a quota never reached).
+        struct Countdown(u32);
+        impl Future for Countdown {
+            type Output = ();
+            fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+                if self.0 == 0 {
+                    return Poll::Ready(());
+                }
+                self.0 -= 1;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+        let polls = 1_000_000;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let sched = Arc::new(Scheduler::default());
+        let time = |account: Option<&super::super::Account>| {
+            let t = std::time::Instant::now();
+            match account {
+                None => rt.block_on(Countdown(polls)),
+                Some(a) => rt.block_on(Metered::new(Countdown(polls), a)),
+            }
+            t.elapsed() / polls
+        };
+        let account = |cpu| super::super::Account {
+            memory_bytes: AtomicU64::new(0),
+            memory_limit: Mutex::new(None),
+            cpu: CpuAccount::new(cpu, sched.clone()),
+        };
+        let bare = time(None);
+        let metered = time(Some(&account(CpuLimits::default())));
+        let quota = time(Some(&account(CpuLimits {
+            quota_us: Some(100_000_000),
+            period_us: 1_000_000,
+            ..CpuLimits::default()
+        })));
+        println!("a poll: bare {bare:?}, metered {metered:?}, metered with a quota {quota:?}");
     }
 }
