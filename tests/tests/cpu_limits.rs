@@ -109,7 +109,8 @@ fn assert_limit(what: &str, measured: f64, asked: f64, probe: f64) {
         "{what}: measured {measured:.3}, over the limit {asked:.3} + {:.0}%",
         TOLERANCE * 100.0
     );
-    if probe >= 1.5 * asked {
+    // Threads of one process get uneven time on a loaded machine: ask for a clear margin.
+    if probe >= asked + 0.3 {
         assert_near(what, measured, asked);
     } else {
         println!(
