@@ -23,7 +23,8 @@ pub fn container(c: &Container) -> Value {
         "runtimeHandler": RUNTIME_HANDLER,
         "image": c.image_ref,
         "logPath": c.log_path,
-        "config": c.config,
+        // With the limits in force (UpdateContainerResources may have changed them).
+        "config": c.record().config,
         "state": format!("{:?}", c.state()),
     });
     if let Some(p) = c.prepared() {

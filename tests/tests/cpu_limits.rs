@@ -390,6 +390,13 @@ async fn crictl_update_and_inspect() {
         [100_000, 20_000, 2048, 16 << 20],
         "{l:#}"
     );
+    // The verbose info's config shows them too.
+    let info = &c.json(&["inspect", &id])["info"]["config"];
+    assert_eq!(
+        (&info["cpu"]["quota_us"], &info["cpu"]["shares"]),
+        (&serde_json::json!(20_000), &serde_json::json!(2048)),
+        "{info:#}"
+    );
     c.ok(&["update", "--memory", &(32u64 << 20).to_string(), &id]);
     assert_eq!(num(&linux(&c)["memoryLimitInBytes"]), 32 << 20);
 
