@@ -73,8 +73,17 @@ enum Layout {
     Loopback,
     /// This many nodes in namespaces of their own, each on a daemon of its own.
     Namespaced(usize),
-    /// One node in containerd's namespace, on containerd with the wasmpod shim.
-    Containerd,
+    /// One node in containerd's namespace, on containerd 2.x.
+    Containerd(NodeRuntime),
+}
+
+/// containerd's runtime on a containerd node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NodeRuntime {
+    /// The `wasmpod` handler (`containerd-shim-wasmpod-v1`); runc is not installed.
+    WasmpodShim,
+    /// runc (`containerd-shim-runc-v2`), containerd's default.
+    Runc,
 }
 
 /// The name of the node of [`Cluster::start_on_containerd`].
@@ -210,7 +219,13 @@ impl Cluster {
     /// network namespace, where containerd's streaming server listens, plugged into the
     /// bridge as the namespaced nodes are. [`Cluster::containerd`] is that containerd.
     pub async fn start_on_containerd() -> Self {
-        Self::launch(Layout::Containerd).await
+        Self::launch(Layout::Containerd(NodeRuntime::WasmpodShim)).await
+    }
+
+    /// [`Cluster::start_on_containerd`] with runc as containerd's only runtime: the peer a
+    /// benchmark compares wasmpod's nodes with (the native `idle` image runs there).
+    pub async fn start_on_runc() -> Self {
+        Self::launch(Layout::Containerd(NodeRuntime::Runc)).await
     }
 
     async fn launch(layout: Layout) -> Self {
@@ -340,8 +355,12 @@ impl Cluster {
                     });
                 }
             }
-            (Layout::Containerd, Some(sw)) => {
-                let containerd = Options::wasmpod_cni().flavour(Flavour::V2).start().await;
+            (Layout::Containerd(runtime), Some(sw)) => {
+                let options = match runtime {
+                    NodeRuntime::WasmpodShim => Options::wasmpod_cni(),
+                    NodeRuntime::Runc => Options::default().cni(true),
+                };
+                let containerd = options.flavour(Flavour::V2).start().await;
                 let ns = containerd
                     .netns()
                     .expect("containerd with CNI has a namespace");
@@ -396,6 +415,8 @@ impl Cluster {
                 .arg("--kubeconfig")
                 .arg(&kc)
                 .args(["--bind-address=127.0.0.1", "--leader-elect=false"])
+                // Room for the scale benchmark's 1,000-pod Deployments (defaults: 20 or 50).
+                .args(["--kube-api-qps=100", "--kube-api-burst=200"])
                 .arg("--cert-dir")
                 .arg(d.join(format!("{name}-certs")))
                 .stdin(Stdio::null())
@@ -482,6 +503,22 @@ impl Cluster {
             .containerd
             .as_ref()
             .expect("a cluster on containerd")
+    }
+
+    /// The processes of the first node's runtime: its `wasmpod serve`; or containerd, the
+    /// daemon its wasmpod shim started and its runc shims (not the containers' processes:
+    /// see [`Containerd::container_pids`]).
+    pub fn runtime_pids(&self) -> Vec<u32> {
+        let node = &self.nodes[0];
+        match &node.containerd {
+            Some(c) => c.pids().into_iter().chain(c.wasmpod_pid()).collect(),
+            None => node.kubelet().daemon_pid().into_iter().collect(),
+        }
+    }
+
+    /// The pid of control-plane process `name` (`etcd`, `kube-apiserver`, …).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs.iter().find(|p| p.name == name).map(|p| p.child.id())
     }
 
     /// The first node's kubelet: the one-node cluster's only one.

@@ -379,7 +379,10 @@ impl Containerd {
             tools.extend(["containerd", "ctr"]);
         }
         if opts.wasmpod.is_none() {
-            tools.extend(["containerd-shim-runc-v2", "runc"]);
+            tools.push("runc");
+            if opts.flavour == Flavour::Debian16 {
+                tools.push("containerd-shim-runc-v2");
+            }
         }
         if opts.cni {
             tools.extend(["ip", "nsenter"]);
@@ -410,7 +413,14 @@ impl Containerd {
                 env.push(("PATH".into(), path_with_shim()?));
                 Some(files)
             }
-            None => None,
+            None => {
+                if opts.flavour == Flavour::V2 {
+                    // containerd looks its runc shim up on PATH: 2.x's own, not Debian's.
+                    let shim = crate::peers::shim_runc2();
+                    env.push(("PATH".into(), path_with(shim.parent().context("a dir")?)?));
+                }
+                None
+            }
         };
         let (netns, network) = if opts.cni {
             static INSTANCES: AtomicUsize = AtomicUsize::new(0);
@@ -1081,7 +1091,12 @@ fn path_with_shim() -> anyhow::Result<OsString> {
             daemon.display()
         );
     }
-    let mut dirs = vec![bin_dir.to_path_buf()];
+    path_with(bin_dir)
+}
+
+/// Our PATH with `dir` first.
+fn path_with(dir: &Path) -> anyhow::Result<OsString> {
+    let mut dirs = vec![dir.to_path_buf()];
     dirs.extend(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
     ));

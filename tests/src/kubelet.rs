@@ -38,6 +38,11 @@ pub const CLUSTER_NODE: &str = "localhost";
 /// needs, so only a hang trips it (kubelet's container GC runs once a minute).
 pub const WAIT_SECS: u64 = 240;
 
+/// kubelet's `maxPods` (default 110): room for the scale benchmark's 1,000 pods. Its API
+/// client's rate (`kubeAPIQPS` 100, burst 200; defaults 50 and 100) is raised with it, so
+/// status updates of that many pods do not queue behind the default limit.
+pub const MAX_PODS: usize = 1100;
+
 /// One kubelet at a time per test process: a kubelet and its daemon are heavy for a small
 /// shared machine, and parallel ones would only make every wait longer.
 /// (A tokio lock: it is held across awaits, and each test has a runtime of its own.)
@@ -180,7 +185,10 @@ impl Kubelet {
                  localStorageCapacityIsolation: false\n\
                  resolvConf: \"\"\n\
                  imageGCHighThresholdPercent: 100\n\
-                 imageGCLowThresholdPercent: 99\n{node_lines}",
+                 imageGCLowThresholdPercent: 99\n\
+                 maxPods: {MAX_PODS}\n\
+                 kubeAPIQPS: 100\n\
+                 kubeAPIBurst: 200\n{node_lines}",
                 manifests = manifests.display(),
                 socket = endpoint.display(),
                 pod_logs = pod_logs.display(),
@@ -258,6 +266,16 @@ impl Kubelet {
             assert!(out.status.success(), "importing {file}: {out:?}");
         }
         daemon
+    }
+
+    /// The process id of the kubelet's own `wasmpod serve`, while it runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().and_then(Daemon::pid)
+    }
+
+    /// kubelet's process id (nsenter execs kubelet, so it is kubelet's in a namespace too).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The kubelet's own `wasmpod serve`; the test fails if kubelet runs on another runtime.

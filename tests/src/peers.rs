@@ -34,6 +34,13 @@ pub fn ctr2() -> PathBuf {
     BIN.get_or_init(|| peer("ctr2")).clone()
 }
 
+/// containerd 2.x's `containerd-shim-runc-v2`: runc under containerd 2.x (Debian's 1.6 shim
+/// cannot start its sandboxes).
+pub fn shim_runc2() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| peer("shim-runc2")).clone()
+}
+
 /// Kubernetes' `kubelet`, run standalone (static pods, no API server) on `wasmpod serve`.
 pub fn kubelet() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();

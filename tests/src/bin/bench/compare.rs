@@ -148,7 +148,8 @@ impl Peer {
     }
 }
 
-fn rss_of(pid: u32) -> u64 {
+/// A process's resident memory in bytes (0 once it is gone).
+pub fn rss_of(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

@@ -1,6 +1,7 @@
 //! wasmpod benchmarks: prints figures, asserts nothing about speed.
 //!
 //! `scripts/bench [--quick] [--containerd-shim] [--report docs/benchmarks.md]`
+//! `scripts/bench --kube-scale [N] [--kube-scale-runc M]`
 //!
 //! - over the CRI, wasmpod against containerd + runc (same client, same machine, same run):
 //!   pod start (interleaved), full lifecycle throughput with 1/4/16 clients, density (runtime
@@ -16,6 +17,10 @@
 //! - image pull + AOT compile, and container start with the artifact against compiling.
 //!
 //! `--report` also writes a markdown report with SVG plots beside it.
+//!
+//! `--kube-scale` runs only the Kubernetes scale figures (`kube`): a Deployment of N idle
+//! pods (default 1,000) through the real control plane and kubelet on wasmpod, then of M
+//! (default N; 0 skips it) on containerd + runc.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +32,7 @@ use wasmpod_tests::containerd::{Containerd, Options};
 use wasmpod_tests::cri::Daemon;
 
 mod compare;
+mod kube;
 mod net;
 mod report;
 
@@ -47,6 +53,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .ok_or("--report needs a path")
         })
         .transpose()?;
+    if let Some(i) = args.iter().position(|a| a == "--kube-scale") {
+        let count = |i: Option<usize>, default: usize| -> Result<usize, String> {
+            match i.and_then(|i| args.get(i)).filter(|a| !a.starts_with("--")) {
+                Some(n) => n.parse().map_err(|_| format!("not a pod count: {n}")),
+                None => Ok(default),
+            }
+        };
+        let pods = count(Some(i + 1), 1000)?;
+        let runc = count(
+            args.iter()
+                .position(|a| a == "--kube-scale-runc")
+                .map(|i| i + 1),
+            pods,
+        )?;
+        kube::scale(pods, runc).await?;
+        return Ok(());
+    }
     let wasm = examples_dir().join("wasm");
     for name in [
         "hello.p1.wasm",
