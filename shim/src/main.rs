@@ -2,6 +2,7 @@
 mod cli;
 mod containerd;
 mod cri;
+mod metrics;
 mod streaming;
 
 /// wasmpod's own gRPC calls (`shim/proto/wasmpod.proto`), served beside the CRI.

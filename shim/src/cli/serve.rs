@@ -51,6 +51,8 @@ use wasmpod_runtime::network::NetworkConfig;
 ///     [containerd]                           # containerd's tasks (containerd-shim-wasmpod-v1)
 ///     socket = "/run/wasmpod/containerd.sock"  # the ttrpc task API [default: containerd.sock
 ///                                            #   beside the CRI socket]; "" turns it off
+///     [metrics]                              # Prometheus /metrics over plain HTTP
+///     address = "127.0.0.1:9464"             # unset (the default): no listener
 ///
 /// SIGTERM or Ctrl-C drains in-flight calls and exits; pods and containers are kept in the
 /// state database and listed again at the next start.
@@ -84,6 +86,8 @@ pub struct ServeConfig {
     pub streaming: crate::streaming::StreamingConfig,
     #[serde(default)]
     pub containerd: crate::containerd::ContainerdConfig,
+    #[serde(default)]
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// wasi:http guests' outgoing requests.
@@ -185,6 +189,19 @@ pub async fn run(
     let log_limits = config.logs.limits()?;
     wasmpod_runtime::tls::trust(&config.http.ca_bundles).context("[http] ca_bundles")?;
     let rt = super::open_runtime_with(&state_dir, config.network, log_limits)?;
+    // Before the socket: a bad [metrics] address fails the start with nothing to undo.
+    let metrics = config
+        .metrics
+        .address
+        .as_ref()
+        .map(|_| crate::metrics::Metrics::new(&state_dir));
+    let metrics_server = match &metrics {
+        Some(m) => crate::metrics::start(&config.metrics, m.clone(), rt.clone()).await?,
+        None => None,
+    };
+    if let Some((address, _)) = &metrics_server {
+        tracing::info!(%address, "serving /metrics");
+    }
     let listener = bind(&socket)?;
     // The CLI finds this daemon through the state directory and goes through its socket.
     let record = match super::daemon::ServeRecord::write(&state_dir, &socket) {
@@ -221,7 +238,7 @@ pub async fn run(
         ),
     };
     let served = tokio::select! {
-        served = crate::cri::serve(rt, streaming, listener.listener, shutdown) => served.context("CRI server"),
+        served = crate::cri::serve(rt, streaming, listener.listener, shutdown, metrics) => served.context("CRI server"),
         _ = async {
             let _ = stopping.await;
             tokio::time::sleep(DRAIN).await;
@@ -232,6 +249,9 @@ pub async fn run(
     };
     if let Some(tasks) = tasks {
         tasks.stop().await;
+    }
+    if let Some((_, task)) = metrics_server {
+        task.abort();
     }
     listener.socket.remove();
     record.remove();

@@ -2,7 +2,7 @@
 //! with wasmpod's own `wasmpod.v1.Images` beside it for the CLI.
 //! Transport and conversion only; all behaviour is in `wasmpod-runtime`.
 
-mod convert;
+pub(crate) mod convert;
 #[cfg(test)]
 mod fuzz;
 mod image_service;
@@ -46,6 +46,7 @@ pub async fn serve(
     streaming: Arc<crate::streaming::StreamingServer>,
     listener: UnixListener,
     shutdown: impl Future<Output = ()>,
+    metrics: Option<crate::metrics::Metrics>,
 ) -> Result<(), tonic::transport::Error> {
     let runtime = RuntimeServiceServer::new(runtime_service::RuntimeApi {
         rt: rt.clone(),
@@ -62,6 +63,7 @@ pub async fn serve(
     // windows: let them grow with the connection's bandwidth-delay product, as grpc-go does.
     tonic::transport::Server::builder()
         .http2_adaptive_window(Some(true))
+        .layer(crate::metrics::CriLayer { metrics })
         .add_service(runtime)
         .add_service(images)
         .add_service(own_images)
