@@ -15,6 +15,10 @@ use crate::compare::rss_of;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
+/// How long after the scale-down's limit the run waits for kubelet to remove what is left:
+/// two rounds of its garbage collection.
+const GC_WAIT: Duration = Duration::from_secs(150);
+
 /// The Deployment's name and its pods' `app` label.
 const APP: &str = "scale";
 
@@ -41,14 +45,19 @@ struct Row {
     /// Pods ready when the run stopped waiting (`pods` unless it gave up).
     ready: usize,
     up: Duration,
-    down: Duration,
+    /// None when the run gave up waiting for the scale-down (no pod in the API, no sandbox
+    /// ready in the runtime).
+    down: Option<Duration>,
+    /// Since the scale-down: until the runtime lists none of the pods' sandboxes and
+    /// containers (None: some were left).
+    removed: Option<Duration>,
     /// RSS in bytes before and at N pods: the runtime's processes, kubelet, the API server.
     runtime: (u64, u64),
     kubelet: (u64, u64),
     apiserver: (u64, u64),
     /// runc only: the RSS of the containers' own processes (pause and workload) at N pods.
     containers: u64,
-    /// Sandboxes and containers the runtime still lists (any state) once the API has none.
+    /// Sandboxes and containers the runtime still lists (any state) at the end.
     left: (usize, usize),
 }
 
@@ -65,8 +74,8 @@ pub async fn scale(pods: usize, runc_pods: usize) -> Res<String> {
         after.saturating_sub(before) as f64 / 1024.0 / n.max(1) as f64
     };
     let mut table = String::from(
-        "| node runtime | pods Running | time to all Running | pods/s | back to 0 | left in the runtime (sandboxes, containers) | runtime RSS at N (added per pod) | kubelet RSS at N (added per pod) | kube-apiserver RSS at N (added per pod) |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+        "| node runtime | pods Running | time to all Running | pods/s | back to 0 | removed from the runtime | left in the runtime (sandboxes, containers) | runtime RSS at N (added per pod) | kubelet RSS at N (added per pod) | kube-apiserver RSS at N (added per pod) |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &rows {
         let containers = match r.kind {
@@ -77,13 +86,16 @@ pub async fn scale(pods: usize, runc_pods: usize) -> Res<String> {
             NodeKind::Wasmpod => String::new(),
         };
         table.push_str(&format!(
-            "| {} | {} of {} | {:.1} s | {:.1} | {:.1} s | {}, {} | {:.0} MiB ({:.0} KiB){containers} | {:.0} MiB ({:.0} KiB) | {:.0} MiB ({:.0} KiB) |\n",
+            "| {} | {} of {} | {:.1} s | {:.1} | {} | {} | {}, {} | {:.0} MiB ({:.0} KiB){containers} | {:.0} MiB ({:.0} KiB) | {:.0} MiB ({:.0} KiB) |\n",
             r.kind.name(),
             r.ready,
             r.pods,
             r.up.as_secs_f64(),
             r.ready as f64 / r.up.as_secs_f64().max(1e-9),
-            r.down.as_secs_f64(),
+            r.down
+                .map_or("not within the limit".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
+            r.removed
+                .map_or("not all".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
             r.left.0,
             r.left.1,
             mib(r.runtime.1),
@@ -132,8 +144,9 @@ async fn scale_once(c: &Cluster, kind: NodeKind, pods: usize) -> Res<Row> {
     println!("{}: scaling a Deployment to {pods} idle pods", kind.name());
     c.apply(APP, &deployment(kind, c, pods));
     let started = Instant::now();
-    // Bounded: far above what a healthy node needs (half a second a pod).
-    let limit = Duration::from_secs(300) + Duration::from_millis(500) * pods as u32;
+    // Bounded: far above what a healthy node needs (a second a pod; runc's take about 0.5 s
+    // to start and 0.8 s to stop here).
+    let limit = Duration::from_secs(300) + Duration::from_secs(1) * pods as u32;
     let mut ready = 0;
     while started.elapsed() < limit {
         ready = ready_replicas(c);
@@ -158,11 +171,25 @@ async fn scale_once(c: &Cluster, kind: NodeKind, pods: usize) -> Res<Row> {
     while started.elapsed() < limit && (pods_in_api(c) > 0 || live_in_runtime(c).await > 0) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let down = started.elapsed();
-    let left = left_in_runtime(c).await;
+    let down = (started.elapsed() < limit).then(|| started.elapsed());
+    println!("  {}", down_text(down, limit));
+    // kubelet removes the stopped sandboxes and containers of deleted pods in its garbage
+    // collection (once a minute): nothing is left once it has.
+    let mut left = left_in_runtime(c).await;
+    while started.elapsed() < limit + GC_WAIT && left != (0, 0) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        left = left_in_runtime(c).await;
+    }
+    let removed = (left == (0, 0)).then(|| started.elapsed());
     println!(
-        "  back to 0 after {:.1} s; the runtime still lists {} sandboxes, {} containers",
-        down.as_secs_f64(),
+        "  {}; the runtime lists {} of their sandboxes, {} containers",
+        match removed {
+            Some(d) => format!(
+                "all removed from the runtime after {:.1} s",
+                d.as_secs_f64()
+            ),
+            None => "not all removed from the runtime".to_owned(),
+        },
         left.0,
         left.1
     );
@@ -172,12 +199,21 @@ async fn scale_once(c: &Cluster, kind: NodeKind, pods: usize) -> Res<Row> {
         ready,
         up,
         down,
+        removed,
         runtime: (before.0, at_n.0),
         kubelet: (before.1, at_n.1),
         apiserver: (before.2, at_n.2),
         containers,
         left,
     })
+}
+
+/// How the scale-down went: its time, or that it was still going at `limit`.
+fn down_text(down: Option<Duration>, limit: Duration) -> String {
+    match down {
+        Some(d) => format!("back to 0 after {:.1} s", d.as_secs_f64()),
+        None => format!("not back to 0 after {:.0} s", limit.as_secs_f64()),
+    }
 }
 
 /// The Deployment's `readyReplicas` (0 until it has any).
