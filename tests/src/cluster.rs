@@ -518,7 +518,10 @@ impl Cluster {
 
     /// The pid of control-plane process `name` (`etcd`, `kube-apiserver`, …).
     pub fn pid(&self, name: &str) -> Option<u32> {
-        self.procs.iter().find(|p| p.name == name).map(|p| p.child.id())
+        self.procs
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.child.id())
     }
 
     /// The first node's kubelet: the one-node cluster's only one.
