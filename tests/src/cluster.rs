@@ -631,6 +631,52 @@ impl Cluster {
         pf
     }
 
+    /// What users do with a running web pod `pod` (a `web` container serving `/msg` with
+    /// `message` on :8080 and a toolbox `shell` container), through the API server:
+    /// `kubectl exec -- sh -c 'echo hi; exit 3'` (WebSocket to the API server, SPDY on to
+    /// kubelet: output and exit code kept), `kubectl port-forward` + GET /msg, `kubectl logs`
+    /// of web, then `kubectl delete` until the API has no such pod.
+    pub async fn serve_exec_log_delete(&self, pod: &str, message: &str) {
+        let (code, out, err) = self.kubectl(&[
+            "exec",
+            pod,
+            "-c",
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            "echo hi; exit 3",
+        ]);
+        assert_eq!((code, out.as_str()), (3, "hi\n"), "stderr: {err}");
+
+        // httpd may not listen yet: retried through one forwarder.
+        let pf = self.port_forward(&format!("pod/{pod}"), 8080);
+        let url = format!("http://127.0.0.1:{}/msg", pf.local);
+        let got = poll("GET /msg through kubectl port-forward", || async {
+            match crate::curl(&url).await {
+                (200, body) => Ok(body),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        assert_eq!(got.trim(), message);
+        drop(pf);
+
+        let logs = self.kubectl_ok(&["logs", pod, "-c", "web"]);
+        for line in ["httpd: listening on", "GET /msg 200"] {
+            assert!(logs.contains(line), "no {line:?} in web's log:\n{logs}");
+        }
+
+        self.kubectl_ok(&["delete", "pod", pod, "--wait=false"]);
+        poll(&format!("{pod} to leave the API"), || async {
+            match self.kubectl(&["get", "pod", pod]) {
+                (1, _, err) if err.contains("NotFound") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    }
+
     /// The last lines of every control-plane log, for failure messages.
     pub fn logs_tail(&self) -> String {
         self.procs

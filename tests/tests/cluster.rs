@@ -7,7 +7,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use wasmpod_tests::cluster::Cluster;
-use wasmpod_tests::curl;
 use wasmpod_tests::kubelet::{poll, CLUSTER_NODE};
 
 /// The toolbox with sockets (httpd) and the shell.
@@ -104,45 +103,7 @@ async fn pod_through_the_api_server() {
         "the API's pod IP against the daemon's"
     );
 
-    // Exec over WebSocket to the API server, SPDY on to kubelet: output and exit code.
-    let (code, out, err) = c.kubectl(&[
-        "exec",
-        "site",
-        "-c",
-        "shell",
-        "--",
-        "sh",
-        "-c",
-        "echo hi; exit 3",
-    ]);
-    assert_eq!((code, out.as_str()), (3, "hi\n"), "stderr: {err}");
-
-    // httpd may not listen yet: retried through one forwarder.
-    let pf = c.port_forward("pod/site", 8080);
-    let url = format!("http://127.0.0.1:{}/msg", pf.local);
-    let got = poll("GET /msg through kubectl port-forward", || async {
-        match curl(&url).await {
-            (200, body) => Ok(body),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
-    assert_eq!(got.trim(), MESSAGE);
-    drop(pf);
-
-    let logs = c.kubectl_ok(&["logs", "site", "-c", "web"]);
-    for line in ["httpd: listening on", "GET /msg 200"] {
-        assert!(logs.contains(line), "no {line:?} in web's log:\n{logs}");
-    }
-
-    c.kubectl_ok(&["delete", "pod", "site", "--wait=false"]);
-    poll("site to leave the API", || async {
-        match c.kubectl(&["get", "pod", "site"]) {
-            (1, _, err) if err.contains("NotFound") => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    c.serve_exec_log_delete("site", MESSAGE).await;
     poll("site's sandbox to leave the daemon", || async {
         let left = k.sandboxes("site").await;
         if left.is_empty() {

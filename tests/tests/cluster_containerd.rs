@@ -9,8 +9,8 @@ use std::path::Path;
 
 use wasmpod_tests::cluster::{Cluster, CONTAINERD_NODE};
 use wasmpod_tests::containerd::{TOOLBOX_P1, TOOLBOX_P2, WASMPOD_HANDLER};
+use wasmpod_tests::curl_in;
 use wasmpod_tests::kubelet::poll;
-use wasmpod_tests::{curl, curl_in};
 
 /// What the init container leaves in the pod's emptyDir for httpd to serve.
 const MESSAGE: &str = "served through the wasmpod shim";
@@ -109,43 +109,7 @@ async fn wasm_pods_of_the_runtime_class_run_on_containerd() {
     .await;
     assert_eq!(got.trim(), MESSAGE);
 
-    let (code, out, err) = c.kubectl(&[
-        "exec",
-        "site",
-        "-c",
-        "shell",
-        "--",
-        "sh",
-        "-c",
-        "echo hi; exit 3",
-    ]);
-    assert_eq!((code, out.as_str()), (3, "hi\n"), "stderr: {err}");
-
-    let pf = c.port_forward("pod/site", 8080);
-    let local = format!("http://127.0.0.1:{}/msg", pf.local);
-    let got = poll("GET /msg through kubectl port-forward", || async {
-        match curl(&local).await {
-            (200, body) => Ok(body),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
-    assert_eq!(got.trim(), MESSAGE);
-    drop(pf);
-
-    let logs = c.kubectl_ok(&["logs", "site", "-c", "web"]);
-    for line in ["httpd: listening on", "GET /msg 200"] {
-        assert!(logs.contains(line), "no {line:?} in web's log:\n{logs}");
-    }
-
-    c.kubectl_ok(&["delete", "pod", "site", "--wait=false"]);
-    poll("site to leave the API", || async {
-        match c.kubectl(&["get", "pod", "site"]) {
-            (1, _, err) if err.contains("NotFound") => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    c.serve_exec_log_delete("site", MESSAGE).await;
     poll("site's containers to stop in containerd", || async {
         let mut left = Vec::new();
         for name in ["web", "shell"] {
