@@ -364,32 +364,21 @@ async fn crictl_update_and_inspect() {
             .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
             .unwrap_or(0)
     };
-    let l = linux(&c);
-    assert_eq!(
+    // Period, quota, shares and memory limit as ContainerStatus shows them.
+    let figures = |c: &Crictl| {
+        let l = linux(c);
         [
             &l["cpuPeriod"],
             &l["cpuQuota"],
             &l["cpuShares"],
-            &l["memoryLimitInBytes"]
+            &l["memoryLimitInBytes"],
         ]
-        .map(num),
-        [100_000, 50_000, 512, 16 << 20],
-        "{l:#}"
-    );
+        .map(num)
+    };
+    assert_eq!(figures(&c), [100_000, 50_000, 512, 16 << 20]);
 
     c.ok(&["update", "--cpu-quota", "20000", "--cpu-share", "2048", &id]);
-    let l = linux(&c);
-    assert_eq!(
-        [
-            &l["cpuPeriod"],
-            &l["cpuQuota"],
-            &l["cpuShares"],
-            &l["memoryLimitInBytes"]
-        ]
-        .map(num),
-        [100_000, 20_000, 2048, 16 << 20],
-        "{l:#}"
-    );
+    assert_eq!(figures(&c), [100_000, 20_000, 2048, 16 << 20]);
     // The verbose info's config shows them too.
     let info = &c.json(&["inspect", &id])["info"]["config"];
     assert_eq!(
