@@ -1,4 +1,4 @@
-//! A small shared harness for the wasmpod integration tests (`tests/tests/*.rs`).
+//! A small shared harness for the wasmpod integration tests (`tests/tests/`).
 //!
 //! Everything here drives real components: the `wasmpod-runtime` library in-process, the real
 //! guest programs built by `examples/build.sh`, and the real `wasmpod` binary. Nothing is
