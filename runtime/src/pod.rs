@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
-use crate::engine::FileBudget;
+use crate::engine::{FileBudget, PodMemory};
 use crate::error::{Error, Result};
 use crate::network::PodNetwork;
 use crate::spec::PodConfig;
@@ -30,6 +30,8 @@ pub struct Pod {
     pub(crate) containers: Mutex<Vec<String>>,
     /// The files its guests hold open, against the pod's and each container's caps.
     pub files: Arc<FileBudget>,
+    /// What its containers' guests hold together, against the pod's memory limit.
+    pub memory: Arc<PodMemory>,
     /// `<dir>/etc`, holding the pod's `hostname` and `resolv.conf`, written on first use.
     pub(crate) etc: OnceLock<Result<PathBuf>>,
 }

@@ -12,7 +12,7 @@ use crate::container::{
     Container, ContainerEvent, ContainerState, ContainerUsage, EventKind, NewContainer, Observer,
     Prepared,
 };
-use crate::engine::{raise_descriptor_limit, Engine, FileBudget, FileLimits, Wasm};
+use crate::engine::{raise_descriptor_limit, Engine, FileBudget, FileLimits, PodMemory, Wasm};
 use crate::error::{Error, Result};
 use crate::exit::{Exit, ExitReason};
 use crate::image::{
@@ -106,7 +106,6 @@ impl Runtime {
                 .ok();
             let pod = Pod {
                 id: r.id.clone(),
-                config: r.config,
                 created_at: r.created_at,
                 dir,
                 volumes,
@@ -114,6 +113,8 @@ impl Runtime {
                 state: Mutex::new(r.state),
                 containers: Mutex::default(),
                 files: FileBudget::new(self.file_limits),
+                memory: PodMemory::new(r.config.memory.limit, r.config.memory.overhead),
+                config: r.config,
                 etc: Default::default(),
             };
             write(&self.pods).insert(r.id, Arc::new(pod));
@@ -125,7 +126,9 @@ impl Runtime {
             };
             let dir = pod.dir.join("containers").join(&r.id);
             let was_running = matches!(r.state, ContainerState::Running { .. });
-            let account = self.engine.account(r.config.memory_limit, r.config.cpu);
+            let account = self
+                .engine
+                .account(r.config.memory_limit, r.config.cpu, &pod.memory);
             let c = Arc::new(Container::restore(r, dir, account, self.observer.clone()));
             if was_running {
                 self.observer.state.put_container(&c.record(), Sync::Now)?;
@@ -241,7 +244,6 @@ impl Runtime {
         };
         let pod = Pod {
             id: id.clone(),
-            config,
             created_at: SystemTime::now(),
             dir,
             volumes,
@@ -249,6 +251,8 @@ impl Runtime {
             state: Mutex::new(PodState::Ready),
             containers: Mutex::default(),
             files: FileBudget::new(self.file_limits),
+            memory: PodMemory::new(config.memory.limit, config.memory.overhead),
+            config,
             etc: Default::default(),
         };
         let pod = Arc::new(pod);
@@ -399,6 +403,10 @@ impl Runtime {
         if let Some(limit) = config.memory_limit {
             crate::container::check_memory_floor(limit, &program).map_err(|e| e.context(&ctx))?;
         }
+        if let Some(limit) = pod.memory.pod_limit() {
+            crate::container::check_memory_floor(limit, &program)
+                .map_err(|e| e.context(format!("{ctx}: the pod's own limit")))?;
+        }
 
         let env = merge_env(
             std::iter::once(("HOSTNAME".to_owned(), pod.config.hostname.clone()))
@@ -458,7 +466,9 @@ impl Runtime {
             }
             Some(b) => (None, Some((b.stdout, b.stderr))),
         };
-        let account = self.engine.account(config.memory_limit, config.cpu);
+        let account = self
+            .engine
+            .account(config.memory_limit, config.cpu, &pod.memory);
         let container = Arc::new(Container::new(
             NewContainer {
                 account,

@@ -44,6 +44,39 @@ pub struct PodConfig {
     /// counts them dead when it goes), so they are neither persisted nor listed on the CRI.
     #[serde(default)]
     pub owner: PodOwner,
+    /// The pod-level memory limit and overhead kubelet passes (see [`PodMemoryConfig`]).
+    #[serde(default)]
+    pub memory: PodMemoryConfig,
+}
+
+/// A pod's memory as kubelet passes it (`LinuxPodSandboxConfig.resources` and `.overhead`).
+/// Its containers together may hold at most `limit`; without it, at most the sum of their
+/// limits and `overhead` when every container has a limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodMemoryConfig {
+    pub limit: Option<u64>,
+    pub overhead: u64,
+}
+
+impl PodMemoryConfig {
+    /// From the CRI's signed figures (0 for "not set", -1 for "no limit").
+    pub fn from_cri(limit: i64, overhead: i64) -> Result<Self> {
+        let overhead = memory_figure("pod overhead memory", overhead, None)?;
+        Ok(Self {
+            limit: memory_figure("pod memory limit", limit, None)?,
+            overhead: overhead.unwrap_or(0),
+        })
+    }
+}
+
+/// A CRI memory figure: 0 keeps `unset`, -1 means no limit, other negatives are refused.
+fn memory_figure(what: &str, m: i64, unset: Option<u64>) -> Result<Option<u64>> {
+    match m {
+        0 => Ok(unset),
+        -1 => Ok(None),
+        m if m < 0 => Err(Error::invalid(format!("{what} {m} is negative"))),
+        m => Ok(Some(m as u64)),
+    }
 }
 
 /// Who created a pod and keeps track of it.
@@ -285,12 +318,7 @@ impl Resources {
     /// reads it, changes only the figures it sets.
     pub fn updated(self, r: CriResources) -> Result<Self> {
         let mut new = self;
-        new.memory_limit = match r.memory_limit {
-            0 => self.memory_limit,
-            -1 => None,
-            m if m < 0 => return Err(Error::invalid(format!("memory limit {m} is negative"))),
-            m => Some(m as u64),
-        };
+        new.memory_limit = memory_figure("memory limit", r.memory_limit, self.memory_limit)?;
         new.cpu.quota_us = match r.cpu_quota {
             0 => self.cpu.quota_us,
             -1 => None,

@@ -594,6 +594,7 @@ mod tests {
         let account = |cpu| super::super::Account {
             memory_bytes: AtomicU64::new(0),
             memory_limit: Mutex::new(None),
+            pod: Arc::default(),
             cpu: CpuAccount::new(cpu, sched.clone()),
         };
         let bare = time(None);

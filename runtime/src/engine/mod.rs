@@ -11,6 +11,7 @@ mod cache;
 mod cpu;
 mod files;
 mod http;
+mod memory;
 mod rofs;
 mod sockets;
 mod stdio;
@@ -41,6 +42,8 @@ use cpu::{CpuAccount, Metered, Scheduler};
 use files::OpenFiles;
 pub use files::{raise_descriptor_limit, FileBudget, FileLimits};
 use http::{HttpEngine, HttpHost};
+use memory::MemoryLimiter;
+pub use memory::{PodMemory, Refusal};
 use sockets::{PodSockets, SocketsView};
 use stdio::{GuestInput, GuestOutput};
 pub use task::Task;
@@ -165,6 +168,16 @@ impl Program {
         self.inner.min_memory
     }
 
+    /// Bytes of the compiled code image (mapped once, however many instances run it).
+    pub fn code_bytes(&self) -> u64 {
+        let image = match &self.inner.compiled {
+            Compiled::Module(pre) => pre.module().image_range(),
+            Compiled::Component(pre) => pre.instance_pre().component().image_range(),
+            Compiled::Http(pre) => pre.instance_pre().component().image_range(),
+        };
+        (image.end as usize).saturating_sub(image.start as usize) as u64
+    }
+
     /// `sha256:<hex>` of the Wasm binary.
     pub fn digest(&self) -> &str {
         &self.inner.digest
@@ -210,13 +223,22 @@ pub struct GuestSpec {
 }
 
 /// A container's live limits and what it uses, shared by all its guests (its run, its execs,
-/// each wasi:http request), so that they count together as a cgroup's processes do.
+/// each wasi:http request), so that they count together as a cgroup's processes do. Its pod's
+/// account counts every container's use together (see [`memory`]).
 pub struct Account {
-    /// Bytes of linear memory the guests' instances hold.
+    /// Bytes of linear memory and tables the guests' instances hold.
     memory_bytes: AtomicU64,
     /// Taken to grow memory and to change the limit, so neither sees the other half done.
     memory_limit: Mutex<Option<u64>>,
+    pod: Arc<PodMemory>,
     cpu: CpuAccount,
+}
+
+impl Drop for Account {
+    /// The container is gone: its limit no longer counts in its pod's.
+    fn drop(&mut self) {
+        self.pod.leave(self.memory_limit());
+    }
 }
 
 impl Account {
@@ -237,8 +259,8 @@ impl Account {
         self.cpu.limits()
     }
 
-    /// Sets the memory limit; one below what the guests hold now is refused, as runc refuses
-    /// it, rather than killing them.
+    /// Sets the memory limit (and moves the pod's with it); one below what the container or
+    /// its pod holds now is refused, as runc refuses it, rather than killing guests.
     pub fn set_memory_limit(&self, limit: Option<u64>) -> Result<()> {
         let mut current = self.memory_limit.lock().unwrap_or_else(|e| e.into_inner());
         let used = self.memory_bytes();
@@ -247,6 +269,7 @@ impl Account {
                 "memory limit {limit} bytes is below the {used} bytes the container uses now"
             )));
         }
+        self.pod.change(*current, limit)?;
         *current = limit;
         Ok(())
     }
@@ -254,16 +277,6 @@ impl Account {
     /// Sets the CPU limits, from the guests' next poll on.
     pub fn set_cpu_limits(&self, limits: CpuLimits) {
         self.cpu.set_limits(limits);
-    }
-
-    /// Takes `grow` more bytes if the limit allows.
-    fn grow_memory(&self, grow: u64) -> bool {
-        let limit = self.memory_limit.lock().unwrap_or_else(|e| e.into_inner());
-        if limit.is_some_and(|limit| self.memory_bytes() + grow > limit) {
-            return false;
-        }
-        self.memory_bytes.fetch_add(grow, Ordering::Relaxed);
-        true
     }
 }
 
@@ -314,11 +327,18 @@ impl Engine {
     }
 
     /// A new container's account with these limits (not checked here: see
-    /// [`CpuLimits::check`]).
-    pub fn account(&self, memory_limit: Option<u64>, cpu: CpuLimits) -> Arc<Account> {
+    /// [`CpuLimits::check`]), counted in its pod's.
+    pub fn account(
+        &self,
+        memory_limit: Option<u64>,
+        cpu: CpuLimits,
+        pod: &Arc<PodMemory>,
+    ) -> Arc<Account> {
+        pod.join(memory_limit);
         Arc::new(Account {
             memory_bytes: AtomicU64::new(0),
             memory_limit: Mutex::new(memory_limit),
+            pod: pod.clone(),
             cpu: CpuAccount::new(cpu, self.scheduler.clone()),
         })
     }
@@ -561,10 +581,10 @@ impl Engine {
         };
         match outcome {
             (Ok(code), _) => Exit::code(code),
-            (Err(e), oom) => match e.downcast_ref::<I32Exit>() {
-                Some(I32Exit(code)) => Exit::code(*code),
-                None if oom => Exit::oom_killed(format!("memory limit reached: {e:#}")),
-                None => Exit {
+            (Err(e), refused) => match (e.downcast_ref::<I32Exit>(), refused) {
+                (Some(I32Exit(code)), _) => Exit::code(*code),
+                (None, Some(refusal)) => Exit::oom_killed(format!("{refusal}: {e:#}")),
+                (None, None) => Exit {
                     code: TRAP_CODE,
                     reason: ExitReason::Error,
                     message: trap_message(&e),
@@ -737,63 +757,6 @@ impl HasLimiter for P1Host {
 impl HasLimiter for P2Host {
     fn limiter(&mut self) -> &mut dyn ResourceLimiter {
         &mut self.limiter
-    }
-}
-
-/// Caps the total linear memory of a container's stores at its account's limit and remembers
-/// whether the cap was hit, so that the trap that usually follows is reported as `OOMKilled`.
-struct MemoryLimiter {
-    hit: bool,
-    account: Arc<Account>,
-    /// Bytes this store holds; a container may have several stores (one per HTTP request).
-    held: u64,
-}
-
-impl Drop for MemoryLimiter {
-    fn drop(&mut self) {
-        let held = self.held;
-        let _ = self
-            .account
-            .memory_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                Some(b.saturating_sub(held))
-            });
-    }
-}
-
-impl MemoryLimiter {
-    fn new(account: Arc<Account>) -> Self {
-        Self {
-            hit: false,
-            account,
-            held: 0,
-        }
-    }
-}
-
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let grow = desired.saturating_sub(current) as u64;
-        if !self.account.grow_memory(grow) {
-            self.hit = true;
-            return Ok(false);
-        }
-        self.held += grow;
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
     }
 }
 

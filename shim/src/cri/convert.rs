@@ -11,7 +11,7 @@ use wasmpod_runtime::error::{Error, ErrorKind};
 use wasmpod_runtime::pod::{Pod, PodState};
 use wasmpod_runtime::spec::{
     ContainerConfig, ContainerPort, CriResources, DnsConfig, HostNamespaces, MountSource,
-    MountSpec, PodConfig, PortMapping, Protocol, Resources,
+    MountSpec, PodConfig, PodMemoryConfig, PortMapping, Protocol, Resources,
 };
 
 /// The one place core errors become gRPC statuses.
@@ -85,6 +85,7 @@ pub fn pod_config(c: cri::PodSandboxConfig) -> Result<PodConfig, Status> {
             .map(port_mapping)
             .collect::<Result<_, _>>()?,
         host_namespaces: host_namespaces(c.linux.as_ref()),
+        memory: pod_memory(c.linux.as_ref())?,
         ..PodConfig::default()
     })
 }
@@ -100,6 +101,17 @@ fn host_namespaces(linux: Option<&cri::LinuxPodSandboxConfig>) -> HostNamespaces
         pid: ns.is_some_and(|n| node(n.pid)),
         ipc: ns.is_some_and(|n| node(n.ipc)),
     }
+}
+
+/// The pod's memory limit and overhead kubelet passes; the core counts them.
+fn pod_memory(linux: Option<&cri::LinuxPodSandboxConfig>) -> Result<PodMemoryConfig, Status> {
+    let memory =
+        |r: Option<&cri::LinuxContainerResources>| r.map_or(0, |r| r.memory_limit_in_bytes);
+    PodMemoryConfig::from_cri(
+        memory(linux.and_then(|l| l.resources.as_ref())),
+        memory(linux.and_then(|l| l.overhead.as_ref())),
+    )
+    .map_err(|e| status(e.context("linux")))
 }
 
 /// kubelet passes a container's declared ports only in this annotation (JSON, the Pod's
