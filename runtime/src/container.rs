@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use std::collections::HashMap;
 
@@ -77,6 +77,8 @@ pub struct Container {
     prepared: Option<Prepared>,
     /// Its live limits (which may differ from `config`'s since an update) and usage.
     account: Arc<Account>,
+    /// The last CPU sample, which the next one's rate is computed from.
+    cpu_rate: CpuRate,
     /// Serializes limit updates, so that the record persisted is the last one applied.
     updating: Mutex<()>,
     state: watch::Sender<ContainerState>,
@@ -88,6 +90,45 @@ pub struct Container {
     /// the file they were read from (a writable root may change under them).
     exec_programs: Mutex<HashMap<String, (crate::exec::FileId, Program)>>,
     observer: Arc<Observer>,
+}
+
+/// CPU samples closer together than this give the previous rate: a rate over a few
+/// milliseconds (two clients asking at once) is noise.
+const MIN_RATE_WINDOW: Duration = Duration::from_secs(1);
+
+/// A container's last CPU sample, kept so that each sample's rate is over the time since the
+/// one before, as kubelet and cri-o compute `usage_nano_cores`.
+#[derive(Default)]
+struct CpuRate(Mutex<Option<CpuSample>>);
+
+#[derive(Clone, Copy)]
+struct CpuSample {
+    at: Instant,
+    used: Duration,
+    nano_cores: u64,
+}
+
+impl CpuRate {
+    /// The rate since the previous sample (since the start, `running_for` ago, for the first).
+    fn sample(&self, used: Duration, running_for: Duration) -> u64 {
+        let now = Instant::now();
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (since, before) = match *last {
+            Some(s) if now - s.at < MIN_RATE_WINDOW => return s.nano_cores,
+            Some(s) => (now - s.at, s.used),
+            None => (running_for, Duration::ZERO),
+        };
+        let nano_cores = match since.as_nanos() {
+            0 => 0,
+            window => (used.saturating_sub(before).as_nanos() * 1_000_000_000 / window) as u64,
+        };
+        *last = Some(CpuSample {
+            at: now,
+            used,
+            nano_cores,
+        });
+        nano_cores
+    }
 }
 
 /// Names typed to exec whose programs a container remembers.
@@ -235,6 +276,7 @@ impl Container {
             dir: n.dir,
             prepared: Some(n.prepared),
             account: n.account,
+            cpu_rate: CpuRate::default(),
             updating: Mutex::default(),
             state: watch::Sender::new(ContainerState::Created),
             run: Mutex::new(None),
@@ -278,6 +320,7 @@ impl Container {
             dir,
             prepared: None,
             account,
+            cpu_rate: CpuRate::default(),
             updating: Mutex::default(),
             state: watch::Sender::new(state),
             run: Mutex::new(None),
@@ -328,6 +371,52 @@ impl Container {
             memory_bytes: self.account.memory_bytes(),
             cpu: self.account.cpu_time(),
         }
+    }
+
+    /// Its CPU rate in billionths of a core (nanocores, as the CRI reports it): over the time
+    /// since the previous sample, whoever took it (kubelet, crictl, a metrics scrape), or since
+    /// the start for the first one.
+    pub fn cpu_rate(&self) -> u64 {
+        let used = self.account.cpu_time();
+        let running_for = match self.state() {
+            ContainerState::Running { started_at } => started_at.elapsed().unwrap_or_default(),
+            _ => Duration::ZERO,
+        };
+        self.cpu_rate.sample(used, running_for)
+    }
+
+    /// Guests running in the container: its own and its execs'.
+    pub fn guests(&self) -> u64 {
+        let running = matches!(self.state(), ContainerState::Running { .. });
+        let execs = self
+            .execs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tasks
+            .len();
+        u64::from(running) + execs as u64
+    }
+
+    /// Bytes of compiled code its program maps (the analogue of a process's text pages,
+    /// shared by the containers of one image as a library's pages are).
+    pub fn code_bytes(&self) -> u64 {
+        self.program().map_or(0, Program::code_bytes)
+    }
+
+    /// The disk the container writes (its writable layer): its directory, which holds its
+    /// writable root (when `writable_rootfs`) and its staged file mounts, plus its log files
+    /// (the current one and those rotated beside it). Volumes are the pod's, not here.
+    pub fn writable_usage(&self) -> crate::volume::DiskUsage {
+        let mut usage = crate::volume::disk_usage(&self.dir);
+        if let Some(log) = &self.log_path {
+            usage += crate::volume::rotated_files_usage(log);
+        }
+        usage
+    }
+
+    /// Where the container's writable layer lives, identifying its filesystem.
+    pub fn writable_dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// The limits in force (the config's, or the last update's).

@@ -16,6 +16,7 @@ pub mod runner;
 pub mod runtime;
 pub mod spec;
 pub mod state;
+pub mod stats;
 pub mod stdio;
 pub mod tls;
 pub mod volume;

@@ -137,6 +137,15 @@ impl PodVolumes {
         })
     }
 
+    /// What the volumes wasmpod made for the pod (its emptyDirs) take on disk.
+    pub fn owned_usage(&self) -> DiskUsage {
+        let mut usage = DiskUsage::default();
+        for v in self.volumes.values().filter(|v| v.owned) {
+            usage += disk_usage(&v.host);
+        }
+        usage
+    }
+
     /// The first emptyDir whose usage exceeds its sizeLimit, as kubelet's eviction message.
     pub fn over_limit(&self) -> Option<String> {
         let mut names: Vec<_> = self.volumes.keys().collect();
@@ -277,6 +286,55 @@ pub struct DiskUsage {
     /// Bytes in allocated blocks, like `du`.
     pub bytes: u64,
     pub inodes: u64,
+}
+
+impl std::ops::AddAssign for DiskUsage {
+    fn add_assign(&mut self, other: Self) {
+        self.bytes += other.bytes;
+        self.inodes += other.inodes;
+    }
+}
+
+/// What a file and the files rotated beside it (`<name>.<suffix>`: `0.log.1`, kubelet's
+/// `0.log.20240102-150405`) take on disk.
+pub fn rotated_files_usage(file: &Path) -> DiskUsage {
+    let mut usage = DiskUsage::default();
+    let (Some(dir), Some(name)) = (file.parent(), file.file_name().and_then(|n| n.to_str())) else {
+        return usage;
+    };
+    let rotated = format!("{name}.");
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let entry_name = entry.file_name();
+        let Some(n) = entry_name.to_str() else {
+            continue;
+        };
+        if n != name && !n.starts_with(&rotated) {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_file() {
+            usage.bytes += meta.blocks() * 512;
+            usage.inodes += 1;
+        }
+    }
+    usage
+}
+
+/// The size of the filesystem holding `path` (statvfs), for capacity figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FsCapacity {
+    pub bytes: u64,
+    pub inodes: u64,
+    pub inodes_free: u64,
+}
+
+pub fn fs_capacity(path: &Path) -> Option<FsCapacity> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(FsCapacity {
+        bytes: st.f_blocks.saturating_mul(st.f_frsize),
+        inodes: st.f_files,
+        inodes_free: st.f_ffree,
+    })
 }
 
 /// Measures a directory tree without following symlinks.

@@ -1,8 +1,9 @@
 //! The host side of `wasi:sockets` for pod guests. wasmtime-wasi does the socket work; this
 //! layer sits in front of it and sends every address through the guest's [`PodNetwork`]: binds
 //! and connects are mapped onto the pod's addresses and checked against its egress policy,
-//! addresses read back are mapped to what the guest expects, and sockets count against the
-//! pod's limit. Every other WASI interface is served by wasmtime-wasi unchanged.
+//! addresses read back are mapped to what the guest expects, sockets count against the
+//! pod's limit, and what the guest sends to and receives from peers other than its own pod is
+//! counted as the pod's network traffic. Every other WASI interface is served by wasmtime-wasi unchanged.
 
 use std::collections::{HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -13,11 +14,12 @@ use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddressFamily, 
 use wasmtime_wasi::p2::bindings::sockets::{
     network, tcp, tcp_create_socket, udp, udp_create_socket,
 };
-use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, InputStream, OutputStream};
 use wasmtime_wasi::p2::{DynPollable, Pollable, SocketError, SocketResult, TcpSocket, UdpSocket};
+use wasmtime_wasi::p2::{StreamError, StreamResult};
 use wasmtime_wasi::sockets::WasiSocketsCtxView;
 
-use crate::network::{Family, LookupError, NetError, PodNetwork};
+use crate::network::{Direction, Family, LookupError, NetError, PodNetwork};
 
 /// One store's sockets: its pod's network, and what it opened.
 pub(super) struct PodSockets {
@@ -26,6 +28,8 @@ pub(super) struct PodSockets {
     v6: HashSet<u32>,
     /// Sockets this store holds against the pod's limit.
     open: HashSet<u32>,
+    /// Outgoing datagram streams connected to the pod itself (not its network's traffic).
+    to_self: HashSet<u32>,
 }
 
 impl PodSockets {
@@ -34,6 +38,7 @@ impl PodSockets {
             net,
             v6: HashSet::new(),
             open: HashSet::new(),
+            to_self: HashSet::new(),
         }
     }
 }
@@ -144,6 +149,96 @@ impl SocketsView<'_> {
         let sock = Resource::<TcpSocket>::new_borrow(this.rep());
         tcp::HostTcpSocket::start_bind(&mut self.inner, sock, network, addr.into()).await?;
         tcp::HostTcpSocket::finish_bind(&mut self.inner, Resource::new_borrow(this.rep()))
+    }
+
+    /// Whether a host address is another peer than the pod itself, whose traffic counts.
+    fn counts(&self, host: IpSocketAddress) -> bool {
+        self.pod
+            .net
+            .as_ref()
+            .is_some_and(|n| !n.is_self(SocketAddr::from(host).ip()))
+    }
+
+    /// Puts counting streams in place of a connected socket's, unless its peer is the pod.
+    fn count_streams(
+        &mut self,
+        sock: u32,
+        (rx, tx): (Resource<DynInputStream>, Resource<DynOutputStream>),
+    ) -> SocketResult<(Resource<DynInputStream>, Resource<DynOutputStream>)> {
+        let peer = tcp::HostTcpSocket::remote_address(&mut self.inner, Resource::new_borrow(sock));
+        let Some(net) = self
+            .pod
+            .net
+            .clone()
+            .filter(|_| peer.is_ok_and(|p| self.counts(p)))
+        else {
+            return Ok((rx, tx));
+        };
+        let parent = Resource::<TcpSocket>::new_borrow(sock);
+        let table = &mut *self.inner.table;
+        let input = table.delete(rx).map_err(SocketError::trap)?;
+        let output = table.delete(tx).map_err(SocketError::trap)?;
+        let input: DynInputStream = Box::new(Counted {
+            inner: input,
+            net: net.clone(),
+        });
+        let output: DynOutputStream = Box::new(Counted { inner: output, net });
+        Ok((
+            table
+                .push_child(input, &parent)
+                .map_err(SocketError::trap)?,
+            table
+                .push_child(output, &parent)
+                .map_err(SocketError::trap)?,
+        ))
+    }
+}
+
+/// A TCP stream whose reads and writes count as the pod's traffic.
+struct Counted<S> {
+    inner: S,
+    net: Arc<PodNetwork>,
+}
+
+#[async_trait::async_trait]
+impl<S: Pollable> Pollable for Counted<S> {
+    async fn ready(&mut self) {
+        self.inner.ready().await
+    }
+}
+
+#[async_trait::async_trait]
+impl InputStream for Counted<DynInputStream> {
+    fn read(&mut self, size: usize) -> StreamResult<bytes::Bytes> {
+        let got = self.inner.read(size)?;
+        self.net.count(Direction::Received, got.len());
+        Ok(got)
+    }
+
+    async fn cancel(&mut self) {
+        self.inner.cancel().await
+    }
+}
+
+#[async_trait::async_trait]
+impl OutputStream for Counted<DynOutputStream> {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        let n = bytes.len();
+        self.inner.write(bytes)?;
+        self.net.count(Direction::Sent, n);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        self.inner.flush()
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        self.inner.check_write()
+    }
+
+    async fn cancel(&mut self) {
+        self.inner.cancel().await
     }
 }
 
@@ -394,9 +489,10 @@ impl tcp::HostTcpSocket for SocketsView<'_> {
         let family = self.family(this.rep());
         self.net()?.open_socket().map_err(net_error)?;
         match tcp::HostTcpSocket::accept(&mut self.inner, this) {
-            Ok(accepted) => {
-                self.opened(accepted.0.rep(), family);
-                Ok(accepted)
+            Ok((sock, rx, tx)) => {
+                self.opened(sock.rep(), family);
+                let (rx, tx) = self.count_streams(sock.rep(), (rx, tx))?;
+                Ok((sock, rx, tx))
             }
             Err(e) => {
                 self.net()?.close_sockets(1);
@@ -429,9 +525,17 @@ impl tcp::HostTcpSocket for SocketsView<'_> {
         tcp::HostTcpSocket::drop(&mut self.inner, this)
     }
 
+    fn finish_connect(
+        &mut self,
+        this: Resource<TcpSocket>,
+    ) -> SocketResult<(Resource<DynInputStream>, Resource<DynOutputStream>)> {
+        let sock = this.rep();
+        let streams = tcp::HostTcpSocket::finish_connect(&mut self.inner, this)?;
+        self.count_streams(sock, streams)
+    }
+
     pass_through! { tcp::HostTcpSocket, TcpSocket;
         finish_bind() -> SocketResult<()>;
-        finish_connect() -> SocketResult<(Resource<DynInputStream>, Resource<DynOutputStream>)>;
         finish_listen() -> SocketResult<()>;
         is_listening() -> wasmtime::Result<bool>;
         set_listen_backlog_size(value: u64) -> SocketResult<()>;
@@ -481,6 +585,9 @@ impl udp::HostUdpSocket for SocketsView<'_> {
             None => None,
         };
         let (rx, tx) = udp::HostUdpSocket::stream(&mut self.inner, this, remote).await?;
+        if remote.is_some_and(|r| !self.counts(r)) {
+            self.pod.to_self.insert(tx.rep());
+        }
         if family == Family::V6 {
             self.pod.v6.extend([rx.rep(), tx.rep()]);
         }
@@ -532,6 +639,9 @@ impl udp::HostIncomingDatagramStream for SocketsView<'_> {
         let rep = this.rep();
         let mut got = udp::HostIncomingDatagramStream::receive(&mut self.inner, this, max_results)?;
         for d in &mut got {
+            if self.counts(d.remote_address) {
+                self.net()?.count(Direction::Received, d.data.len());
+            }
             d.remote_address = self.to_guest(rep, d.remote_address)?;
         }
         Ok(got)
@@ -570,14 +680,28 @@ impl udp::HostOutgoingDatagramStream for SocketsView<'_> {
             }
             allowed.push(d);
         }
-        match refused {
-            Some(e) if allowed.is_empty() => Err(net_error(e)),
-            _ => udp::HostOutgoingDatagramStream::send(&mut self.inner, this, allowed),
+        if let (Some(e), true) = (refused, allowed.is_empty()) {
+            return Err(net_error(e));
         }
+        let connected_to_self = self.pod.to_self.contains(&this.rep());
+        let counted: Vec<usize> = allowed
+            .iter()
+            .map(|d| match d.remote_address {
+                Some(to) if self.counts(to) => d.data.len(),
+                None if !connected_to_self => d.data.len(),
+                _ => 0,
+            })
+            .collect();
+        let sent = udp::HostOutgoingDatagramStream::send(&mut self.inner, this, allowed)?;
+        for &n in counted.iter().take(sent as usize) {
+            net.count(Direction::Sent, n);
+        }
+        Ok(sent)
     }
 
     async fn drop(&mut self, this: Resource<udp::OutgoingDatagramStream>) -> wasmtime::Result<()> {
         self.pod.v6.remove(&this.rep());
+        self.pod.to_self.remove(&this.rep());
         udp::HostOutgoingDatagramStream::drop(&mut self.inner, this).await
     }
 

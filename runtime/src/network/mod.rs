@@ -28,7 +28,7 @@ use serde::Deserialize;
 pub use dns::LookupError;
 pub use egress::{EgressPolicy, EgressRule, EGRESS_ANNOTATION};
 pub use netns::NetNs;
-pub use pod::{Family, NetError, PodNetwork, PodNetworkSpec, Route};
+pub use pod::{Direction, Family, NetError, PodNetwork, PodNetworkSpec, Route, Traffic};
 
 use crate::error::{Error, Result};
 use crate::spec::{PodConfig, PortMapping};

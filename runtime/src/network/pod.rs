@@ -10,7 +10,7 @@
 //! inside the pod. Other IPv6 destinations are unreachable.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ipnet::Ipv4Net;
@@ -75,6 +75,33 @@ pub struct PodNetwork {
     sockets: AtomicUsize,
     /// The pod's hostPort listeners, stopped when the pod's network is torn down.
     pub(super) forwarders: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    traffic: [Counter; 2],
+}
+
+/// Which way traffic goes, seen from the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Received = 0,
+    Sent = 1,
+}
+
+#[derive(Default)]
+struct Counter {
+    bytes: AtomicU64,
+    packets: AtomicU64,
+}
+
+/// What a pod's guests exchanged with peers other than the pod itself, as a pod's `eth0` counts
+/// it (traffic on the pod's localhost or to its own IP stays on `lo`). A packet is a datagram
+/// for UDP; for TCP it is one read or write of the guest that moved bytes (the segments the
+/// kernel makes are not visible to a socket user; pods have no interface of their own whose
+/// kernel counters could be read, see the README).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
 }
 
 impl PodNetwork {
@@ -84,6 +111,7 @@ impl PodNetwork {
             resolver: std::sync::OnceLock::new(),
             sockets: AtomicUsize::new(0),
             forwarders: Mutex::default(),
+            traffic: Default::default(),
         }
     }
 
@@ -267,6 +295,34 @@ impl PodNetwork {
         self.sockets.load(Ordering::Acquire)
     }
 
+    /// Whether a host address a guest socket talks to is the pod itself, whose traffic is not
+    /// the pod's network traffic.
+    pub fn is_self(&self, host: IpAddr) -> bool {
+        let ip = host.to_canonical();
+        ip == IpAddr::V4(self.spec.ip) || (self.spec.netns.is_some() && ip.is_loopback())
+    }
+
+    /// Counts one packet of `bytes` (nothing for an empty one).
+    pub fn count(&self, direction: Direction, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let c = &self.traffic[direction as usize];
+        c.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        c.packets.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The pod's traffic so far.
+    pub fn traffic(&self) -> Traffic {
+        let [rx, tx] = &self.traffic;
+        Traffic {
+            rx_bytes: rx.bytes.load(Ordering::Relaxed),
+            rx_packets: rx.packets.load(Ordering::Relaxed),
+            tx_bytes: tx.bytes.load(Ordering::Relaxed),
+            tx_packets: tx.packets.load(Ordering::Relaxed),
+        }
+    }
+
     /// The pod's own address for `ip`: its localhost and its IP.
     fn own(&self, ip: IpAddr) -> Option<IpAddr> {
         let mine = IpAddr::V4(self.spec.ip);
@@ -432,5 +488,19 @@ mod tests {
         p.close_sockets(1);
         p.open_socket().unwrap();
         assert_eq!(p.open_sockets(), 2);
+    }
+
+    #[test]
+    fn traffic_counts_packets_to_others_only() {
+        let p = pod("all");
+        assert!(p.is_self(IpAddr::from([127, 100, 0, 7])));
+        assert!(!p.is_self(IpAddr::from([127, 100, 0, 8])));
+        p.count(Direction::Received, 100);
+        p.count(Direction::Sent, 0);
+        p.count(Direction::Sent, 7);
+        p.count(Direction::Sent, 3);
+        let t = p.traffic();
+        assert_eq!((t.rx_bytes, t.rx_packets), (100, 1));
+        assert_eq!((t.tx_bytes, t.tx_packets), (10, 2));
     }
 }

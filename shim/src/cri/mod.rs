@@ -7,6 +7,7 @@ pub(crate) mod convert;
 mod fuzz;
 mod image_service;
 mod runtime_service;
+mod stats;
 mod streams;
 pub mod wasmpod_images;
 

@@ -18,6 +18,7 @@ use wasmpod_runtime::pod::Pod;
 use wasmpod_runtime::runtime::Runtime;
 
 use super::convert::{self, nanos, status};
+use super::stats;
 use super::verbose_info;
 use crate::streaming::{Request as Session, StreamingServer};
 
@@ -83,98 +84,11 @@ impl RuntimeApi {
     }
 
     fn container_stats(&self, c: &Container) -> cri::ContainerStats {
-        let usage = c.usage();
-        let now = nanos(SystemTime::now());
-        cri::ContainerStats {
-            attributes: Some(cri::ContainerAttributes {
-                id: c.id.clone(),
-                metadata: Some(cri::ContainerMetadata {
-                    name: c.config.name.clone(),
-                    attempt: c.config.attempt,
-                }),
-                labels: c
-                    .config
-                    .labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                annotations: c
-                    .config
-                    .annotations
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            }),
-            cpu: Some(cri::CpuUsage {
-                timestamp: now,
-                usage_core_nano_seconds: Some(cri::UInt64Value {
-                    value: usage.cpu.as_nanos() as u64,
-                }),
-                usage_nano_cores: None,
-            }),
-            memory: Some(cri::MemoryUsage {
-                timestamp: now,
-                working_set_bytes: Some(cri::UInt64Value {
-                    value: usage.memory_bytes,
-                }),
-                usage_bytes: Some(cri::UInt64Value {
-                    value: usage.memory_bytes,
-                }),
-                rss_bytes: Some(cri::UInt64Value {
-                    value: usage.memory_bytes,
-                }),
-                ..Default::default()
-            }),
-            writable_layer: None,
-            swap: None,
-        }
+        stats::container_stats(c, &self.rt.container_stats(c))
     }
 
     fn pod_stats(&self, pod: &Pod) -> cri::PodSandboxStats {
-        let containers = self
-            .rt
-            .pod_containers(pod)
-            .iter()
-            .map(|c| self.container_stats(c))
-            .collect();
-        let now = nanos(SystemTime::now());
-        let usage = self.rt.pod_usage(pod);
-        let (cpu, mem) = (usage.cpu.as_nanos() as u64, usage.memory_bytes);
-        cri::PodSandboxStats {
-            attributes: Some(cri::PodSandboxAttributes {
-                id: pod.id.clone(),
-                metadata: Some(convert::pod_metadata(pod)),
-                labels: pod
-                    .config
-                    .labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                annotations: pod
-                    .config
-                    .annotations
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            }),
-            linux: Some(cri::LinuxPodSandboxStats {
-                cpu: Some(cri::CpuUsage {
-                    timestamp: now,
-                    usage_core_nano_seconds: Some(cri::UInt64Value { value: cpu }),
-                    usage_nano_cores: None,
-                }),
-                memory: Some(cri::MemoryUsage {
-                    timestamp: now,
-                    working_set_bytes: Some(cri::UInt64Value { value: mem }),
-                    usage_bytes: Some(cri::UInt64Value { value: mem }),
-                    ..Default::default()
-                }),
-                network: None,
-                process: None,
-                containers,
-            }),
-            windows: None,
-        }
+        stats::pod_stats(pod, &self.rt.pod_stats(pod))
     }
 
     fn event(&self, e: wasmpod_runtime::container::ContainerEvent) -> cri::ContainerEventResponse {
@@ -590,14 +504,23 @@ impl RuntimeService for RuntimeApi {
         &self,
         _: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Result<cri::ListMetricDescriptorsResponse> {
-        Err(unimplemented("ListMetricDescriptors"))
+        Ok(Response::new(cri::ListMetricDescriptorsResponse {
+            descriptors: stats::descriptors(),
+        }))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Result<cri::ListPodSandboxMetricsResponse> {
-        Err(unimplemented("ListPodSandboxMetrics"))
+        let pod_metrics = self
+            .select_pods("", &HashMap::new())?
+            .iter()
+            .map(|p| stats::pod_metrics(p, &self.rt.pod_stats(p)))
+            .collect();
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse {
+            pod_metrics,
+        }))
     }
 
     async fn runtime_config(
