@@ -15,8 +15,8 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::image::PullPolicy;
 use crate::spec::{
-    ContainerConfig, ContainerPort, HostNamespaces, HostPathKind, Medium, MountSource, MountSpec,
-    PodConfig, PortMapping, Protocol, VolumeSource, VolumeSpec, DEFAULT_GRACE,
+    ContainerConfig, ContainerPort, CpuLimits, HostNamespaces, HostPathKind, Medium, MountSource,
+    MountSpec, PodConfig, PortMapping, Protocol, VolumeSource, VolumeSpec, DEFAULT_GRACE,
 };
 
 /// When a finished container is started again (`spec.restartPolicy`).
@@ -578,8 +578,49 @@ struct RawVolumeMount {
 struct RawResources {
     #[serde(default)]
     limits: BTreeMap<String, serde_yaml_ng::Value>,
-    #[allow(dead_code)]
-    requests: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    requests: BTreeMap<String, serde_yaml_ng::Value>,
+}
+
+/// kubelet's bounds on the shares a CPU request becomes (`MinShares`, `MaxShares`) and the
+/// smallest quota a CPU limit becomes (`MinQuotaPeriod`, 1 ms).
+const MIN_SHARES: u64 = 2;
+const MAX_SHARES: u64 = 262_144;
+const MIN_QUOTA_US: u64 = 1_000;
+
+impl RawResources {
+    /// The CPU limits kubelet derives from `cpu`: the limit a quota over the default 100 ms
+    /// period (`MilliCPUToQuota`; 0 is no limit), the request shares of milliCPU × 1024 / 1000
+    /// (`MilliCPUToShares`). A request defaults to the limit, as the API server defaults it;
+    /// with neither, the container gets the default 1024 shares. A request above the limit is
+    /// refused, as the API server refuses it.
+    fn cpu(&self) -> Result<CpuLimits> {
+        let milli = |map: &BTreeMap<String, serde_yaml_ng::Value>, field: &str| {
+            map.get("cpu")
+                .map(|q| {
+                    parse_milli_cpu(q).map_err(|e| e.context(format!("resources.{field}.cpu")))
+                })
+                .transpose()
+        };
+        let limit = milli(&self.limits, "limits")?;
+        let request = milli(&self.requests, "requests")?.or(limit);
+        if let (Some(l), Some(r)) = (limit, request) {
+            if r > l {
+                return Err(Error::invalid(format!(
+                    "resources.requests.cpu ({r}m) is above resources.limits.cpu ({l}m)"
+                )));
+            }
+        }
+        let mut cpu = CpuLimits::default();
+        cpu.quota_us = limit
+            .filter(|&m| m > 0)
+            .map(|m| (m.saturating_mul(cpu.period_us) / 1000).max(MIN_QUOTA_US));
+        if let Some(r) = request {
+            cpu.shares = (r.saturating_mul(1024) / 1000).clamp(MIN_SHARES, MAX_SHARES);
+        }
+        cpu.check().map_err(|e| e.context("resources.limits.cpu"))?;
+        Ok(cpu)
+    }
 }
 
 #[derive(Deserialize)]
@@ -869,12 +910,16 @@ impl RawContainer {
                 read_only: m.read_only,
             });
         }
-        let memory_limit = match self.resources.unwrap_or_default().limits.get("memory") {
+        let resources = self.resources.unwrap_or_default();
+        let memory_limit = match resources.limits.get("memory") {
             Some(q) => {
                 Some(parse_quantity(q).map_err(|e| e.context(ctx("resources.limits.memory")))?)
             }
             None => None,
         };
+        let cpu = resources
+            .cpu()
+            .map_err(|e| e.context(format!("container {}", self.name)))?;
         let pull_policy = match self.image_pull_policy.as_deref() {
             Some("Always") => PullPolicy::Always,
             Some("IfNotPresent") => PullPolicy::IfNotPresent,
@@ -904,6 +949,7 @@ impl RawContainer {
             working_dir: self.working_dir,
             mounts,
             memory_limit,
+            cpu,
             name: self.name,
             ports,
             writable_rootfs,
@@ -953,49 +999,89 @@ fn check_dns_label(field: &str, name: &str) -> Result<()> {
     }
 }
 
-/// Parses a Kubernetes quantity (`128Mi`, `1G`, `1.5Gi`, `4096`, `1e6`) into bytes.
+/// Parses a Kubernetes quantity (`128Mi`, `1G`, `1.5Gi`, `4096`, `1e6`) into bytes, rounded up.
 pub fn parse_quantity(value: &serde_yaml_ng::Value) -> Result<u64> {
+    scaled_quantity(value, 0)
+}
+
+/// Parses a CPU quantity (`500m`, `0.2`, `2`) into thousandths of a core, rounded up as
+/// Kubernetes rounds (`MilliValue`).
+pub fn parse_milli_cpu(value: &serde_yaml_ng::Value) -> Result<u64> {
+    scaled_quantity(value, 3)
+}
+
+/// A quantity × 10^`scale`, rounded up, computed exactly in decimal (binary floats would make
+/// `1.1` cores 1101m). The suffixes below one (`m`, `u`, `n`) are taken only for a scaled
+/// unit: a `128m` memory limit is a typo for `128M`, not a fraction of a byte.
+fn scaled_quantity(value: &serde_yaml_ng::Value, scale: i32) -> Result<u64> {
     let text = match value {
         serde_yaml_ng::Value::Number(n) => n.to_string(),
         serde_yaml_ng::Value::String(s) => s.trim().to_owned(),
         other => return Err(Error::invalid(format!("{other:?} is not a quantity"))),
     };
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+'))
-        .unwrap_or(text.len());
-    let (num, suffix) = text.split_at(split);
-    let multiplier: f64 = match suffix {
-        "" => 1.0,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        s if s.starts_with(['e', 'E']) => match s[1..].parse::<i32>() {
-            Ok(exp) => 10f64.powi(exp),
-            Err(_) => return Err(Error::invalid(format!("{text:?} is not a quantity"))),
-        },
+    let not = || Error::invalid(format!("{text:?} is not a quantity"));
+    if text.starts_with('-') {
+        return Err(Error::invalid(format!("{text:?} is negative")));
+    }
+    let unsigned = text.strip_prefix('+').unwrap_or(&text);
+    let split = unsigned
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(unsigned.len());
+    let (num, suffix) = unsigned.split_at(split);
+    // (power of ten, power of 1024) the suffix stands for.
+    let (pow10, pow1024): (i32, u32) = match suffix {
+        "" => (0, 0),
+        "n" if scale > 0 => (-9, 0),
+        "u" if scale > 0 => (-6, 0),
+        "m" if scale > 0 => (-3, 0),
+        "n" | "u" | "m" => {
+            return Err(Error::invalid(format!(
+                "{text:?}: {suffix} is a fraction of a byte here (M is 10^6, Mi 2^20)"
+            )))
+        }
+        "k" => (3, 0),
+        "M" => (6, 0),
+        "G" => (9, 0),
+        "T" => (12, 0),
+        "P" => (15, 0),
+        "E" => (18, 0),
+        "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" => {
+            let k = "KMGTPE".find(&suffix[..1]).unwrap_or(0) as u32;
+            (0, k + 1)
+        }
+        s if s.starts_with(['e', 'E']) => (s[1..].parse::<i32>().map_err(|_| not())?, 0),
         _ => {
             return Err(Error::invalid(format!(
                 "{text:?} is not a quantity (unknown suffix)"
             )))
         }
     };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| Error::invalid(format!("{text:?} is not a quantity")))?;
-    let bytes = (n * multiplier).ceil();
-    if !(0.0..=u64::MAX as f64).contains(&bytes) {
-        return Err(Error::invalid(format!("{text:?} is out of range")));
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    if int.is_empty() && frac.is_empty() || frac.contains('.') {
+        return Err(not());
     }
-    Ok(bytes as u64)
+    let digits = format!("{int}{frac}");
+    let digits = digits.trim_start_matches('0');
+    let out_of_range = || Error::invalid(format!("{text:?} is out of range"));
+    let mantissa: u128 = match digits {
+        "" => return Ok(0),
+        d if d.len() > 38 => return Err(out_of_range()),
+        d => d.parse().map_err(|_| not())?,
+    };
+    let exp = i64::from(pow10) + i64::from(scale) - frac.len() as i64;
+    let value = 1024u128
+        .checked_pow(pow1024)
+        .and_then(|b| mantissa.checked_mul(b))
+        .and_then(|v| match exp {
+            e if e >= 0 => 10u128
+                .checked_pow(u32::try_from(e).ok()?)
+                .and_then(|p| v.checked_mul(p)),
+            // Beyond 10^38 any mantissa is below one: rounded up, it is one.
+            e if e < -38 => Some(1),
+            e => Some(v.div_ceil(10u128.pow((-e) as u32))),
+        })
+        .ok_or_else(out_of_range)?;
+    u64::try_from(value).map_err(|_| out_of_range())
 }
 
 #[cfg(test)]
@@ -1173,5 +1259,94 @@ spec:
             parse_quantity(&serde_yaml_ng::Value::Number(7.into())).unwrap(),
             7
         );
+        assert_eq!(q("0.5").unwrap(), 1, "rounded up");
+        assert_eq!(q("1e-3").unwrap(), 1);
+        assert_eq!(q("16Ei").unwrap_err().message, "\"16Ei\" is out of range");
+        assert_eq!(q("-1Mi").unwrap_err().message, "\"-1Mi\" is negative");
+        assert!(q("128m")
+            .unwrap_err()
+            .message
+            .contains("fraction of a byte"));
+        assert!(q("1.2.3").is_err() && q(".").is_err() && q("Mi").is_err());
+    }
+
+    #[test]
+    fn cpu_quantities() {
+        let m = |s: &str| parse_milli_cpu(&serde_yaml_ng::Value::String(s.into()));
+        assert_eq!(m("500m").unwrap(), 500);
+        assert_eq!(m("0.2").unwrap(), 200);
+        assert_eq!(m("1.1").unwrap(), 1100, "exact, not 1100.0000000000002");
+        assert_eq!(m("2").unwrap(), 2000);
+        assert_eq!(m("100u").unwrap(), 1, "rounded up to a thousandth");
+        assert_eq!(m("1k").unwrap(), 1_000_000);
+        assert_eq!(
+            parse_milli_cpu(&serde_yaml_ng::Value::Number(serde_yaml_ng::Number::from(
+                0.25
+            )))
+            .unwrap(),
+            250
+        );
+        assert_eq!(m("-1").unwrap_err().message, "\"-1\" is negative");
+        assert!(m("1 core").unwrap_err().message.contains("unknown suffix"));
+    }
+
+    /// One container with `resources`, its CPU limits or the error.
+    fn cpu_of(resources: &str) -> Result<CpuLimits> {
+        let c = format!("{{name: c, image: c.wasm, resources: {resources}}}");
+        parse(&POD.replace("CONTAINER", &c)).map(|m| m.containers[0].cpu)
+    }
+
+    #[test]
+    fn cpu_limits_and_requests_as_kubelet_makes_them() {
+        let cpu = cpu_of("{limits: {cpu: 500m}, requests: {cpu: 250m}}").unwrap();
+        assert_eq!(
+            (cpu.quota_us, cpu.period_us, cpu.shares),
+            (Some(50_000), 100_000, 256)
+        );
+        // The request defaults to the limit.
+        let cpu = cpu_of("{limits: {cpu: \"2\"}}").unwrap();
+        assert_eq!((cpu.quota_us, cpu.shares), (Some(200_000), 2048));
+        let cpu = cpu_of("{limits: {cpu: 0.2}}").unwrap();
+        assert_eq!((cpu.quota_us, cpu.shares), (Some(20_000), 204));
+        // A request alone: shares, no limit; tiny ones at kubelet's bounds.
+        let cpu = cpu_of("{requests: {cpu: 1m}}").unwrap();
+        assert_eq!((cpu.quota_us, cpu.shares), (None, 2));
+        assert_eq!(cpu_of("{requests: {cpu: 1000}}").unwrap().shares, 262_144);
+        assert_eq!(cpu_of("{limits: {cpu: 1m}}").unwrap().quota_us, Some(1_000));
+        assert_eq!(cpu_of("{limits: {cpu: 0}}").unwrap().quota_us, None);
+        assert_eq!(
+            cpu_of("{limits: {memory: 1Mi}}").unwrap(),
+            CpuLimits::default()
+        );
+        for (resources, want) in [
+            (
+                "{limits: {cpu: half}}",
+                "spec.containers[0]: container c: resources.limits.cpu: \"half\" is not a quantity (unknown suffix)",
+            ),
+            (
+                "{requests: {cpu: -100m}}",
+                "spec.containers[0]: container c: resources.requests.cpu: \"-100m\" is negative",
+            ),
+            (
+                "{limits: {cpu: [1]}}",
+                "spec.containers[0]: container c: resources.limits.cpu: Sequence",
+            ),
+            (
+                "{limits: {cpu: 1}, requests: {cpu: 1500m}}",
+                "spec.containers[0]: container c: resources.requests.cpu (1500m) is above resources.limits.cpu (1000m)",
+            ),
+            (
+                "{limits: {cpu: 1e12}}",
+                "spec.containers[0]: container c: resources.limits.cpu: cpu quota",
+            ),
+            (
+                "{limits: {cpu: 1e30}}",
+                "spec.containers[0]: container c: resources.limits.cpu: \"1e30\" is out of range",
+            ),
+        ] {
+            let e = cpu_of(resources).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidArgument, "{resources}");
+            assert!(e.message.starts_with(want), "{resources}: {e}");
+        }
     }
 }
