@@ -576,12 +576,30 @@ impl TaskApi for TaskService {
         Err(unsupported("checkpoint", &req.id))
     }
 
+    /// New CPU and memory limits (containerd's CRI UpdateContainerResources): `resources` is
+    /// the OCI `LinuxResources` as JSON, applied by the runtime as the CRI server applies its
+    /// own. A sandbox task runs no guest, so it has nothing to limit.
     async fn update(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::UpdateTaskRequest,
     ) -> ttrpc::Result<api::Empty> {
-        Err(unsupported("update the resources of", &req.id))
+        let entry = self.entry(&namespace(ctx), &req.id)?;
+        let (Kind::Container { container, .. }, Some(any)) = (&entry.kind, req.resources.as_ref())
+        else {
+            return Ok(api::Empty::new());
+        };
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&any.value)
+            .map_err(|e| {
+                invalid(format!(
+                    "task {}: the resources are not OCI LinuxResources ({}): {e}",
+                    req.id, any.type_url
+                ))
+            })?;
+        self.rt
+            .update_container_resources(container, spec::cri_resources(&resources))
+            .map_err(rpc)?;
+        Ok(api::Empty::new())
     }
 
     async fn shutdown(

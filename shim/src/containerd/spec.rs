@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process, Spec};
 use wasmpod_runtime::spec::{
-    ContainerConfig, HostNamespaces, MountSource, MountSpec, PodConfig, PodOwner,
+    ContainerConfig, CriResources, HostNamespaces, MountSource, MountSpec, PodConfig, PodOwner,
+    Resources,
 };
 
 /// `sandbox` on a pod's sandbox task, `container` on its containers.
@@ -88,7 +89,7 @@ pub fn pod_config(spec: &Spec, namespace: &str, id: &str) -> PodConfig {
 
 /// The container a task's spec describes: the process's args, env and cwd, the bind mounts
 /// (kubelet's volumes, /etc/hosts…; the kernel filesystems a Linux container gets have no
-/// meaning to a Wasm guest), the root's writability, the memory limit.
+/// meaning to a Wasm guest), the root's writability, the CPU and memory limits.
 pub fn container_config(spec: &Spec, id: &str, stdin: bool) -> anyhow::Result<ContainerConfig> {
     let process = spec
         .process()
@@ -124,12 +125,12 @@ pub fn container_config(spec: &Spec, id: &str, stdin: bool) -> anyhow::Result<Co
         })
         .collect();
     let linux = spec.linux().as_ref();
-    let memory_limit = linux
-        .and_then(|l| l.resources().as_ref())
-        .and_then(|r| r.memory().as_ref())
-        .and_then(|m| m.limit())
-        .filter(|l| *l > 0)
-        .map(|l| l as u64);
+    let resources = match linux.and_then(|l| l.resources().as_ref()) {
+        // Over the defaults, not `Resources::from_cri`: a quota without a period keeps the
+        // default period, as runc leaves the cgroup's period alone.
+        Some(r) => Resources::default().updated(cri_resources(r))?,
+        None => Resources::default(),
+    };
     Ok(ContainerConfig {
         // Unique per task: kubelet restarts a container under its old name before the old
         // task is removed.
@@ -142,7 +143,8 @@ pub fn container_config(spec: &Spec, id: &str, stdin: bool) -> anyhow::Result<Co
         env,
         working_dir,
         mounts,
-        memory_limit,
+        memory_limit: resources.memory_limit,
+        cpu: resources.cpu,
         annotations: a.clone(),
         labels: a
             .get(CONTAINER_NAME)
@@ -161,6 +163,20 @@ pub fn container_config(spec: &Spec, id: &str, stdin: bool) -> anyhow::Result<Co
             .unwrap_or_default(),
         ..ContainerConfig::default()
     })
+}
+
+/// The CPU and memory figures of OCI `linux.resources` (a task's spec, or an update containerd
+/// sends), in the CRI's terms, which share their meaning: unset is 0, -1 is no limit. Figures
+/// too large for them become `i64::MAX`, which the runtime's bounds refuse.
+pub fn cri_resources(r: &LinuxResources) -> CriResources {
+    let cpu = r.cpu().as_ref();
+    let signed = |v: Option<u64>| v.map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX));
+    CriResources {
+        cpu_period: signed(cpu.and_then(|c| c.period())),
+        cpu_quota: cpu.and_then(|c| c.quota()).unwrap_or(0),
+        cpu_shares: signed(cpu.and_then(|c| c.shares())),
+        memory_limit: r.memory().as_ref().and_then(|m| m.limit()).unwrap_or(0),
+    }
 }
 
 /// What wasmpod takes of an OCI process (a task's or an exec's).
@@ -198,4 +214,65 @@ pub fn rootfs(spec: &Spec, bundle: &Path) -> PathBuf {
         .map(|r| r.path().clone())
         .unwrap_or_else(|| PathBuf::from("rootfs"));
     bundle.join(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A spec as `ctr run --cpu-quota 20000 --cpu-shares 512 --memory-limit …` writes it.
+    fn spec(resources: serde_json::Value) -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.1.0",
+            "process": {"args": ["/spin"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "rootfs"},
+            "linux": {"resources": resources},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn cpu_and_memory_limits_come_from_the_spec() {
+        let s = spec(serde_json::json!({
+            "cpu": {"quota": 20000, "period": 50000, "shares": 512},
+            "memory": {"limit": 33554432},
+        }));
+        let c = container_config(&s, "t1", false).unwrap();
+        assert_eq!(c.cpu.cores(), Some(0.4));
+        assert_eq!((c.cpu.shares, c.memory_limit), (512, Some(32 << 20)));
+        // A quota alone keeps the default 100 ms period, as runc leaves the cgroup's.
+        let c = container_config(
+            &spec(serde_json::json!({"cpu": {"quota": 20000}})),
+            "t",
+            false,
+        );
+        assert_eq!(c.unwrap().cpu.cores(), Some(0.2));
+        // ctr's defaults: quota -1 and period 0 are no limit.
+        let c = container_config(
+            &spec(serde_json::json!({"cpu": {"quota": -1, "period": 0}, "memory": {"limit": -1}})),
+            "t",
+            false,
+        )
+        .unwrap();
+        assert_eq!((c.cpu, c.memory_limit), (Default::default(), None));
+    }
+
+    #[test]
+    fn bad_figures_are_the_runtimes_errors() {
+        for bad in [
+            serde_json::json!({"cpu": {"quota": 500}}),
+            serde_json::json!({"cpu": {"period": 999}}),
+            serde_json::json!({"cpu": {"shares": 300000}}),
+            serde_json::json!({"cpu": {"shares": u64::MAX}}),
+            serde_json::json!({"memory": {"limit": -2}}),
+        ] {
+            let e = container_config(&spec(bad.clone()), "t", false).unwrap_err();
+            let e = e.downcast::<wasmpod_runtime::error::Error>().unwrap();
+            assert_eq!(
+                e.kind,
+                wasmpod_runtime::error::ErrorKind::InvalidArgument,
+                "{bad}: {e}"
+            );
+        }
+    }
 }
