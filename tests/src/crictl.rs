@@ -4,7 +4,8 @@
 //! `logs`, listing).
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -192,4 +193,86 @@ pub fn pods(c: &Crictl) -> Vec<Value> {
         .as_array()
         .unwrap()
         .clone()
+}
+
+/// `crictl events -o json` running in the background, its events parsed as they come; the
+/// process is killed (by its pid) when dropped.
+pub struct Events {
+    child: Child,
+    rx: mpsc::Receiver<Value>,
+}
+
+impl Events {
+    pub fn start(c: &Crictl) -> Self {
+        let mut child = c
+            .command(&["events", "-o", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting crictl events");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // One pretty-printed JSON object per event, one after the other.
+            for event in serde_json::Deserializer::from_reader(stdout).into_iter::<Value>() {
+                let Ok(e) = event else { break };
+                if tx.send(e).is_err() {
+                    break;
+                }
+            }
+        });
+        Events { child, rx }
+    }
+
+    /// `crictl events` once it is known to see events: the stream has no "subscribed" mark,
+    /// so probe containers are created in pod `pod_id` (config at `pod_path`) until one's
+    /// event comes through; every later change is seen.
+    pub fn subscribe(c: &Crictl, pod_id: &str, pod_path: &str) -> Self {
+        let events = Self::start(c);
+        let probe_path = c.write(
+            "probe.json",
+            &container_json("probe", &file_image("hello.p1"), &[]),
+        );
+        for n in 0..60 {
+            let mut probe = container_json(&format!("probe-{n}"), &file_image("hello.p1"), &[]);
+            probe["log_path"] = format!("probe/{n}.log").into();
+            std::fs::write(&probe_path, probe.to_string()).unwrap();
+            c.ok(&["create", pod_id, &probe_path, pod_path]);
+            if events.next_within(1).is_some() {
+                return events;
+            }
+        }
+        panic!("crictl events never reported a probe container");
+    }
+
+    /// The next event, if one comes within `secs` (a poll interval or a hang guard).
+    pub fn next_within(&self, secs: u64) -> Option<Value> {
+        self.rx.recv_timeout(Duration::from_secs(secs)).ok()
+    }
+
+    /// The events of container `id` up to and including its `last` one (bounded).
+    #[track_caller]
+    pub fn of_until(&self, id: &str, last: &str) -> Vec<Value> {
+        let mut seen = Vec::new();
+        loop {
+            let e = self.next_within(60).unwrap_or_else(|| {
+                panic!("no {last} event for {id}; its events so far: {seen:#?}")
+            });
+            if e["containerId"] == id {
+                let done = e["containerEventType"] == last;
+                seen.push(e);
+                if done {
+                    return seen;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

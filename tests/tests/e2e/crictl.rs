@@ -2,15 +2,13 @@
 //! the commands an operator types, with JSON configs in a temp dir, checked on what crictl
 //! prints (exit codes, JSON fields, state names, log text).
 
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
 use serde_json::{json, Value};
 use wasmpod_tests::cri::{Daemon, Registry};
 use wasmpod_tests::crictl::{
     container_json, file_image, id_of, pod_json, pods, ps, status, wait_log, wait_state, Crictl,
-    COMMAND_SECS,
+    Events, COMMAND_SECS,
 };
 use wasmpod_tests::{example, output_within, peers, require_guests, text, wasm, wasmpod};
 
@@ -484,67 +482,6 @@ async fn images_are_pulled_listed_run_and_removed() {
     assert!(c.ok(&["images", "-q"]).trim().is_empty());
 }
 
-/// `crictl events -o json` running in the background, its events parsed as they come; the
-/// process is killed (by its pid) when dropped.
-struct Events {
-    child: Child,
-    rx: mpsc::Receiver<Value>,
-}
-
-impl Events {
-    fn start(c: &Crictl) -> Self {
-        let mut child = c
-            .command(&["events", "-o", "json"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting crictl events");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            // One pretty-printed JSON object per event, one after the other.
-            for event in serde_json::Deserializer::from_reader(stdout).into_iter::<Value>() {
-                let Ok(e) = event else { break };
-                if tx.send(e).is_err() {
-                    break;
-                }
-            }
-        });
-        Events { child, rx }
-    }
-
-    /// The next event, if one comes within `secs` (a poll interval or a hang guard).
-    fn next_within(&self, secs: u64) -> Option<Value> {
-        self.rx.recv_timeout(Duration::from_secs(secs)).ok()
-    }
-
-    /// The events of container `id` up to and including its `last` one (bounded).
-    #[track_caller]
-    fn of_until(&self, id: &str, last: &str) -> Vec<Value> {
-        let mut seen = Vec::new();
-        loop {
-            let e = self.next_within(60).unwrap_or_else(|| {
-                panic!("no {last} event for {id}; its events so far: {seen:#?}")
-            });
-            if e["containerId"] == id {
-                let done = e["containerEventType"] == last;
-                seen.push(e);
-                if done {
-                    return seen;
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Events {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `crictl events` (GetContainerEvents) follows a container through created, started,
 /// stopped and deleted, each event carrying the container's status and its pod's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -554,26 +491,7 @@ async fn events_follow_a_container_from_create_to_rm() {
     let c = Crictl::new(&d);
     let pod_path = c.write("pod.json", &pod_json(&d, "events"));
     let pod_id = id_of(&c.ok(&["runp", &pod_path]));
-    let events = Events::start(&c);
-
-    // The stream has no "subscribed" mark: create probe containers until one's event comes
-    // through, then every later change is seen.
-    let probe_path = c.write(
-        "probe.json",
-        &container_json("probe", &file_image("hello.p1"), &[]),
-    );
-    let mut subscribed = false;
-    for n in 0..60 {
-        let mut probe = container_json(&format!("probe-{n}"), &file_image("hello.p1"), &[]);
-        probe["log_path"] = format!("probe/{n}.log").into();
-        std::fs::write(&probe_path, probe.to_string()).unwrap();
-        c.ok(&["create", &pod_id, &probe_path, &pod_path]);
-        if events.next_within(1).is_some() {
-            subscribed = true;
-            break;
-        }
-    }
-    assert!(subscribed, "crictl events never reported a probe container");
+    let events = Events::subscribe(&c, &pod_id, &pod_path);
 
     let ctr_path = c.write(
         "hello.json",

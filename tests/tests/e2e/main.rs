@@ -27,6 +27,7 @@ mod manifests;
 mod memory;
 mod metrics;
 mod network;
+mod pod_memory;
 mod restart;
 mod streaming;
 mod toolbox;

@@ -14,7 +14,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 
-use crate::craft::{Blob, Image, OCI_INDEX, OCI_MANIFEST};
+use super::craft::{Blob, Image, OCI_INDEX, OCI_MANIFEST};
 
 /// A loopback port nothing listens on (bound, read, released).
 pub fn free_port() -> u16 {
@@ -237,7 +237,7 @@ impl Pusher {
             self.image(&format!("{repo}@{}", image.manifest_digest()), image)
                 .await;
         }
-        self.manifest(reference, &crate::craft::index(entries), OCI_INDEX)
+        self.manifest(reference, &super::craft::index(entries), OCI_INDEX)
             .await;
     }
 }
