@@ -29,6 +29,7 @@ mod metrics;
 mod network;
 mod pod_memory;
 mod restart;
+mod stats;
 mod streaming;
 mod toolbox;
 mod two_nodes;
