@@ -713,3 +713,117 @@ async fn stats_port_forward_and_host_port_go_through_containerd() {
     remove_pod(&crictl, &pod_id);
     assert_clean(&c);
 }
+
+/// How long a CPU figure is measured: long enough that one 100 ms period more or less moves it
+/// by 2 %, short enough for a test.
+const CPU_WINDOW: Duration = Duration::from_secs(5);
+
+/// The toolbox shell spinning without a host call.
+const SPIN: &[&str] = &["/bin/sh", "-c", "while :; do :; done"];
+
+/// The cores task `id` of `namespace` used over [`CPU_WINDOW`], from `ctr task metrics`
+/// (the shim's cgroup v2 `cpu.usage_usec`, what containerd's stats read too).
+fn task_cores(c: &Containerd, namespace: &str, id: &str) -> f64 {
+    let usage = || {
+        let out = c.ctr_output(namespace, &["task", "metrics", "--format", "json", id]);
+        let m: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("ctr task metrics {id}: {e}: {out:?}"));
+        let usec = m["cpu"]["usage_usec"].as_u64();
+        (
+            usec.unwrap_or_else(|| panic!("no cpu.usage_usec in {m:#}")),
+            std::time::Instant::now(),
+        )
+    };
+    let (u0, t0) = usage();
+    std::thread::sleep(CPU_WINDOW);
+    let (u1, t1) = usage();
+    (u1 - u0) as f64 / 1e6 / (t1 - t0).as_secs_f64()
+}
+
+/// `measured` is within `range` cores of what `asked` gave.
+#[track_caller]
+fn assert_cores(what: &str, measured: f64, range: std::ops::Range<f64>, c: &Containerd) {
+    println!("{what}: {measured:.3} cores");
+    assert!(
+        range.contains(&measured),
+        "{what}: {measured:.3} cores, expected {range:?}\n{}",
+        c.log_tail(20)
+    );
+}
+
+/// CPU limits through containerd 2.x: `ctr run --cpu-quota/--cpu-period` reaches the guest from
+/// the OCI spec; a crictl container's CRI limit too, and `crictl update` (containerd's CRI
+/// UpdateContainerResources → the task API's Update) changes it live; bad figures are refused
+/// with the runtime's reason. ctr 2.x has no `task update`, so the CRI is the way to Update.
+/// Spinners measured over 5 s on a shared 2-core machine: 0.2 asked → 0.1..0.3 (an unlimited
+/// spinner gets near 1), 0.5 → 0.3..0.7.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_limits_and_live_updates_through_containerd2() {
+    let _serial = SERIAL.lock().await;
+    let c = wasmpod_containerd_of(Flavour::V2).await;
+    let snapshotter = c.snapshotter().to_owned();
+    let ctr_run = |id: &str, quota: &str| {
+        let mut args = vec![
+            "run",
+            "-d",
+            "--runtime",
+            WASMPOD_RUNTIME,
+            "--snapshotter",
+            &snapshotter,
+            "--cpu-quota",
+            quota,
+            "--cpu-period",
+            "100000",
+            TOOLBOX_P1,
+            id,
+        ];
+        args.extend_from_slice(SPIN);
+        c.ctr_output(containerd::CTR_NAMESPACE, &args)
+    };
+    let out = ctr_run("spin", "20000");
+    assert!(out.status.success(), "{out:?}\n{}", c.log_tail(30));
+    let cores = task_cores(&c, containerd::CTR_NAMESPACE, "spin");
+    assert_cores("ctr run --cpu-quota 20000", cores, 0.1..0.3, &c);
+    for args in [
+        &["task", "kill", "-s", "SIGKILL", "spin"][..],
+        &["task", "rm", "-f", "spin"],
+        &["rm", "spin"],
+    ] {
+        c.ctr_output(containerd::CTR_NAMESPACE, args);
+    }
+    let out = ctr_run("bad", "500");
+    assert!(!out.status.success(), "a 0.5 ms quota was taken: {out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("cpu quota 500 µs is outside"), "{err}");
+    c.ctr_output(containerd::CTR_NAMESPACE, &["rm", "bad"]);
+
+    let crictl = c.crictl();
+    let pod = c.pod_json("cpu");
+    let pod = crictl.write("cpu-pod.json", &pod);
+    let pod_id = id_of(&crictl.ok(&["runp", "--runtime", WASMPOD_HANDLER, &pod]));
+    let mut spin = container_json("spin", TOOLBOX_P1, &SPIN[1..]);
+    spin["command"] = json!([SPIN[0]]);
+    spin["linux"] =
+        json!({"resources": {"cpu_period": 100000, "cpu_quota": 20000, "cpu_shares": 512}});
+    let config = crictl.write("cpu-spin.json", &spin);
+    let id = id_of(&crictl.ok(&["create", &pod_id, &config, &pod]));
+    crictl.ok(&["start", &id]);
+    wait_state(&crictl, &id, "CONTAINER_RUNNING");
+    let cores = task_cores(&c, NAMESPACE, &id);
+    assert_cores("CRI cpu_quota 20000", cores, 0.1..0.3, &c);
+
+    crictl.ok(&["update", "--cpu-quota", "50000", &id]);
+    let cores = task_cores(&c, NAMESPACE, &id);
+    assert_cores("crictl update --cpu-quota 50000", cores, 0.3..0.7, &c);
+
+    let err = crictl.fails(&["update", "--cpu-period", "999", &id]);
+    assert!(err.contains("cpu period 999 µs is outside"), "{err}");
+    let err = crictl.fails(&["update", "--cpu-share", "300000", &id]);
+    assert!(err.contains("cpu shares 300000 are outside"), "{err}");
+    assert_eq!(status(&crictl, &id)["state"], "CONTAINER_RUNNING");
+
+    crictl.ok(&["stop", "-t", "0", &id]);
+    crictl.ok(&["rm", &id]);
+    remove_pod(&crictl, &pod_id);
+    assert_clean(&c);
+}
