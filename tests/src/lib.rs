@@ -393,7 +393,13 @@ pub fn stream_text(log: &[LogRecord], stream: &str) -> String {
 
 /// CPU time (user + system) this process has used so far.
 pub fn process_cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("reading /proc/self/stat");
+    cpu_time_of("self")
+}
+
+/// CPU time (user + system) process `pid` (`/proc/<pid>`, or `self`) has used so far.
+pub fn cpu_time_of(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/stat: {e}"));
     // The command name (field 2) may hold spaces; the fields after it are space-separated.
     let after = &stat[stat
         .rfind(')')

@@ -286,3 +286,55 @@ fn a_second_sigterm_exits_at_once_with_130() {
         "{stderr_lines:?}"
     );
 }
+
+/// `resources.limits.cpu: 200m` holds a spinning guest to a fifth of a core: the `wasmpod run`
+/// process's own CPU time over 5 s of spinning (the guest and the runtime around it; an
+/// unlimited spinner makes it near 1) is between 0.1 and 0.35 cores. A bad CPU quantity is
+/// refused before anything runs, naming the field.
+#[test]
+fn run_holds_a_spinner_to_its_cpu_limit() {
+    require_guests();
+    let dir = tempfile::tempdir().unwrap();
+    let spinner = format!(
+        "\n  containers:\n    - name: spinner\n      image: {}\n      args: [--spin]\n      \
+         resources: {{limits: {{cpu: CPU}}}}\n",
+        wasm("forever.p2").display()
+    );
+    let bad = manifest_file(
+        dir.path(),
+        "bad.yaml",
+        &pod_yaml("cpu", "Never", &spinner.replace("CPU", "half")),
+    );
+    let out = output_within(wasmpod(dir.path()).arg("run").arg(&bad), 120);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(r#"container spinner: resources.limits.cpu: "half" is not a quantity"#),
+        "{stderr}"
+    );
+
+    let manifest = manifest_file(
+        dir.path(),
+        "pod.yaml",
+        &pod_yaml("cpu", "Never", &spinner.replace("CPU", "200m")),
+    );
+    let mut child = spawn_run(dir.path(), &manifest);
+    let pid = child.id().to_string();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The guest says it spins before it does (its stdout ends with the process).
+    let spinning = lines
+        .map_while(Result::ok)
+        .take(10)
+        .any(|l| l == "spinner | spinning");
+    let cores = spinning.then(|| {
+        let (cpu0, t0) = (cpu_time_of(&pid), std::time::Instant::now());
+        std::thread::sleep(Duration::from_secs(5));
+        (cpu_time_of(&pid) - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64()
+    });
+    // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+    let _ = child.wait();
+    let cores = cores.expect("the spinner never said it spins");
+    println!("wasmpod run, limits.cpu 200m: {cores:.3} cores");
+    assert!((0.1..0.35).contains(&cores), "{cores:.3} cores");
+}
