@@ -4,7 +4,7 @@
 //! ring, installed once before the first client.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Once, PoisonError};
+use std::sync::{Arc, Mutex, Once, OnceLock, PoisonError};
 
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::CertificateDer;
@@ -67,13 +67,16 @@ pub fn trust(ca_bundles: &[PathBuf]) -> Result<()> {
     }
 }
 
-/// The client config of guests' outgoing `https://` (the system's roots alone unless
-/// [`trust`] was called).
+/// The client config of guests' outgoing `https://`: the trusted bundles' once [`trust`] was
+/// called, else the system's roots alone. Reading it does not fix the choice, so a handler
+/// started before the front end's [`trust`] does not make that call fail.
 pub(crate) fn outgoing() -> Arc<ClientConfig> {
-    let mut outgoing = OUTGOING.lock().unwrap_or_else(PoisonError::into_inner);
-    outgoing
-        .get_or_insert_with(|| Outgoing::new(Vec::new(), system_roots()))
-        .config
+    if let Some(o) = &*OUTGOING.lock().unwrap_or_else(PoisonError::into_inner) {
+        return o.config.clone();
+    }
+    static SYSTEM: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+    SYSTEM
+        .get_or_init(|| Outgoing::new(Vec::new(), system_roots()).config)
         .clone()
 }
 
