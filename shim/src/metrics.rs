@@ -49,6 +49,11 @@ struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: String,
 }
@@ -68,6 +73,7 @@ pub struct Metrics {
     containers: Family<StateLabels, Gauge>,
     aot_artifacts: Gauge,
     aot_dir: PathBuf,
+    code_loads: Family<SourceLabels, Counter>,
     cri_latency: Histograms,
     cri_errors: Family<ErrorLabels, Counter>,
     container_start: Histogram,
@@ -95,6 +101,13 @@ impl Metrics {
             "aot_artifacts",
             "Precompiled (AOT) code artifacts in the on-disk compile cache",
             aot_artifacts.clone(),
+        );
+        let code_loads = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "code_loads",
+            "Loads of Wasm code by where the compiled code came from: the memory or disk (AOT) \
+             cache (hits), or compiling (misses)",
+            code_loads.clone(),
         );
         let cri_latency: Histograms = Family::new_with_constructor(latency_histogram);
         registry.register_with_unit(
@@ -128,6 +141,7 @@ impl Metrics {
             containers,
             aot_artifacts,
             aot_dir: state_dir.join("aot"),
+            code_loads,
             cri_latency,
             cri_errors,
             container_start,
@@ -195,6 +209,19 @@ impl Metrics {
             })
             .unwrap_or(0);
         self.aot_artifacts.set(artifacts as i64);
+        let loads = rt.engine().load_counts();
+        for (source, count) in [
+            ("memory", &loads.memory),
+            ("disk", &loads.disk),
+            ("compile", &loads.compiled),
+        ] {
+            // The engine counts; a scrape (one at a time) moves the counter up to its figure.
+            let counter = self.code_loads.get_or_create(&SourceLabels {
+                source: source.to_owned(),
+            });
+            let now = count.load(std::sync::atomic::Ordering::Relaxed);
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry)
             .expect("writing to a String");

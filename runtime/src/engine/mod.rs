@@ -289,6 +289,16 @@ pub struct Engine {
     programs: Mutex<HashMap<String, Arc<OnceCell<Program>>>>,
     aot: Option<AotCache>,
     scheduler: Arc<Scheduler>,
+    loads: LoadCounts,
+}
+
+/// How the engine's loads of code were served since it started: from compiled code in
+/// memory, from an AOT artifact on disk, or by compiling. Read by the daemon's metrics.
+#[derive(Debug, Default)]
+pub struct LoadCounts {
+    pub memory: AtomicU64,
+    pub disk: AtomicU64,
+    pub compiled: AtomicU64,
 }
 
 impl Engine {
@@ -323,6 +333,7 @@ impl Engine {
             programs: Mutex::new(HashMap::new()),
             aot,
             scheduler: Arc::default(),
+            loads: LoadCounts::default(),
         }))
     }
 
@@ -351,6 +362,10 @@ impl Engine {
             let mut programs = self.programs.lock().unwrap_or_else(|e| e.into_inner());
             programs.entry(digest.clone()).or_default().clone()
         };
+        if let Some(program) = cell.get() {
+            self.loads.memory.fetch_add(1, Ordering::Relaxed);
+            return Ok(program.clone());
+        }
         let program = cell
             .get_or_try_init(|| {
                 let engine = self.clone();
@@ -378,6 +393,11 @@ impl Engine {
         self.http.forget(digest);
     }
 
+    /// How loads of code were served so far.
+    pub fn load_counts(&self) -> &LoadCounts {
+        &self.loads
+    }
+
     /// Whether a verified-or-not AOT artifact for this binary is on disk (for image status).
     pub fn has_artifact(&self, digest: &str) -> bool {
         self.aot.as_ref().is_some_and(|c| c.contains(digest))
@@ -385,6 +405,7 @@ impl Engine {
 
     fn compile(&self, digest: &str, wasm: &Wasm) -> Result<Program> {
         if let Some(pre) = self.http.cached(digest) {
+            self.loads.memory.fetch_add(1, Ordering::Relaxed);
             return Ok(Program::new(digest, Compiled::Http(pre)));
         }
         let code = match self.aot.as_ref().and_then(|c| c.load(digest)) {
@@ -392,8 +413,12 @@ impl Engine {
             None => None,
         };
         let code = match code {
-            Some(code) => code,
+            Some(code) => {
+                self.loads.disk.fetch_add(1, Ordering::Relaxed);
+                code
+            }
             None => {
+                self.loads.compiled.fetch_add(1, Ordering::Relaxed);
                 let bytes = wasm.bytes()?;
                 let code = match GuestKind::detect(&bytes)? {
                     GuestKind::Preview1 => {

@@ -175,7 +175,12 @@ async fn metrics_match_the_cri_and_count_calls_and_errors() {
     harness::status(&mut rt, &ran).await;
     let s = scrape(port).await;
     assert_eq!(value(&s, errors, &not_found), 2.0);
-    assert!(value(&s, "wasmpod_aot_artifacts", &[]) >= 0.0);
+    // Two creates of one image: the first loads from disk or compiles (and leaves an AOT
+    // artifact), the second finds the code in memory.
+    assert!(value(&s, "wasmpod_aot_artifacts", &[]) >= 1.0);
+    let loads = |source| value(&s, "wasmpod_code_loads_total", &[("source", source)]);
+    assert_eq!(loads("disk") + loads("compile"), 1.0);
+    assert!(loads("memory") >= 1.0);
 
     let (code, _) = curl(&format!("http://127.0.0.1:{port}/other")).await;
     assert_eq!(code, 404);
