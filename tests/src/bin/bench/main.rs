@@ -10,13 +10,15 @@
 //!   pod networks): pod start (interleaved) and RSS per idle pod; `--containerd-shim` runs
 //!   only these;
 //! - container start: create + start → first stdout line, module cached, in process (p50/p99);
+//! - the cost of resource accounting (start and lifecycles with CPU + memory limits on against
+//!   off) and CPU limit accuracy for 1, 10 and 100 spinning guests (`limits`);
 //! - stop: how long a spinning WASI command takes to end once stopped (at once: no SIGTERM);
 //! - density: RSS growth per idle pod across N idle pods in one process, and thread count;
 //! - network: wasi:http hello world rps/latency against `wasmtime serve` (wrk), and TCP echo
 //!   round trips inside a pod against the host;
 //! - image pull + AOT compile, and container start with the artifact against compiling.
 //!
-//! `--report` also writes a markdown report with SVG plots beside it.
+//! `--limits` runs only the accounting figures. `--report` also writes a markdown report with SVG plots beside it.
 //!
 //! `--kube-scale` runs only the Kubernetes scale figures (`kube`): a Deployment of N idle
 //! pods (default 1,000) through the real control plane and kubelet on wasmpod, then of M
@@ -33,6 +35,7 @@ use wasmpod_tests::cri::Daemon;
 
 mod compare;
 mod kube;
+mod limits;
 mod net;
 mod report;
 
@@ -44,6 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     let shim_only = args.iter().any(|a| a == "--containerd-shim");
+    let limits_only = args.iter().any(|a| a == "--limits");
     let report_path = args
         .iter()
         .position(|a| a == "--report")
@@ -104,12 +108,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!();
     println!("| figure | wasmpod | containerd + runc |");
     println!("|---|---|---|");
-    if !shim_only {
-        compare_over_cri(&mut report, &bin, &wasm, quick).await?;
-        in_process(&mut report, &wasm, quick).await?;
+    if limits_only {
+        let (_state, rt) = in_process_runtime()?;
+        limits::accounting(&mut report, &rt, &wasm, quick).await?;
+    } else {
+        if !shim_only {
+            compare_over_cri(&mut report, &bin, &wasm, quick).await?;
+            in_process(&mut report, &wasm, quick).await?;
+        }
+        // Last: its rows sit under a row naming its own columns.
+        compare_containerd_runtimes(&mut report, quick).await?;
     }
-    // Last: its rows sit under a row naming its own columns.
-    compare_containerd_runtimes(&mut report, quick).await?;
     if let Some(path) = report_path {
         report.write(&path, quick)?;
         println!();
@@ -520,24 +529,36 @@ fn with_logs(peers: &[&Peer], e: impl std::fmt::Display) -> String {
     text
 }
 
+/// A runtime of the benchmark's own, with its state in a temporary directory (kept while the
+/// returned handle lives).
+fn in_process_runtime() -> Result<(tempfile::TempDir, Arc<Runtime>), Box<dyn std::error::Error>> {
+    let state = tempfile::tempdir()?;
+    let rt = Runtime::new(RuntimeOptions {
+        state_dir: state.path().into(),
+        ..Default::default()
+    })?;
+    Ok((state, rt))
+}
+
 /// Figures of wasmpod alone, in process: container start, kill, density, network, images.
 async fn in_process(
     report: &mut Report,
     wasm: &Path,
     quick: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let state = tempfile::tempdir()?;
-    let rt = Runtime::new(RuntimeOptions {
-        state_dir: state.path().into(),
-        ..Default::default()
-    })?;
+    let (_state, rt) = in_process_runtime()?;
     let starts = if quick { 200 } else { 2000 };
     let idle = if quick { 200 } else { 1000 };
     for (label, file) in [
         ("p1 module", "hello.p1.wasm"),
         ("p2 component", "hello.p2.wasm"),
     ] {
-        let lat = start_latency(&rt, &wasm.join(file), starts).await?;
+        let config = ContainerConfig {
+            name: "c".into(),
+            image: file_image(&wasm.join(file)),
+            ..Default::default()
+        };
+        let lat = start_latency(&rt, &config, starts).await?;
         report.row(
             &format!(
                 "in process: container start ({label}, create+start → first line), n={starts}"
@@ -547,6 +568,7 @@ async fn in_process(
             None,
         );
     }
+    limits::accounting(report, &rt, wasm, quick).await?;
     let kill = kill_latency(
         &rt,
         &wasm.join("forever.p2.wasm"),
@@ -761,25 +783,23 @@ fn file_image(path: &Path) -> String {
     )
 }
 
-/// Create + start → first stdout line, `n` times in one pod, the module compiled once before.
+/// Create + start of `template` → its first stdout line, `n` times in one pod, the module
+/// compiled once before. The container must be named `c`.
 async fn start_latency(
     rt: &Arc<Runtime>,
-    wasm: &Path,
+    template: &ContainerConfig,
     n: usize,
 ) -> Result<Vec<Duration>, Box<dyn std::error::Error>> {
     let pod = rt.run_pod(PodConfig {
         name: "bench-start".into(),
         ..Default::default()
     })?;
-    let image = file_image(wasm);
     let mut logs = rt.subscribe_logs();
     let mut out = Vec::with_capacity(n);
     for i in 0..=n {
         let config = ContainerConfig {
-            name: "c".into(),
             attempt: i as u32,
-            image: image.clone(),
-            ..Default::default()
+            ..template.clone()
         };
         let t0 = Instant::now();
         let id = rt.create_container(&pod, config).await?;

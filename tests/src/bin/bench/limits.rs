@@ -1,0 +1,195 @@
+//! What the engine's resource accounting costs, and how exactly it holds a CPU limit: container
+//! start and lifecycle throughput with limits on against off, and the CPU share measured for
+//! 1, 10 and 100 spinning guests under a quota.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmpod_runtime::engine::CpuLimits;
+use wasmpod_runtime::runtime::Runtime;
+use wasmpod_runtime::spec::{ContainerConfig, PodConfig};
+
+use crate::report::Report;
+use crate::{file_image, fmt, p50_p99, start_latency};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// A quota of `cpus` CPUs over the default period, and twice the default shares: every
+/// per-poll branch of the CPU account (budget, refill, weight) runs.
+fn limited(cpus: f64) -> (CpuLimits, Option<u64>) {
+    let mut cpu = CpuLimits::default();
+    cpu.quota_us = Some((cpus * cpu.period_us as f64).round() as u64);
+    cpu.shares *= 2;
+    (cpu, Some(64 << 20))
+}
+
+fn config(name: &str, image: &str, limits: Option<(CpuLimits, Option<u64>)>) -> ContainerConfig {
+    let (cpu, memory_limit) = limits.unwrap_or_default();
+    ContainerConfig {
+        name: name.into(),
+        image: image.into(),
+        cpu,
+        memory_limit,
+        ..Default::default()
+    }
+}
+
+pub async fn accounting(
+    report: &mut Report,
+    rt: &Arc<Runtime>,
+    wasm: &Path,
+    quick: bool,
+) -> Result<()> {
+    let hello = file_image(&wasm.join("hello.p1.wasm"));
+    let starts = if quick { 100 } else { 2000 };
+    let mut p50s = [Duration::ZERO; 2];
+    for (i, (label, limits)) in [("off", None), ("on", Some(limited(0.5)))]
+        .into_iter()
+        .enumerate()
+    {
+        let lat = start_latency(rt, &config("c", &hello, limits), starts).await?;
+        p50s[i] = crate::pct(&lat, 50);
+        report.row(
+            &format!("in process: container start, CPU + memory limits {label}, n={starts}"),
+            p50_p99(&lat),
+            None,
+            None,
+        );
+    }
+    let start_cost = p50s[1].as_secs_f64() / p50s[0].as_secs_f64().max(1e-9) - 1.0;
+
+    let lifecycles = if quick { 100 } else { 2000 };
+    let mut rates = [0.0; 2];
+    for (i, (label, limits)) in [("off", None), ("on", Some(limited(0.5)))]
+        .into_iter()
+        .enumerate()
+    {
+        rates[i] = lifecycle_rate(rt, &hello, limits, lifecycles, 4).await?;
+        report.row(
+            &format!(
+                "in process: lifecycles/s (pod → container runs to exit → removed), 4 clients, limits {label}, n={lifecycles}"
+            ),
+            format!("{:.0}/s", rates[i]),
+            None,
+            None,
+        );
+    }
+    let rate_cost = 1.0 - rates[1] / rates[0].max(1e-9);
+    report.goal(
+        "accounting cost ≤ 5% (start p50, lifecycle rate)",
+        format!(
+            "start {:+.1}%, lifecycles {:+.1}%",
+            start_cost * 100.0,
+            -rate_cost * 100.0
+        ),
+        start_cost <= 0.05 && rate_cost <= 0.05,
+    );
+
+    let spin = file_image(&wasm.join("forever.p1.wasm"));
+    let (counts, window): (&[usize], _) = if quick {
+        (&[1, 10], Duration::from_secs(2))
+    } else {
+        (&[1, 10, 100], Duration::from_secs(10))
+    };
+    for &n in counts {
+        // Together the guests ask for at most 1.6 of the machine's cores, so each can get
+        // what it asks for and the figure is the limit's accuracy, not contention.
+        let share = (1.6 / n as f64).min(0.5);
+        let measured = cpu_shares(rt, &spin, n, share, window).await?;
+        let mean = measured.iter().sum::<f64>() / n as f64;
+        let (min, max) = measured
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(lo, hi), &s| (lo.min(s), hi.max(s)));
+        report.row(
+            &format!(
+                "CPU limit accuracy: {n} spinning guest(s) limited to {share:.3} CPU each, over {}",
+                fmt(window)
+            ),
+            format!(
+                "mean {mean:.3} ({:+.1}%), min {min:.3}, max {max:.3}",
+                (mean / share - 1.0) * 100.0
+            ),
+            None,
+            None,
+        );
+    }
+    Ok(())
+}
+
+/// Full lifecycles a second: `clients` tasks each running pods whose one container prints a
+/// line and exits, then removing the pod, `total` in all.
+async fn lifecycle_rate(
+    rt: &Arc<Runtime>,
+    image: &str,
+    limits: Option<(CpuLimits, Option<u64>)>,
+    total: usize,
+    clients: usize,
+) -> Result<f64> {
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|client| {
+            let (rt, config) = (rt.clone(), config("c", image, limits));
+            tokio::spawn(async move {
+                for i in 0..total / clients {
+                    let pod = rt.run_pod(PodConfig {
+                        name: format!("life-{client}-{i}"),
+                        ..Default::default()
+                    })?;
+                    let id = rt.create_container(&pod, config.clone()).await?;
+                    rt.start_container(&id)?;
+                    rt.wait_container(&id).await?;
+                    rt.remove_pod(&pod).await?;
+                }
+                Ok::<_, wasmpod_runtime::error::Error>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    Ok((total / clients * clients) as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// The CPU share each of `n` spinning guests limited to `share` CPU gets over `window`,
+/// read from the engine's own account after a second of warm-up.
+async fn cpu_shares(
+    rt: &Arc<Runtime>,
+    image: &str,
+    n: usize,
+    share: f64,
+    window: Duration,
+) -> Result<Vec<f64>> {
+    let mut pods = Vec::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let pod = rt.run_pod(PodConfig {
+            name: format!("spin-{i}"),
+            ..Default::default()
+        })?;
+        let mut config = config("spin", image, Some(limited(share)));
+        config.args = vec!["--spin".into()];
+        let id = rt.create_container(&pod, config).await?;
+        rt.start_container(&id)?;
+        pods.push(pod);
+        ids.push(id);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = |ids: &[String]| -> Result<Vec<Duration>> {
+        ids.iter()
+            .map(|id| Ok(rt.container(id)?.usage().cpu))
+            .collect()
+    };
+    let (before, t0) = (used(&ids)?, Instant::now());
+    tokio::time::sleep(window).await;
+    let (after, elapsed) = (used(&ids)?, t0.elapsed().as_secs_f64());
+    for pod in &pods {
+        rt.stop_pod(pod, Duration::ZERO).await?;
+        rt.remove_pod(pod).await?;
+    }
+    Ok(before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| (*a - *b).as_secs_f64() / elapsed)
+        .collect())
+}
