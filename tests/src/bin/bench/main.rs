@@ -1,6 +1,6 @@
 //! wasmpod benchmarks: prints figures, asserts nothing about speed.
 //!
-//! `scripts/bench [--quick] [--containerd-shim] [--report docs/benchmarks.md]`
+//! `scripts/bench [--quick] [--containerd-shim] [--limits] [--report docs/benchmarks.md]`
 //! `scripts/bench --kube-scale [N] [--kube-scale-runc M]`
 //!
 //! - over the CRI, wasmpod against containerd + runc (same client, same machine, same run):
