@@ -11,7 +11,7 @@ use wasmpod_runtime::runtime::Runtime;
 use wasmpod_runtime::spec::{ContainerConfig, PodConfig};
 
 use crate::report::Report;
-use crate::{file_image, p50_p99, start_latency};
+use crate::{file_image, p50_p99, pct, start_latency};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -42,20 +42,18 @@ pub async fn accounting(
     quick: bool,
 ) -> Result<()> {
     let hello = file_image(&wasm.join("hello.p1.wasm"));
+    let settings = [("off", None), ("on", Some(limited(0.5)))];
     let starts = if quick { 100 } else { 2000 };
     // Off and on take turns, a tenth of the starts at a time, so a drift of the machine's
     // load falls on both.
     let mut lat = [Vec::new(), Vec::new()];
     for _ in 0..10 {
-        for (i, limits) in [None, Some(limited(0.5))].into_iter().enumerate() {
-            let round = start_latency(rt, &config("c", &hello, limits), starts / 10).await?;
-            lat[i].extend(round);
+        for (lat, (_, limits)) in lat.iter_mut().zip(settings) {
+            lat.extend(start_latency(rt, &config("c", &hello, limits), starts / 10).await?);
         }
     }
-    for lat in &mut lat {
+    for (lat, (label, _)) in lat.iter_mut().zip(settings) {
         lat.sort();
-    }
-    for (label, lat) in ["off", "on"].iter().zip(&lat) {
         report.row(
             &format!("in process: container start, CPU + memory limits {label}, n={starts}"),
             p50_p99(lat),
@@ -63,19 +61,19 @@ pub async fn accounting(
             None,
         );
     }
-    let p50s = [crate::pct(&lat[0], 50), crate::pct(&lat[1], 50)];
-    let start_cost = p50s[1].as_secs_f64() / p50s[0].as_secs_f64().max(1e-9) - 1.0;
+    let start_cost = pct(&lat[1], 50).as_secs_f64() / pct(&lat[0], 50).as_secs_f64() - 1.0;
 
-    let lifecycles = if quick { 100 } else { 2000 };
-    // Taking turns too: the rate of each is its lifecycles over its own time.
+    // Taking turns too, five rounds of 4 clients: each rate is its lifecycles over its time.
+    let per_client = if quick { 5 } else { 100 };
+    let lifecycles = per_client * 4 * 5;
     let mut time = [Duration::ZERO; 2];
     for _ in 0..5 {
-        for (i, limits) in [None, Some(limited(0.5))].into_iter().enumerate() {
-            time[i] += lifecycles_time(rt, &hello, limits, lifecycles / 5, 4).await?;
+        for (time, (_, limits)) in time.iter_mut().zip(settings) {
+            *time += lifecycles_time(rt, &hello, limits, per_client, 4).await?;
         }
     }
-    let rates = time.map(|t| (lifecycles / 5 / 4 * 4 * 5) as f64 / t.as_secs_f64());
-    for (label, rate) in ["off", "on"].iter().zip(rates) {
+    let rates = time.map(|t| lifecycles as f64 / t.as_secs_f64());
+    for (rate, (label, _)) in rates.iter().zip(settings) {
         report.row(
             &format!(
                 "in process: lifecycles/s (pod → container runs to exit → removed), 4 clients, limits {label}, n={lifecycles}"
@@ -85,7 +83,7 @@ pub async fn accounting(
             None,
         );
     }
-    let rate_cost = 1.0 - rates[1] / rates[0].max(1e-9);
+    let rate_cost = 1.0 - rates[1] / rates[0];
     report.goal(
         "accounting cost ≤ 5% (start p50, lifecycle rate)",
         format!(
@@ -127,13 +125,13 @@ pub async fn accounting(
     Ok(())
 }
 
-/// The time `clients` tasks take to run `total` full lifecycles between them: pods whose one
+/// The time `clients` tasks take to run `per_client` full lifecycles each: pods whose one
 /// container prints a line and exits, then removing the pod.
 async fn lifecycles_time(
     rt: &Arc<Runtime>,
     image: &str,
     limits: Option<(CpuLimits, Option<u64>)>,
-    total: usize,
+    per_client: usize,
     clients: usize,
 ) -> Result<Duration> {
     let t0 = Instant::now();
@@ -141,7 +139,7 @@ async fn lifecycles_time(
         .map(|client| {
             let (rt, config) = (rt.clone(), config("c", image, limits));
             tokio::spawn(async move {
-                for i in 0..total / clients {
+                for i in 0..per_client {
                     let pod = rt.run_pod(PodConfig {
                         name: format!("life-{client}-{i}"),
                         ..Default::default()
