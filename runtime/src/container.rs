@@ -50,6 +50,10 @@ impl ContainerState {
     }
 }
 
+/// Guests a container may run at once, its own and its execs' (as a cgroup's `pids.max`
+/// caps its processes): a CRI client cannot grow a container's tasks without end.
+pub const MAX_GUESTS: u64 = 128;
+
 /// Resource use of a container, for stats.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ContainerUsage {
@@ -385,6 +389,11 @@ impl Container {
         self.cpu_rate.sample(used, running_for)
     }
 
+    /// Its account: CPU and memory used, limits, throttling.
+    pub fn account(&self) -> &Account {
+        &self.account
+    }
+
     /// Guests running in the container: its own and its execs'.
     pub fn guests(&self) -> u64 {
         let running = matches!(self.state(), ContainerState::Running { .. });
@@ -605,6 +614,13 @@ impl Container {
         let mut execs = self.execs.lock().unwrap_or_else(|e| e.into_inner());
         if execs.closed || !matches!(*self.state.borrow(), ContainerState::Running { .. }) {
             return Err(self.not_running());
+        }
+        if execs.tasks.len() + 1 >= MAX_GUESTS as usize {
+            return Err(Error::exhausted(format!(
+                "container {} already runs {MAX_GUESTS} guests (its own and its execs'); \
+                 an exec can start once one ends",
+                self.id
+            )));
         }
         let id = execs.next;
         execs.next += 1;

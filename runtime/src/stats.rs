@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::container::{Container, ContainerState};
+use crate::engine::{CpuUsage, MemoryUsage};
 use crate::exit::ExitReason;
 use crate::network::Traffic;
 use crate::pod::Pod;
@@ -50,6 +51,12 @@ pub struct Disk {
 pub struct ContainerStats {
     pub at: SystemTime,
     pub cpu: Duration,
+    /// The same CPU time with its kernel share, page faults and throttling.
+    pub cpu_stat: CpuUsage,
+    /// Peak, tables and refused growths of its memory.
+    pub memory_stat: MemoryUsage,
+    /// Its memory swapped out: known (zero) only while none of the daemon's is.
+    pub swap: Option<u64>,
     /// CPU rate in nanocores (see [`Container::cpu_rate`]).
     pub nano_cores: u64,
     pub memory: Memory,
@@ -83,9 +90,13 @@ impl Runtime {
         // Code is mapped only while the container may run; an exited one holds nothing.
         let running = matches!(state, ContainerState::Running { .. });
         let dir = c.writable_dir().to_path_buf();
+        let account = c.account();
         ContainerStats {
             at: SystemTime::now(),
             cpu: c.usage().cpu,
+            cpu_stat: account.cpu_usage(),
+            memory_stat: account.memory_usage(),
+            swap: (daemon_swap() == Some(0)).then_some(0),
             nano_cores: c.cpu_rate(),
             memory: Memory {
                 linear: c.usage().memory_bytes,
@@ -141,6 +152,29 @@ impl Runtime {
             open_files: pod.files.open() as u64,
             open_sockets: pod.network.as_ref().map_or(0, |n| n.open_sockets() as u64),
             containers,
+        }
+    }
+}
+
+/// The daemon's swapped-out memory (`VmSwap`), where the guests' memory lives: while it is
+/// zero, no guest has any memory swapped out. Read at most once a second, so that stats of
+/// thousands of containers do not read `/proc` thousands of times.
+fn daemon_swap() -> Option<u64> {
+    static LAST: std::sync::Mutex<Option<(std::time::Instant, Option<u64>)>> =
+        std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    match *last {
+        Some((at, swap)) if at.elapsed() < Duration::from_secs(1) => swap,
+        _ => {
+            let swap = std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|status| {
+                    let kib = status.lines().find_map(|l| l.strip_prefix("VmSwap:"))?;
+                    kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+                })
+                .map(|kib| kib * 1024);
+            *last = Some((std::time::Instant::now(), swap));
+            swap
         }
     }
 }

@@ -98,6 +98,69 @@ impl Crictl {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("crictl {args:?}: {e}:\n{out}"))
     }
 
+    /// `crictl metricsp` of one pod, checked against `crictl metricdescs`: every metric sent
+    /// is described, with as many label values as its descriptor has keys.
+    pub fn pod_metrics(&self, pod: &str) -> PodMetrics {
+        let descs = self.json(&["metricdescs", "-o", "json"]);
+        let all = self.json(&["metricsp", "-o", "json"]);
+        let pod = all["podMetrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["podSandboxId"] == pod)
+            .unwrap_or_else(|| panic!("no metrics of pod {pod}: {all:#}"))
+            .clone();
+        let metrics = |v: &Value| -> Vec<Metric> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    let name = m["name"].as_str().unwrap().to_owned();
+                    let labels: Vec<String> = m["labelValues"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|l| l.as_str().unwrap().to_owned())
+                        .collect();
+                    let desc = descs["descriptors"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|d| d["name"] == name.as_str())
+                        .unwrap_or_else(|| panic!("{name} is sent but not described"));
+                    assert_eq!(
+                        labels.len(),
+                        desc["labelKeys"].as_array().unwrap().len(),
+                        "{m:#}"
+                    );
+                    let value = m["value"]["value"].as_str().map_or_else(
+                        || m["value"]["value"].as_u64().unwrap_or(0),
+                        |s| s.parse().unwrap(),
+                    );
+                    Metric {
+                        name,
+                        labels,
+                        value,
+                    }
+                })
+                .collect()
+        };
+        PodMetrics {
+            pod: metrics(&pod["metrics"]),
+            containers: pod["containerMetrics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    (
+                        c["containerId"].as_str().unwrap().to_owned(),
+                        metrics(&c["metrics"]),
+                    )
+                })
+                .collect(),
+        }
+    }
+
     /// Writes `value` as `name` in the config dir; its path as text.
     pub fn write(&self, name: &str, value: &Value) -> String {
         let path = self.dir.join(name);
@@ -275,4 +338,44 @@ impl Drop for Events {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One metric of `crictl metricsp`.
+#[derive(Debug, Clone)]
+pub struct Metric {
+    pub name: String,
+    pub labels: Vec<String>,
+    pub value: u64,
+}
+
+/// A pod's metrics (see [`Crictl::pod_metrics`]): its own, and each container's by id.
+#[derive(Debug)]
+pub struct PodMetrics {
+    pub pod: Vec<Metric>,
+    pub containers: Vec<(String, Vec<Metric>)>,
+}
+
+impl PodMetrics {
+    /// The value of the pod's metric `name` (its first series), which must be sent.
+    pub fn pod(&self, name: &str) -> u64 {
+        value_in(&self.pod, name)
+    }
+
+    /// The value of container `id`'s metric `name` (its first series), which must be sent.
+    pub fn container(&self, id: &str, name: &str) -> u64 {
+        let (_, metrics) = self
+            .containers
+            .iter()
+            .find(|(c, _)| c == id)
+            .unwrap_or_else(|| panic!("no metrics of container {id}: {self:#?}"));
+        value_in(metrics, name)
+    }
+}
+
+fn value_in(metrics: &[Metric], name: &str) -> u64 {
+    metrics
+        .iter()
+        .find(|m| m.name == name)
+        .unwrap_or_else(|| panic!("no {name} in {metrics:#?}"))
+        .value
 }

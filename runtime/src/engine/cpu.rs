@@ -117,6 +117,10 @@ pub(super) struct CpuAccount {
 struct Inner {
     id: u64,
     used_nanos: AtomicU64,
+    /// Of `used_nanos`, the kernel's part, and the page faults taken during the polls.
+    system_nanos: AtomicU64,
+    minor_faults: AtomicU64,
+    major_faults: AtomicU64,
     /// CPU time × 1024 / shares, in nanoseconds.
     vruntime: AtomicU64,
     /// Copies of `state.limits`' shares and whether it has a quota: a container without a
@@ -131,6 +135,66 @@ struct State {
     /// Nanoseconds of CPU the bandwidth bucket holds; negative is debt.
     tokens: i64,
     filled_at: Instant,
+    periods: Periods,
+}
+
+/// cgroup `cpu.stat`'s bandwidth figures for a container with a quota: enforcement periods
+/// (`period_us` long, counted from when the quota was set) in which its guests ran or were
+/// held, those in which they were held for the limit, and how long they were held.
+#[derive(Debug, Clone, Copy)]
+struct Periods {
+    origin: Instant,
+    /// The first period index not counted yet, as active and as throttled.
+    next: u64,
+    next_throttled: u64,
+    total: u64,
+    throttled: u64,
+    throttled_time: Duration,
+}
+
+impl Periods {
+    fn new(origin: Instant) -> Self {
+        Self {
+            origin,
+            next: 0,
+            next_throttled: 0,
+            total: 0,
+            throttled: 0,
+            throttled_time: Duration::ZERO,
+        }
+    }
+
+    fn index(&self, at: Instant, period_us: u64) -> u64 {
+        (at.saturating_duration_since(self.origin).as_micros() / u128::from(period_us)) as u64
+    }
+
+    /// Counts the periods `from..=to` touch (each once), as throttled too when `throttled`.
+    fn mark(&mut self, from: Instant, to: Instant, period_us: u64, throttled: bool) {
+        let (first, last) = (self.index(from, period_us), self.index(to, period_us));
+        self.total += (last + 1).saturating_sub(first.max(self.next));
+        self.next = self.next.max(last + 1);
+        if throttled {
+            self.throttled += (last + 1).saturating_sub(first.max(self.next_throttled));
+            self.next_throttled = self.next_throttled.max(last + 1);
+            self.throttled_time += to.saturating_duration_since(from);
+        }
+    }
+}
+
+/// What a container's guests have used of the CPU, with the figures of cgroup `cpu.stat` and
+/// `memory.stat` that come from the same polls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuUsage {
+    pub used: Duration,
+    /// Of `used`, time in the kernel (host calls' system calls, page faults), as the thread's
+    /// rusage split it.
+    pub system: Duration,
+    pub minor_faults: u64,
+    pub major_faults: u64,
+    /// Bandwidth periods while it had a quota (see [`Periods`]); zero without one.
+    pub periods: u64,
+    pub throttled_periods: u64,
+    pub throttled: Duration,
 }
 
 impl State {
@@ -163,6 +227,9 @@ impl CpuAccount {
         let inner = Inner {
             id: sched.next_id.fetch_add(1, Ordering::Relaxed),
             used_nanos: AtomicU64::new(0),
+            system_nanos: AtomicU64::new(0),
+            minor_faults: AtomicU64::new(0),
+            major_faults: AtomicU64::new(0),
             vruntime: AtomicU64::new(0),
             shares: AtomicU64::new(limits.shares),
             limited: AtomicBool::new(limits.quota_us.is_some()),
@@ -170,6 +237,7 @@ impl CpuAccount {
                 limits,
                 tokens: full_bucket(&limits),
                 filled_at: Instant::now(),
+                periods: Periods::new(Instant::now()),
             }),
         };
         Self {
@@ -181,6 +249,21 @@ impl CpuAccount {
     /// CPU time the container's guests have used.
     pub(super) fn used(&self) -> Duration {
         Duration::from_nanos(self.inner.used_nanos.load(Ordering::Relaxed))
+    }
+
+    /// CPU time with its split, faults and throttling.
+    pub(super) fn usage(&self) -> CpuUsage {
+        let periods = self.inner.lock().periods;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CpuUsage {
+            used: self.used(),
+            system: Duration::from_nanos(load(&self.inner.system_nanos)),
+            minor_faults: load(&self.inner.minor_faults),
+            major_faults: load(&self.inner.major_faults),
+            periods: periods.total,
+            throttled_periods: periods.throttled,
+            throttled: periods.throttled_time,
+        }
     }
 
     pub(super) fn limits(&self) -> CpuLimits {
@@ -195,6 +278,18 @@ impl CpuAccount {
             None => full_bucket(&limits),
             Some(_) => state.tokens.min(full_bucket(&limits)),
         };
+        if state.limits.period_us != limits.period_us
+            || state.limits.quota_us.is_none() != limits.quota_us.is_none()
+        {
+            // Periods of another length (or a quota anew): counted from now on.
+            let counted = state.periods;
+            state.periods = Periods {
+                total: counted.total,
+                throttled: counted.throttled,
+                throttled_time: counted.throttled_time,
+                ..Periods::new(Instant::now())
+            };
+        }
         state.limits = limits;
         self.inner.shares.store(limits.shares, Ordering::Relaxed);
         self.inner
@@ -202,9 +297,17 @@ impl CpuAccount {
             .store(limits.quota_us.is_some(), Ordering::Relaxed);
     }
 
-    fn charge(&self, spent: Duration) {
-        let nanos = spent.as_nanos() as u64;
+    fn charge(&self, spent: &Spent, polled_at: Instant) {
+        let nanos = spent.cpu.as_nanos() as u64;
         self.inner.used_nanos.fetch_add(nanos, Ordering::Relaxed);
+        let add = |a: &AtomicU64, v: u64| {
+            if v > 0 {
+                a.fetch_add(v, Ordering::Relaxed);
+            }
+        };
+        add(&self.inner.system_nanos, spent.system.as_nanos() as u64);
+        add(&self.inner.minor_faults, spent.minor_faults);
+        add(&self.inner.major_faults, spent.major_faults);
         let shares = self.inner.shares.load(Ordering::Relaxed).max(1);
         let weighted = u128::from(nanos) * u128::from(DEFAULT_SHARES) / u128::from(shares);
         self.inner
@@ -214,7 +317,18 @@ impl CpuAccount {
             let mut state = self.inner.lock();
             if state.limits.quota_us.is_some() {
                 state.tokens = state.tokens.saturating_sub(nanos as i64);
+                let period = state.limits.period_us;
+                state.periods.mark(polled_at, Instant::now(), period, false);
             }
+        }
+    }
+
+    /// A hold for the limit lasted from `since` to now.
+    fn throttled(&self, since: Instant) {
+        let mut state = self.inner.lock();
+        if state.limits.quota_us.is_some() {
+            let period = state.limits.period_us;
+            state.periods.mark(since, Instant::now(), period, true);
         }
     }
 
@@ -345,15 +459,53 @@ pub(super) fn note_epoch_yield() {
     EPOCH_YIELD.with(|y| y.set(true));
 }
 
-/// CPU time this thread has used: what a poll costs, whatever else the machine runs.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write; this clock exists on every Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+/// What this thread has used so far: its CPU clock (exact, what limits are charged by) and
+/// its rusage (the kernel's share of that time, sampled at ticks as for any process, and the
+/// page faults, counted exactly).
+struct ThreadSample {
+    cpu: Duration,
+    system: Duration,
+    minor_faults: u64,
+    major_faults: u64,
+}
+
+/// What one poll cost: the difference of two samples.
+struct Spent {
+    cpu: Duration,
+    system: Duration,
+    minor_faults: u64,
+    major_faults: u64,
+}
+
+impl ThreadSample {
+    fn now() -> Self {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec to write; this clock exists on every Linux.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        // SAFETY: an all-zero rusage is valid, and RUSAGE_THREAD fills it for this thread.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+        Self {
+            cpu: Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32),
+            system: Duration::new(ru.ru_stime.tv_sec as u64, ru.ru_stime.tv_usec as u32 * 1000),
+            minor_faults: ru.ru_minflt as u64,
+            major_faults: ru.ru_majflt as u64,
+        }
+    }
+
+    fn since(&self, before: &Self) -> Spent {
+        let cpu = self.cpu.saturating_sub(before.cpu);
+        Spent {
+            cpu,
+            // The tick-sampled split can lag the exact clock: never more than the poll took.
+            system: self.system.saturating_sub(before.system).min(cpu),
+            minor_faults: self.minor_faults.saturating_sub(before.minor_faults),
+            major_faults: self.major_faults.saturating_sub(before.major_faults),
+        }
+    }
 }
 
 /// A guest's future, charged to its container for the CPU time its polls take, and held
@@ -363,8 +515,8 @@ pub(super) struct Metered<'a, F> {
     cpu: &'a CpuAccount,
     /// Whether the last poll ended in an epoch yield (counted by the scheduler).
     spinning: bool,
-    /// The timer of a hold, while one lasts.
-    held: Option<Pin<Box<Sleep>>>,
+    /// The timer of a hold while one lasts, why, and since when.
+    held: Option<(Pin<Box<Sleep>>, Held, Instant)>,
 }
 
 impl<'a, F: Future> Metered<'a, F> {
@@ -391,9 +543,12 @@ impl<F: Future> Future for Metered<'_, F> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
         loop {
-            if let Some(timer) = &mut this.held {
+            if let Some((timer, why, since)) = &mut this.held {
                 if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
+                }
+                if *why == Held::OverLimit {
+                    this.cpu.throttled(*since);
                 }
                 this.held = None;
             }
@@ -403,12 +558,15 @@ impl<F: Future> Future for Metered<'_, F> {
             if why == Held::OverLimit {
                 this.set_spinning(false);
             }
-            this.held = Some(Box::pin(tokio::time::sleep(wait)));
+            let timer = Box::pin(tokio::time::sleep(wait));
+            this.held = Some((timer, why, Instant::now()));
         }
         EPOCH_YIELD.with(|y| y.set(false));
-        let started = thread_cpu_time();
+        let polled_at = Instant::now();
+        let before = ThreadSample::now();
         let out = this.inner.as_mut().poll(cx);
-        this.cpu.charge(thread_cpu_time().saturating_sub(started));
+        this.cpu
+            .charge(&ThreadSample::now().since(&before), polled_at);
         let yielded = EPOCH_YIELD.with(|y| y.replace(false));
         this.set_spinning(out.is_pending() && yielded);
         out
@@ -419,6 +577,10 @@ impl<F> Drop for Metered<'_, F> {
     fn drop(&mut self) {
         if self.spinning {
             self.cpu.sched.set_spinning(&self.cpu.inner, false);
+        }
+        // Killed while held for its limit: that time was throttled too.
+        if let Some((_, Held::OverLimit, since)) = self.held {
+            self.cpu.throttled(since);
         }
     }
 }
@@ -460,6 +622,7 @@ mod tests {
             limits,
             tokens: -10_000_000,
             filled_at: t0,
+            periods: Periods::new(t0),
         };
         // 10 ms of debt at 0.2 CPU is repaid in 50 ms.
         assert_eq!(s.debt_wait(), Some(Duration::from_nanos(50_000_005)));
@@ -468,6 +631,23 @@ mod tests {
         s.fill(t0 + Duration::from_secs(10));
         assert_eq!(s.tokens, 20_000_000, "capped at one quota");
         assert_eq!(s.debt_wait(), None);
+    }
+
+    #[test]
+    fn periods_are_counted_once_and_throttling_within_them() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut p = Periods::new(t0);
+        // Ran in period 0 twice, then held from period 0 into period 2.
+        p.mark(t0, t0 + ms(10), 100_000, false);
+        p.mark(t0 + ms(20), t0 + ms(30), 100_000, false);
+        p.mark(t0 + ms(30), t0 + ms(250), 100_000, true);
+        assert_eq!((p.total, p.throttled), (3, 3));
+        assert_eq!(p.throttled_time, ms(220));
+        // Ran again in period 2, then in period 5 after idling: idle periods do not count.
+        p.mark(t0 + ms(260), t0 + ms(270), 100_000, false);
+        p.mark(t0 + ms(510), t0 + ms(520), 100_000, false);
+        assert_eq!((p.total, p.throttled), (4, 3));
     }
 
     /// Prints what epoch checks and fuel cost a CPU-bound guest, and what a poll's clock
@@ -558,10 +738,10 @@ mod tests {
         let wall = t.elapsed() / n;
         let t = std::time::Instant::now();
         for _ in 0..n {
-            std::hint::black_box(thread_cpu_time());
+            std::hint::black_box(ThreadSample::now());
         }
         let thread = t.elapsed() / n;
-        println!("a clock read: monotonic {wall:?}, thread CPU time {thread:?}");
+        println!("a clock read: monotonic {wall:?}, thread CPU time and rusage {thread:?}");
 
         // What metering adds to one poll: a future that wakes itself 1e6 times, bare and
         // metered (no quota; a quota never reached).
@@ -591,11 +771,8 @@ mod tests {
             }
             t.elapsed() / polls
         };
-        let account = |cpu| super::super::Account {
-            memory_bytes: AtomicU64::new(0),
-            memory_limit: Mutex::new(None),
-            pod: Arc::default(),
-            cpu: CpuAccount::new(cpu, sched.clone()),
+        let account = |cpu| {
+            super::super::Account::new(None, CpuAccount::new(cpu, sched.clone()), Arc::default())
         };
         let bare = time(None);
         let metered = time(Some(&account(CpuLimits::default())));

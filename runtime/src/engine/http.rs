@@ -143,10 +143,11 @@ impl HttpEngine {
 
     /// The handler compiled earlier, from the AOT cache.
     pub(super) fn cached(&self, digest: &str) -> Option<ProxyPre<HttpHost>> {
-        let artifact = self.aot.as_ref()?.load(digest)?;
-        // SAFETY: the artifact's HMAC proved it is bytes this node's engine wrote.
-        let component = unsafe { Component::deserialize(&self.engine, &artifact) }
-            .inspect_err(|e| tracing::warn!("cached wasi:http artifact rejected: {e:#}"))
+        let aot = self.aot.as_ref()?;
+        let component = aot
+            .load(digest)?
+            .component(&self.engine)
+            .inspect_err(|e| aot.reject_digest(digest, &format!("refused by wasmtime: {e:#}")))
             .ok()?;
         self.prepare(&component).ok()
     }

@@ -168,15 +168,21 @@ impl PodMemory {
 
 impl Account {
     /// Takes `bytes` more for the container and its pod, or neither if a limit refuses.
+    /// A refusal counts in the container's `failcnt`, whichever limit refused.
     pub(super) fn charge(&self, bytes: u64) -> std::result::Result<(), Refusal> {
         let limit = self.memory_limit.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(limit) = *limit {
-            if self.memory_bytes().saturating_add(bytes) > limit {
-                return Err(Refusal::Container(limit));
+        let refused = match *limit {
+            Some(limit) if self.memory_bytes().saturating_add(bytes) > limit => {
+                Err(Refusal::Container(limit))
             }
+            _ => self.pod.charge(bytes),
+        };
+        if refused.is_err() {
+            self.failcnt.fetch_add(1, Ordering::Relaxed);
+            return refused;
         }
-        self.pod.charge(bytes)?;
-        self.memory_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let held = self.memory_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak_bytes.fetch_max(held, Ordering::Relaxed);
         Ok(())
     }
 
@@ -199,11 +205,16 @@ pub(super) struct MemoryLimiter {
     account: Arc<Account>,
     /// Bytes this store holds; a container may have several stores (one per HTTP request).
     held: u64,
+    /// Of those, its tables'.
+    tables: u64,
 }
 
 impl Drop for MemoryLimiter {
     fn drop(&mut self) {
         self.account.release(self.held);
+        self.account
+            .table_bytes
+            .fetch_sub(self.tables, Ordering::Relaxed);
     }
 }
 
@@ -213,6 +224,7 @@ impl MemoryLimiter {
             hit: None,
             account,
             held: 0,
+            tables: 0,
         }
     }
 
@@ -249,8 +261,13 @@ impl ResourceLimiter for MemoryLimiter {
         if desired > MAX_TABLE_ELEMENTS {
             return Ok(false);
         }
-        let grow = desired.saturating_sub(current) as u64;
-        Ok(self.grow(grow * TABLE_ELEMENT))
+        let bytes = desired.saturating_sub(current) as u64 * TABLE_ELEMENT;
+        let grown = self.grow(bytes);
+        if grown {
+            self.tables += bytes;
+            self.account.table_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+        Ok(grown)
     }
 }
 

@@ -37,8 +37,8 @@ use crate::error::{Error, Result};
 use crate::exit::{Exit, ExitReason, TRAP_CODE};
 use crate::network::PodNetwork;
 use cache::AotCache;
-pub use cpu::CpuLimits;
 use cpu::{CpuAccount, Metered, Scheduler};
+pub use cpu::{CpuLimits, CpuUsage};
 use files::OpenFiles;
 pub use files::{raise_descriptor_limit, FileBudget, FileLimits};
 use http::{HttpEngine, HttpHost};
@@ -228,6 +228,11 @@ pub struct GuestSpec {
 pub struct Account {
     /// Bytes of linear memory and tables the guests' instances hold.
     memory_bytes: AtomicU64,
+    /// Of those, the tables' (host memory the guest cannot address), the most ever held,
+    /// and how many growths a limit refused (cgroup `memory.failcnt`).
+    table_bytes: AtomicU64,
+    peak_bytes: AtomicU64,
+    failcnt: AtomicU64,
     /// Taken to grow memory and to change the limit, so neither sees the other half done.
     memory_limit: Mutex<Option<u64>>,
     pod: Arc<PodMemory>,
@@ -242,6 +247,18 @@ impl Drop for Account {
 }
 
 impl Account {
+    fn new(memory_limit: Option<u64>, cpu: CpuAccount, pod: Arc<PodMemory>) -> Self {
+        Self {
+            memory_bytes: AtomicU64::new(0),
+            table_bytes: AtomicU64::new(0),
+            peak_bytes: AtomicU64::new(0),
+            failcnt: AtomicU64::new(0),
+            memory_limit: Mutex::new(memory_limit),
+            pod,
+            cpu,
+        }
+    }
+
     pub fn memory_bytes(&self) -> u64 {
         self.memory_bytes.load(Ordering::Relaxed)
     }
@@ -249,6 +266,22 @@ impl Account {
     /// CPU time the guests have used (the worker threads' CPU clock while polling them).
     pub fn cpu_time(&self) -> Duration {
         self.cpu.used()
+    }
+
+    /// CPU time with its kernel share, page faults and throttling.
+    pub fn cpu_usage(&self) -> CpuUsage {
+        self.cpu.usage()
+    }
+
+    /// Memory held now, of it the tables', the peak, and the growths refused.
+    pub fn memory_usage(&self) -> MemoryUsage {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MemoryUsage {
+            bytes: load(&self.memory_bytes),
+            tables: load(&self.table_bytes),
+            peak: load(&self.peak_bytes),
+            failcnt: load(&self.failcnt),
+        }
     }
 
     pub fn memory_limit(&self) -> Option<u64> {
@@ -278,6 +311,15 @@ impl Account {
     pub fn set_cpu_limits(&self, limits: CpuLimits) {
         self.cpu.set_limits(limits);
     }
+}
+
+/// What a container's guests hold (see [`Account::memory_usage`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryUsage {
+    pub bytes: u64,
+    pub tables: u64,
+    pub peak: u64,
+    pub failcnt: u64,
 }
 
 /// The process-wide engine.
@@ -346,12 +388,11 @@ impl Engine {
         pod: &Arc<PodMemory>,
     ) -> Arc<Account> {
         pod.join(memory_limit);
-        Arc::new(Account {
-            memory_bytes: AtomicU64::new(0),
-            memory_limit: Mutex::new(memory_limit),
-            pod: pod.clone(),
-            cpu: CpuAccount::new(cpu, self.scheduler.clone()),
-        })
+        Arc::new(Account::new(
+            memory_limit,
+            CpuAccount::new(cpu, self.scheduler.clone()),
+            pod.clone(),
+        ))
     }
 
     /// Compiles `wasm` (or fetches it from the memory or disk cache) off the async threads.
@@ -408,10 +449,15 @@ impl Engine {
             self.loads.memory.fetch_add(1, Ordering::Relaxed);
             return Ok(Program::new(digest, Compiled::Http(pre)));
         }
-        let code = match self.aot.as_ref().and_then(|c| c.load(digest)) {
-            Some(artifact) => self.deserialize(&artifact),
-            None => None,
-        };
+        let code = self.aot.as_ref().and_then(|cache| {
+            cache
+                .load(digest)?
+                .load(&self.wasmtime)
+                .inspect_err(|e| {
+                    cache.reject_digest(digest, &format!("refused by wasmtime: {e:#}"))
+                })
+                .ok()
+        });
         let code = match code {
             Some(code) => {
                 self.loads.disk.fetch_add(1, Ordering::Relaxed);
@@ -466,21 +512,6 @@ impl Engine {
             }
         };
         Ok(Program::new(digest, compiled))
-    }
-
-    /// Loads a verified artifact; `None` (recompile) if wasmtime rejects it.
-    fn deserialize(&self, artifact: &[u8]) -> Option<Code> {
-        // SAFETY: the artifact's HMAC proved it is bytes this node's engine wrote.
-        let code = match wasmtime::Engine::detect_precompiled(artifact)? {
-            wasmtime::Precompiled::Module => {
-                unsafe { Module::deserialize(&self.wasmtime, artifact) }.map(Code::Module)
-            }
-            wasmtime::Precompiled::Component => {
-                unsafe { Component::deserialize(&self.wasmtime, artifact) }.map(Code::Component)
-            }
-        };
-        code.inspect_err(|e| tracing::warn!("cached artifact rejected, recompiling: {e:#}"))
-            .ok()
     }
 
     fn store_artifact(&self, digest: &str, artifact: wasmtime::Result<Vec<u8>>) {

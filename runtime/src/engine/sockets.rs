@@ -200,6 +200,15 @@ struct Counted<S> {
     net: Arc<PodNetwork>,
 }
 
+impl<S> Counted<S> {
+    /// An I/O error is an interface error; a closed stream is not.
+    fn count_failure(&self, direction: Direction, e: &StreamError) {
+        if matches!(e, StreamError::LastOperationFailed(_)) {
+            self.net.count_error(direction);
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl<S: Pollable> Pollable for Counted<S> {
     async fn ready(&mut self) {
@@ -210,7 +219,10 @@ impl<S: Pollable> Pollable for Counted<S> {
 #[async_trait::async_trait]
 impl InputStream for Counted<DynInputStream> {
     fn read(&mut self, size: usize) -> StreamResult<bytes::Bytes> {
-        let got = self.inner.read(size)?;
+        let got = self
+            .inner
+            .read(size)
+            .inspect_err(|e| self.count_failure(Direction::Received, e))?;
         self.net.count(Direction::Received, got.len());
         Ok(got)
     }
@@ -224,7 +236,9 @@ impl InputStream for Counted<DynInputStream> {
 impl OutputStream for Counted<DynOutputStream> {
     fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
         let n = bytes.len();
-        self.inner.write(bytes)?;
+        self.inner
+            .write(bytes)
+            .inspect_err(|e| self.count_failure(Direction::Sent, e))?;
         self.net.count(Direction::Sent, n);
         Ok(())
     }
@@ -681,6 +695,7 @@ impl udp::HostOutgoingDatagramStream for SocketsView<'_> {
             allowed.push(d);
         }
         if let (Some(e), true) = (refused, allowed.is_empty()) {
+            net.count_error(Direction::Sent);
             return Err(net_error(e));
         }
         let connected_to_self = self.pod.to_self.contains(&this.rep());

@@ -89,6 +89,7 @@ pub enum Direction {
 struct Counter {
     bytes: AtomicU64,
     packets: AtomicU64,
+    errors: AtomicU64,
 }
 
 /// What a pod's guests exchanged with peers other than the pod itself, as a pod's `eth0` counts
@@ -102,6 +103,12 @@ pub struct Traffic {
     pub rx_packets: u64,
     pub tx_bytes: u64,
     pub tx_packets: u64,
+    /// Reads that failed with an I/O error (not an orderly close), and writes too, or
+    /// datagrams the pod network refused to route. Nothing is dropped silently: a packet
+    /// sent either reaches the host socket or fails to the guest, one received is handed to
+    /// the guest reading its socket.
+    pub rx_errors: u64,
+    pub tx_errors: u64,
 }
 
 impl PodNetwork {
@@ -312,14 +319,24 @@ impl PodNetwork {
         c.packets.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a read or write that failed.
+    pub fn count_error(&self, direction: Direction) {
+        self.traffic[direction as usize]
+            .errors
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The pod's traffic so far.
     pub fn traffic(&self) -> Traffic {
         let [rx, tx] = &self.traffic;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Traffic {
-            rx_bytes: rx.bytes.load(Ordering::Relaxed),
-            rx_packets: rx.packets.load(Ordering::Relaxed),
-            tx_bytes: tx.bytes.load(Ordering::Relaxed),
-            tx_packets: tx.packets.load(Ordering::Relaxed),
+            rx_bytes: load(&rx.bytes),
+            rx_packets: load(&rx.packets),
+            tx_bytes: load(&tx.bytes),
+            tx_packets: load(&tx.packets),
+            rx_errors: load(&rx.errors),
+            tx_errors: load(&tx.errors),
         }
     }
 
@@ -499,8 +516,9 @@ mod tests {
         p.count(Direction::Sent, 0);
         p.count(Direction::Sent, 7);
         p.count(Direction::Sent, 3);
+        p.count_error(Direction::Received);
         let t = p.traffic();
-        assert_eq!((t.rx_bytes, t.rx_packets), (100, 1));
-        assert_eq!((t.tx_bytes, t.tx_packets), (10, 2));
+        assert_eq!((t.rx_bytes, t.rx_packets, t.rx_errors), (100, 1, 1));
+        assert_eq!((t.tx_bytes, t.tx_packets, t.tx_errors), (10, 2, 0));
     }
 }

@@ -1,11 +1,12 @@
 //! CRI stats and metrics from the runtime's [`ContainerStats`] and [`PodStats`]: conversion
 //! only. Metric names, types and labels are cAdvisor's, as kubelet's `/metrics/cadvisor`
-//! shows them; only metrics wasmpod fills with real figures are described and sent.
+//! shows them; every metric described is sent with a real figure, block I/O's excepted (see
+//! [`METRICS`]).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use k8s_cri::v1 as cri;
-use wasmpod_runtime::container::Container;
+use wasmpod_runtime::container::{Container, MAX_GUESTS};
 use wasmpod_runtime::pod::Pod;
 use wasmpod_runtime::stats::{ContainerStats, Disk, PodStats};
 
@@ -29,12 +30,22 @@ fn filesystem(d: &Disk, at: SystemTime) -> cri::FilesystemUsage {
     }
 }
 
-fn memory(m: &wasmpod_runtime::stats::Memory, at: SystemTime) -> cri::MemoryUsage {
+/// Page faults: all of them, and the major ones.
+type Faults = (u64, u64);
+
+fn faults(s: &ContainerStats) -> Faults {
+    let cpu = &s.cpu_stat;
+    (cpu.minor_faults + cpu.major_faults, cpu.major_faults)
+}
+
+fn memory(m: &wasmpod_runtime::stats::Memory, faults: Faults, at: SystemTime) -> cri::MemoryUsage {
     cri::MemoryUsage {
         timestamp: nanos(at),
         working_set_bytes: value(m.working_set()),
         usage_bytes: value(m.working_set()),
         rss_bytes: value(m.linear),
+        page_faults: value(faults.0),
+        major_page_faults: value(faults.1),
         ..Default::default()
     }
 }
@@ -59,7 +70,7 @@ pub fn container_stats(c: &Container, s: &ContainerStats) -> cri::ContainerStats
             annotations: c.config.annotations.clone().into_iter().collect(),
         }),
         cpu: Some(cpu(s.cpu, s.nano_cores, s.at)),
-        memory: Some(memory(&s.memory, s.at)),
+        memory: Some(memory(&s.memory, faults(s), s.at)),
         writable_layer: Some(filesystem(&s.writable, s.at)),
         swap: None,
     }
@@ -70,9 +81,9 @@ pub fn pod_stats(pod: &Pod, s: &PodStats) -> cri::PodSandboxStats {
     let eth0 = cri::NetworkInterfaceUsage {
         name: INTERFACE.into(),
         rx_bytes: value(t.rx_bytes),
-        rx_errors: value(0),
+        rx_errors: value(t.rx_errors),
         tx_bytes: value(t.tx_bytes),
-        tx_errors: value(0),
+        tx_errors: value(t.tx_errors),
     };
     cri::PodSandboxStats {
         attributes: Some(cri::PodSandboxAttributes {
@@ -83,7 +94,14 @@ pub fn pod_stats(pod: &Pod, s: &PodStats) -> cri::PodSandboxStats {
         }),
         linux: Some(cri::LinuxPodSandboxStats {
             cpu: Some(cpu(s.cpu, s.nano_cores, s.at)),
-            memory: Some(memory(&s.memory, s.at)),
+            memory: Some(memory(
+                &s.memory,
+                s.containers
+                    .iter()
+                    .map(|(_, c)| faults(c))
+                    .fold((0, 0), |a, f| (a.0 + f.0, a.1 + f.1)),
+                s.at,
+            )),
             network: Some(cri::NetworkUsage {
                 timestamp: nanos(s.at),
                 default_interface: Some(eth0.clone()),
@@ -111,15 +129,64 @@ enum Extra {
     Device,
     /// `interface`: the pod's network interface.
     Interface,
+    /// `failure_type` (`pgfault`, `pgmajfault`) and `scope` (`container`, `hierarchy`).
+    Failure,
+    /// `device`, `major`, `minor`, `operation` of a block device.
+    Blkio,
+}
+
+impl Extra {
+    fn keys(self) -> &'static [&'static str] {
+        match self {
+            Extra::None => &[],
+            Extra::Device => &["device"],
+            Extra::Interface => &["interface"],
+            Extra::Failure => &["failure_type", "scope"],
+            Extra::Blkio => &["device", "major", "minor", "operation"],
+        }
+    }
 }
 
 use cri::MetricType::{Counter, Gauge};
 
-/// The metrics wasmpod produces: name, help, type, extra label.
+/// The metrics wasmpod describes: name, help, type, extra labels. Each is sent with a real
+/// figure, except the block I/O ones: guests' file I/O goes through the daemon, whose block
+/// devices' counters cannot be told apart per guest, so those are described (as cAdvisor
+/// describes them on a machine without blkio accounting) and sent without values.
 const METRICS: &[(&str, &str, cri::MetricType, Extra)] = &[
     (
         "container_cpu_usage_seconds_total",
         "Cumulative cpu time consumed in seconds.",
+        Counter,
+        Extra::None,
+    ),
+    (
+        "container_cpu_user_seconds_total",
+        "Cumulative user cpu time consumed in seconds (guest code and the host's own work for it).",
+        Counter,
+        Extra::None,
+    ),
+    (
+        "container_cpu_system_seconds_total",
+        "Cumulative system cpu time consumed in seconds (the kernel's part of the guests' polls).",
+        Counter,
+        Extra::None,
+    ),
+    (
+        "container_cpu_cfs_periods_total",
+        "Number of elapsed enforcement period intervals (in which the guests ran, while a quota is set).",
+        Counter,
+        Extra::None,
+    ),
+    (
+        "container_cpu_cfs_throttled_periods_total",
+        "Number of throttled period intervals.",
+        Counter,
+        Extra::None,
+    ),
+    (
+        "container_cpu_cfs_throttled_seconds_total",
+        "Total time duration the container has been throttled.",
         Counter,
         Extra::None,
     ),
@@ -136,8 +203,21 @@ const METRICS: &[(&str, &str, cri::MetricType, Extra)] = &[
         Extra::None,
     ),
     (
+        "container_memory_max_usage_bytes",
+        "Maximum memory usage recorded in bytes",
+        Gauge,
+        Extra::None,
+    ),
+    (
         "container_memory_rss",
-        "Size of RSS in bytes (the guests' linear memory).",
+        "Size of RSS in bytes (the guests' linear memory and tables).",
+        Gauge,
+        Extra::None,
+    ),
+    (
+        "container_memory_cache",
+        "Number of bytes of page cache memory (the program's mapped code; file data the guests \
+         read or write is the node's page cache).",
         Gauge,
         Extra::None,
     ),
@@ -148,8 +228,38 @@ const METRICS: &[(&str, &str, cri::MetricType, Extra)] = &[
         Extra::None,
     ),
     (
+        "container_memory_kernel_usage",
+        "Size of kernel memory allocated in bytes (the host's tables for the guests).",
+        Gauge,
+        Extra::None,
+    ),
+    (
+        "container_memory_swap",
+        "Container swap usage in bytes (sent while the daemon has nothing swapped out).",
+        Gauge,
+        Extra::None,
+    ),
+    (
+        "container_memory_failcnt",
+        "Number of memory usage hits limits",
+        Counter,
+        Extra::None,
+    ),
+    (
+        "container_memory_failures_total",
+        "Cumulative count of memory allocation failures (page faults taken by the guests' polls).",
+        Counter,
+        Extra::Failure,
+    ),
+    (
         "container_spec_memory_limit_bytes",
         "Memory limit for the container (0: none).",
+        Gauge,
+        Extra::None,
+    ),
+    (
+        "container_spec_memory_swap_limit_bytes",
+        "Memory swap limit for the container (memory and swap together: the memory limit).",
         Gauge,
         Extra::None,
     ),
@@ -174,6 +284,12 @@ const METRICS: &[(&str, &str, cri::MetricType, Extra)] = &[
     (
         "container_threads",
         "Number of threads running inside the container (a Wasm guest is one thread).",
+        Gauge,
+        Extra::None,
+    ),
+    (
+        "container_threads_max",
+        "Maximum number of threads allowed inside the container (guests and execs at once).",
         Gauge,
         Extra::None,
     ),
@@ -220,6 +336,36 @@ const METRICS: &[(&str, &str, cri::MetricType, Extra)] = &[
         Extra::Device,
     ),
     (
+        "container_fs_reads_bytes_total",
+        "Cumulative count of bytes read (not measured per guest: no values).",
+        Counter,
+        Extra::Device,
+    ),
+    (
+        "container_fs_reads_total",
+        "Cumulative count of reads completed (not measured per guest: no values).",
+        Counter,
+        Extra::Device,
+    ),
+    (
+        "container_fs_writes_bytes_total",
+        "Cumulative count of bytes written (not measured per guest: no values).",
+        Counter,
+        Extra::Device,
+    ),
+    (
+        "container_fs_writes_total",
+        "Cumulative count of writes completed (not measured per guest: no values).",
+        Counter,
+        Extra::Device,
+    ),
+    (
+        "container_blkio_device_usage_total",
+        "Blkio device bytes usage (not measured per guest: no values).",
+        Counter,
+        Extra::Blkio,
+    ),
+    (
         "container_file_descriptors",
         "Number of open file descriptors for the container.",
         Gauge,
@@ -244,6 +390,18 @@ const METRICS: &[(&str, &str, cri::MetricType, Extra)] = &[
         Extra::Interface,
     ),
     (
+        "container_network_receive_errors_total",
+        "Cumulative count of errors encountered while receiving",
+        Counter,
+        Extra::Interface,
+    ),
+    (
+        "container_network_receive_packets_dropped_total",
+        "Cumulative count of packets dropped while receiving (the pod network drops none).",
+        Counter,
+        Extra::Interface,
+    ),
+    (
         "container_network_transmit_bytes_total",
         "Cumulative count of bytes transmitted",
         Counter,
@@ -255,16 +413,30 @@ const METRICS: &[(&str, &str, cri::MetricType, Extra)] = &[
         Counter,
         Extra::Interface,
     ),
+    (
+        "container_network_transmit_errors_total",
+        "Cumulative count of errors encountered while transmitting (refused sends included)",
+        Counter,
+        Extra::Interface,
+    ),
+    (
+        "container_network_transmit_packets_dropped_total",
+        "Cumulative count of packets dropped while transmitting (the pod network drops none: \
+         a send it refuses fails to the guest, counted as an error).",
+        Counter,
+        Extra::Interface,
+    ),
 ];
 
+/// The pod network drops no packet: every one received is handed to the guest reading its
+/// socket, every one sent reaches the host socket or fails to the guest (see [`Traffic`]).
+///
+/// [`Traffic`]: wasmpod_runtime::network::Traffic
+const DROPPED: u64 = 0;
+
 fn label_keys(extra: Extra) -> Vec<String> {
-    let extra = match extra {
-        Extra::None => None,
-        Extra::Device => Some("device"),
-        Extra::Interface => Some("interface"),
-    };
     let mut keys: Vec<&str> = ["container", "id", "image", "name", "namespace", "pod"].into();
-    keys.extend(extra);
+    keys.extend(extra.keys());
     keys.sort();
     keys.into_iter().map(String::from).collect()
 }
@@ -289,22 +461,32 @@ struct Subject<'a> {
 }
 
 impl Subject<'_> {
-    /// A metric named in [`METRICS`] with its values in the sorted order of its label keys.
-    fn metric(&self, name: &str, extra_value: &str, v: u64) -> cri::Metric {
+    /// A metric named in [`METRICS`] without extra labels.
+    fn metric(&self, name: &str, v: u64) -> cri::Metric {
+        self.labelled(name, &[], v)
+    }
+
+    /// A metric named in [`METRICS`], its extra labels' values in the order of
+    /// [`Extra::keys`], all values in the sorted order of its label keys.
+    fn labelled(&self, name: &str, extra_values: &[&str], v: u64) -> cri::Metric {
         let &(_, _, kind, extra) = METRICS
             .iter()
             .find(|m| m.0 == name)
             .expect("every metric sent is described");
+        debug_assert_eq!(extra.keys().len(), extra_values.len(), "{name}");
         let label_values = label_keys(extra)
             .iter()
             .map(|key| match key.as_str() {
-                "container" => self.container,
+                "container" | "name" => self.container,
                 "id" => self.id,
                 "image" => self.image,
-                "name" => self.container,
                 "namespace" => &self.pod.config.namespace,
                 "pod" => &self.pod.config.name,
-                _ => extra_value,
+                other => extra
+                    .keys()
+                    .iter()
+                    .position(|k| *k == other)
+                    .map_or("", |i| extra_values[i]),
             })
             .map(String::from)
             .collect();
@@ -324,11 +506,12 @@ fn epoch_seconds(t: SystemTime) -> u64 {
 
 fn fs_metrics(who: &Subject, d: &Disk) -> Vec<cri::Metric> {
     let device = d.dir.display().to_string();
-    let mut m = vec![who.metric("container_fs_usage_bytes", &device, d.usage.bytes)];
+    let device = [device.as_str()];
+    let mut m = vec![who.labelled("container_fs_usage_bytes", &device, d.usage.bytes)];
     if let Some(cap) = d.capacity {
-        m.push(who.metric("container_fs_limit_bytes", &device, cap.bytes));
-        m.push(who.metric("container_fs_inodes_total", &device, cap.inodes));
-        m.push(who.metric("container_fs_inodes_free", &device, cap.inodes_free));
+        m.push(who.labelled("container_fs_limit_bytes", &device, cap.bytes));
+        m.push(who.labelled("container_fs_inodes_total", &device, cap.inodes));
+        m.push(who.labelled("container_fs_inodes_free", &device, cap.inodes_free));
     }
     m
 }
@@ -340,30 +523,59 @@ fn container_metrics(pod: &Pod, c: &Container, s: &ContainerStats) -> cri::Conta
         image: &c.image_ref,
         pod,
     };
+    let (cpu, mem) = (&s.cpu_stat, &s.memory_stat);
+    let limit = s.limits.memory_limit.unwrap_or(0);
     let mut m = vec![
-        who.metric("container_cpu_usage_seconds_total", "", s.cpu.as_secs()),
+        who.metric("container_cpu_usage_seconds_total", s.cpu.as_secs()),
         who.metric(
-            "container_memory_working_set_bytes",
-            "",
-            s.memory.working_set(),
+            "container_cpu_user_seconds_total",
+            s.cpu.saturating_sub(cpu.system).as_secs(),
         ),
-        who.metric("container_memory_usage_bytes", "", s.memory.working_set()),
-        who.metric("container_memory_rss", "", s.memory.linear),
-        who.metric("container_memory_mapped_file", "", s.memory.code),
+        who.metric("container_cpu_system_seconds_total", cpu.system.as_secs()),
+        who.metric("container_cpu_cfs_periods_total", cpu.periods),
         who.metric(
-            "container_spec_memory_limit_bytes",
-            "",
-            s.limits.memory_limit.unwrap_or(0),
+            "container_cpu_cfs_throttled_periods_total",
+            cpu.throttled_periods,
         ),
-        who.metric("container_spec_cpu_period", "", s.limits.cpu.period_us),
-        who.metric("container_spec_cpu_shares", "", s.limits.cpu.shares),
-        who.metric("container_processes", "", s.guests),
-        who.metric("container_threads", "", s.guests),
-        who.metric("container_oom_events_total", "", u64::from(s.oom_killed)),
-        who.metric("container_last_seen", "", epoch_seconds(s.at)),
+        who.metric(
+            "container_cpu_cfs_throttled_seconds_total",
+            cpu.throttled.as_secs(),
+        ),
+        who.metric("container_memory_working_set_bytes", s.memory.working_set()),
+        who.metric("container_memory_usage_bytes", s.memory.working_set()),
+        who.metric(
+            "container_memory_max_usage_bytes",
+            (mem.peak + s.memory.code).max(s.memory.working_set()),
+        ),
+        who.metric("container_memory_rss", s.memory.linear),
+        who.metric("container_memory_cache", s.memory.code),
+        who.metric("container_memory_mapped_file", s.memory.code),
+        who.metric("container_memory_kernel_usage", mem.tables),
+        who.metric("container_memory_failcnt", mem.failcnt),
+        who.metric("container_spec_memory_limit_bytes", limit),
+        who.metric("container_spec_memory_swap_limit_bytes", limit),
+        who.metric("container_spec_cpu_period", s.limits.cpu.period_us),
+        who.metric("container_spec_cpu_shares", s.limits.cpu.shares),
+        who.metric("container_processes", s.guests),
+        who.metric("container_threads", s.guests),
+        who.metric("container_threads_max", MAX_GUESTS),
+        who.metric("container_oom_events_total", u64::from(s.oom_killed)),
+        who.metric("container_last_seen", epoch_seconds(s.at)),
     ];
+    let faults = [
+        ("pgfault", cpu.minor_faults + cpu.major_faults),
+        ("pgmajfault", cpu.major_faults),
+    ];
+    for (kind, n) in faults {
+        for scope in ["container", "hierarchy"] {
+            m.push(who.labelled("container_memory_failures_total", &[kind, scope], n));
+        }
+    }
+    if let Some(swap) = s.swap {
+        m.push(who.metric("container_memory_swap", swap));
+    }
     if let Some(started) = s.started_at {
-        m.push(who.metric("container_start_time_seconds", "", epoch_seconds(started)));
+        m.push(who.metric("container_start_time_seconds", epoch_seconds(started)));
     }
     m.extend(fs_metrics(&who, &s.writable));
     cri::ContainerMetrics {
@@ -382,29 +594,18 @@ pub fn pod_metrics(pod: &Pod, s: &PodStats) -> cri::PodSandboxMetrics {
         pod,
     };
     let t = &s.traffic;
+    let net = |name: &str, v: u64| who.labelled(name, &[INTERFACE], v);
     let mut metrics = vec![
-        who.metric(
-            "container_network_receive_bytes_total",
-            INTERFACE,
-            t.rx_bytes,
-        ),
-        who.metric(
-            "container_network_receive_packets_total",
-            INTERFACE,
-            t.rx_packets,
-        ),
-        who.metric(
-            "container_network_transmit_bytes_total",
-            INTERFACE,
-            t.tx_bytes,
-        ),
-        who.metric(
-            "container_network_transmit_packets_total",
-            INTERFACE,
-            t.tx_packets,
-        ),
-        who.metric("container_file_descriptors", "", s.open_files),
-        who.metric("container_sockets", "", s.open_sockets),
+        net("container_network_receive_bytes_total", t.rx_bytes),
+        net("container_network_receive_packets_total", t.rx_packets),
+        net("container_network_receive_errors_total", t.rx_errors),
+        net("container_network_receive_packets_dropped_total", DROPPED),
+        net("container_network_transmit_bytes_total", t.tx_bytes),
+        net("container_network_transmit_packets_total", t.tx_packets),
+        net("container_network_transmit_errors_total", t.tx_errors),
+        net("container_network_transmit_packets_dropped_total", DROPPED),
+        who.metric("container_file_descriptors", s.open_files),
+        who.metric("container_sockets", s.open_sockets),
     ];
     metrics.extend(fs_metrics(&who, &s.ephemeral));
     cri::PodSandboxMetrics {

@@ -2,7 +2,7 @@
 //! on the same state directory loads it instead of compiling, and a damaged artifact is
 //! recompiled without harm.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use wasmpod_runtime::exit::ExitReason;
@@ -19,6 +19,13 @@ fn artifacts(state: &Path) -> Vec<PathBuf> {
         .unwrap_or_default();
     out.sort();
     out
+}
+
+/// Replaces the read-only artifact's content in place, as only its owner could.
+fn rewrite(artifact: &Path, bytes: &[u8]) {
+    std::fs::set_permissions(artifact, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(artifact, bytes).unwrap();
+    std::fs::set_permissions(artifact, std::fs::Permissions::from_mode(0o400)).unwrap();
 }
 
 /// Runs `image` in a fresh Runtime over `state`; returns its stdout.
@@ -79,28 +86,26 @@ async fn cache_round_trip(kind: &str) {
     );
     assert_eq!(artifacts(&state), std::slice::from_ref(&artifact));
 
-    // Flip a byte in the middle of the compiled code: a new Runtime notices, recompiles, and
-    // the guest runs as before.
-    let mut bytes = std::fs::read(&artifact).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
-    std::fs::write(&artifact, &bytes).unwrap();
+    // An artifact others could have written is not mapped: removed, compiled again, replaced.
+    std::fs::set_permissions(&artifact, std::fs::Permissions::from_mode(0o664)).unwrap();
     let third = run_in_new_runtime(&state, &image).await;
     assert_eq!(third, first, "{kind}: runs correctly after recompiling");
-    let rewritten = std::fs::read(&artifact).unwrap();
-    assert_ne!(
-        rewritten, bytes,
-        "{kind}: the damaged artifact was replaced"
+    let replaced = std::fs::metadata(&artifact).unwrap();
+    assert_eq!(
+        replaced.mode() & 0o777,
+        0o400,
+        "{kind}: replaced by a read-only artifact"
     );
+    let rewritten = std::fs::read(&artifact).unwrap();
 
-    // And again with the damage in the header, and with a truncated file.
+    // Damage wasmtime sees (the header, a truncated or empty file) is recompiled too.
     let mut bytes = rewritten.clone();
     bytes[0] ^= 0xff;
-    std::fs::write(&artifact, &bytes).unwrap();
+    rewrite(&artifact, &bytes);
     assert_eq!(run_in_new_runtime(&state, &image).await, first);
-    std::fs::write(&artifact, &rewritten[..rewritten.len() / 3]).unwrap();
+    rewrite(&artifact, &rewritten[..rewritten.len() / 3]);
     assert_eq!(run_in_new_runtime(&state, &image).await, first);
-    std::fs::write(&artifact, b"").unwrap();
+    rewrite(&artifact, b"");
     assert_eq!(run_in_new_runtime(&state, &image).await, first);
 }
 
@@ -115,9 +120,9 @@ async fn p2_component_is_cached_on_disk_and_survives_corruption() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_artifact_swapped_for_another_programs_is_not_trusted() {
-    // Copying the (valid, signed) artifact of one program over another's name must not make
-    // the runtime run the wrong program.
+async fn an_artifact_linked_to_another_programs_is_not_trusted() {
+    // A symlink or a second hard link at one program's artifact name, to another program's
+    // (valid) artifact, must not make the runtime run the wrong program.
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
     let hello = wasm("hello.p1");
@@ -139,36 +144,48 @@ async fn an_artifact_swapped_for_another_programs_is_not_trusted() {
             .unwrap()
             .clone()
     };
-    std::fs::copy(name_of(&hello_digest), name_of(&exit_digest)).unwrap();
+    let (hello_artifact, exit_artifact) = (name_of(&hello_digest), name_of(&exit_digest));
+    for link in [
+        std::os::unix::fs::symlink::<&Path, &Path>,
+        |a: &Path, b: &Path| std::fs::hard_link(a, b),
+    ] {
+        std::fs::remove_file(&exit_artifact).unwrap();
+        link(&hello_artifact, &exit_artifact).unwrap();
+        let rt = runtime(&state);
+        let ran = run_guest(&rt, &exit_code, &["0"], vec![], vec![]).await;
+        assert_eq!(
+            ran.stdout(),
+            "exiting with 0\n",
+            "the exit-code program ran, not hello"
+        );
+    }
     let rt = runtime(&state);
-    let ran = run_guest(&rt, &exit_code, &["0"], vec![], vec![]).await;
-    assert_eq!(
-        ran.stdout(),
-        "exiting with 0\n",
-        "the exit-code program ran, not hello"
-    );
+    let ran = run_guest(&rt, &hello, &["still"], vec![], vec![]).await;
+    assert!(ran.stdout().contains("args: still"), "{:?}", ran.log);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cache_key_is_private() {
-    use std::os::unix::fs::PermissionsExt;
+async fn the_cache_is_private_to_the_daemons_user() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
     run_in_new_runtime(&state, &wasm("hello.p2")).await;
-    let key = state.join("aot/key");
-    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
-    assert_eq!(mode & 0o077, 0, "the HMAC key is not readable by others");
-    // A key others can read is refused with a message naming it, not trusted.
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let aot = state.join("aot");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+    assert_eq!(mode(&aot), 0o700);
+    for artifact in artifacts(&state) {
+        assert_eq!(mode(&artifact), 0o400, "{}", artifact.display());
+    }
+    // A cache directory of another user is refused with a message naming it, not used.
+    std::os::unix::fs::chown(&aot, Some(65534), None).unwrap();
     let err =
         match wasmpod_runtime::runtime::Runtime::new(wasmpod_runtime::runtime::RuntimeOptions {
             state_dir: state.clone(),
             ..Default::default()
         }) {
-            Ok(_) => panic!("a world-readable key was accepted"),
+            Ok(_) => panic!("another user's cache was accepted"),
             Err(e) => e,
         };
-    assert!(err.message.contains("key"), "{err}");
+    assert!(err.message.contains("AOT cache"), "{err}");
 }
 
 /// Removing an image removes the compiled code of its Wasm too: the AOT cache holds nothing

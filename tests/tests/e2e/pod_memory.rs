@@ -384,6 +384,13 @@ async fn crictl_events_show_the_oom_kill_at_the_pod_limit() {
     assert_eq!(status["exitCode"], KILLED_CODE, "{stopped:#}");
     drop(events);
 
+    // Its metrics: the refused growth, the OOM kill, the peak it reached.
+    let m = c.pod_metrics(&pod_id);
+    assert!(m.container(&ctr, "container_memory_failcnt") >= 1);
+    assert_eq!(m.container(&ctr, "container_oom_events_total"), 1);
+    let peak = m.container(&ctr, "container_memory_max_usage_bytes");
+    assert!((2 * MIB..=4 * MIB).contains(&peak), "peak {peak}");
+
     // A negative pod limit is bad input, refused before anything is made.
     pod["metadata"]["name"] = "bad".into();
     pod["linux"]["resources"]["memory_limit_in_bytes"] = json!(-5);

@@ -162,55 +162,60 @@ async fn crictl_shows_cpu_memory_disk_network_and_metrics() {
     assert!(rx >= 1001);
 
     // The metrics: every one sent is described, with as many label values as keys.
-    let descs = c.json(&["metricdescs", "-o", "json"]);
-    let descs = descs["descriptors"].as_array().unwrap();
-    let keys = |name: &str| {
-        descs
-            .iter()
-            .find(|d| d["name"] == name)
-            .unwrap_or_else(|| panic!("no descriptor {name}: {descs:#?}"))["labelKeys"]
-            .as_array()
-            .unwrap()
-            .len()
-    };
-    let all = c.json(&["metricsp", "-o", "json"]);
-    let pm = all["podMetrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["podSandboxId"] == client.0.as_str())
-        .unwrap_or_else(|| panic!("no metrics of the client pod: {all:#}"))
-        .clone();
-    let value_of = |metrics: &Value, name: &str| -> u64 {
-        let m = metrics
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == name)
-            .unwrap_or_else(|| panic!("no {name} in {metrics:#}"));
-        assert_eq!(
-            m["labelValues"].as_array().unwrap().len(),
-            keys(name),
-            "{m:#}"
-        );
-        num(&m["value"]["value"])
-    };
-    assert!(value_of(&pm["metrics"], "container_network_transmit_bytes_total") >= 1001);
-    assert!(value_of(&pm["metrics"], "container_network_transmit_packets_total") >= 1);
-    assert!(value_of(&pm["metrics"], "container_network_receive_bytes_total") >= 1001);
-    assert!(value_of(&pm["metrics"], "container_fs_usage_bytes") >= 100_000);
-    let spin_metrics = pm["containerMetrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["containerId"] == spin.as_str())
-        .unwrap()["metrics"]
-        .clone();
-    assert!(value_of(&spin_metrics, "container_memory_working_set_bytes") > 0);
-    assert!(value_of(&spin_metrics, "container_memory_rss") > 0);
-    assert!(value_of(&spin_metrics, "container_start_time_seconds") > 1_600_000_000);
-    assert_eq!(value_of(&spin_metrics, "container_processes"), 1);
-    value_of(&spin_metrics, "container_cpu_usage_seconds_total");
+    let pm = c.pod_metrics(&client.0);
+    assert!(pm.pod("container_network_transmit_bytes_total") >= 1001);
+    assert!(pm.pod("container_network_transmit_packets_total") >= 1);
+    assert!(pm.pod("container_network_receive_bytes_total") >= 1001);
+    assert!(pm.pod("container_fs_usage_bytes") >= 100_000);
+    assert_eq!(pm.pod("container_network_receive_errors_total"), 0);
+    assert!(pm.container(&spin, "container_memory_working_set_bytes") > 0);
+    assert!(pm.container(&spin, "container_memory_rss") > 0);
+    assert!(pm.container(&spin, "container_start_time_seconds") > 1_600_000_000);
+    assert_eq!(pm.container(&spin, "container_processes"), 1);
+    assert!(pm.container(&spin, "container_threads_max") > 1);
+    let max = pm.container(&spin, "container_memory_max_usage_bytes");
+    assert!(max >= pm.container(&spin, "container_memory_usage_bytes"));
+    pm.container(&spin, "container_cpu_usage_seconds_total");
 
+    c.ok(&["rmp", "-a", "-f"]);
+}
+
+/// A spinning guest limited to 0.2 CPU: `metricsp` counts its bandwidth periods and the ones it
+/// was throttled in, splits its CPU time into user and system, and `stats` shows the page
+/// faults its polls took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crictl_metrics_show_cpu_throttling_and_page_faults() {
+    require_guests();
+    let d = Daemon::start().await;
+    let c = Crictl::new(&d);
+    let pod_path = c.write("pod.json", &pod_json(&d, "throttled"));
+    let pod = id_of(&c.ok(&["runp", &pod_path]));
+    let mut config = container_json("spin", &file_image("forever.p2"), &["--spin"]);
+    config["linux"] = json!({"resources": {"cpu_period": 100000, "cpu_quota": 20000}});
+    let path = c.write("spin.json", &config);
+    let spin = id_of(&c.ok(&["create", &pod, &path, &pod_path]));
+    c.ok(&["start", &spin]);
+    wait_log(&c, &spin, "spinning");
+
+    // Throttled for at least a whole second (0.2 CPU: 0.8 s of every second).
+    let m = until(
+        || c.pod_metrics(&pod),
+        |m| m.container(&spin, "container_cpu_cfs_throttled_seconds_total") >= 1,
+    );
+    let periods = m.container(&spin, "container_cpu_cfs_periods_total");
+    let throttled = m.container(&spin, "container_cpu_cfs_throttled_periods_total");
+    assert!(throttled >= 5, "{throttled} throttled periods");
+    assert!(
+        periods >= throttled,
+        "{periods} periods, {throttled} throttled"
+    );
+    assert_eq!(m.container(&spin, "container_spec_cpu_period"), 100_000);
+    let user = m.container(&spin, "container_cpu_user_seconds_total");
+    let system = m.container(&spin, "container_cpu_system_seconds_total");
+    let total = m.container(&spin, "container_cpu_usage_seconds_total");
+    assert!(user + system <= total + 1, "{user} + {system} vs {total}");
+
+    let s = container_stats(&c, &spin);
+    assert!(num(&s["memory"]["pageFaults"]["value"]) > 0, "{s:#}");
     c.ok(&["rmp", "-a", "-f"]);
 }
