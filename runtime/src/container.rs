@@ -511,6 +511,7 @@ impl Container {
             Some((target, limit)) => (Some(target), *limit),
             None => (None, LogLimit::Unlimited),
         };
+        let timer = crate::phase::Timer::start("start.log_file");
         let log = ContainerLog::open(
             &pod.config.name,
             &self.config.name,
@@ -518,6 +519,7 @@ impl Container {
             limit,
             Some(live),
         )?;
+        drop(timer);
         log.attach_to(self.attach.clone());
         let taken = self.output.lock().unwrap_or_else(|e| e.into_inner()).take();
         let (stdout, stderr) = match taken {
@@ -540,6 +542,8 @@ impl Container {
         let drain = spec.drain.clone();
         let started_at = SystemTime::now();
         let this = self.clone();
+        // Instantiation and the guest's own run up to its first line: the engine's task.
+        log.time_first_line(crate::phase::Timer::start("first_line.guest"));
         let task = engine.spawn(&prepared.program, spec, move |exit| {
             this.ended(started_at, exit.clone())
         });
@@ -551,7 +555,9 @@ impl Container {
         });
         self.state
             .send_replace(ContainerState::Running { started_at });
+        let timer = crate::phase::Timer::start("start.state_write");
         self.observer.changed(self, EventKind::Started);
+        drop(timer);
         Ok(())
     }
 

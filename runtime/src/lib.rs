@@ -11,6 +11,7 @@ pub mod log;
 pub mod manifest;
 pub mod mounts;
 pub mod network;
+pub mod phase;
 pub mod pod;
 pub mod runner;
 pub mod runtime;

@@ -20,6 +20,7 @@ use rustix::io::Errno;
 use tokio::sync::broadcast;
 
 use crate::error::{Error, Result};
+use crate::phase::Timer;
 
 /// A line longer than this is cut into partial (`P`) records, as the CRI loggers do.
 pub const MAX_LINE: usize = 16 * 1024;
@@ -309,6 +310,18 @@ struct Inner {
     /// Attachers: every write as it comes, before it is cut into lines.
     attach: Option<broadcast::Sender<OutputChunk>>,
     pending: [Vec<u8>; 2],
+    /// Times the guest's start until its first record reaches the file (see
+    /// [`ContainerLog::time_first_line`]).
+    first_line: Option<Timer>,
+}
+
+impl Drop for Inner {
+    /// A log dropped before any record was written had no first line to time.
+    fn drop(&mut self) {
+        if let Some(timer) = self.first_line.take() {
+            timer.cancel();
+        }
+    }
 }
 
 impl ContainerLog {
@@ -335,6 +348,7 @@ impl ContainerLog {
                 live_stalled: false,
                 attach: None,
                 pending: [Vec::new(), Vec::new()],
+                first_line: None,
             })),
         })
     }
@@ -382,6 +396,18 @@ impl ContainerLog {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).attach = Some(attach);
     }
 
+    /// Ends `timer` when the first record is about to be written to the file, and times that
+    /// write as phase `first_line.log_write`; a guest that ends without writing cancels it.
+    /// Nothing is timed for a log without a file.
+    pub(crate) fn time_first_line(&self, timer: Timer) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.file.is_some() {
+            inner.first_line = Some(timer);
+        } else {
+            timer.cancel();
+        }
+    }
+
     /// Appends guest output; complete lines are recorded at once, the rest waits for more.
     pub fn write(&self, stream: Stream, bytes: &[u8]) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -417,6 +443,9 @@ impl ContainerLog {
             if !rest.is_empty() {
                 inner.record(stream, &rest, false);
             }
+        }
+        if let Some(timer) = inner.first_line.take() {
+            timer.cancel();
         }
         if let Some(f) = inner.file.as_mut() {
             let _ = f.flush();
@@ -469,7 +498,14 @@ impl Inner {
             let mut record = format!("{} {} {tag} ", now(), stream.as_str()).into_bytes();
             record.extend_from_slice(text);
             record.push(b'\n');
-            self.append(&record);
+            match self.first_line.take() {
+                None => self.append(&record),
+                Some(first) => {
+                    drop(first);
+                    let _write = Timer::start("first_line.log_write");
+                    self.append(&record);
+                }
+            }
         }
         if let Some(live) = &self.live {
             let _ = live.send(LogLine {

@@ -21,6 +21,7 @@ use crate::image::{
 use crate::log::{LogLimits, LogLine, LogTarget, LIVE_CAPACITY};
 use crate::mounts::GuestFs;
 use crate::network::{Network, NetworkConfig};
+use crate::phase::Timer;
 use crate::pod::{Pod, PodState};
 use crate::spec::{ContainerConfig, CriResources, PodConfig, PodOwner, Resources};
 use crate::state::{PodRecord, StateStore, Sync};
@@ -227,6 +228,7 @@ impl Runtime {
         let id = new_id();
         // Made on first use (volumes, file mounts, logs): most CRI pods need none of it.
         let dir = self.state_dir.join("pods").join(&id);
+        let timer = Timer::start("run_pod.volumes");
         let volumes = match PodVolumes::create(&dir, &id, &config.volumes) {
             Ok(v) => v,
             Err(e) => {
@@ -234,7 +236,11 @@ impl Runtime {
                 return Err(e);
             }
         };
-        let network = match self.network.attach(&config, None) {
+        drop(timer);
+        let timer = Timer::start("run_pod.network_attach");
+        let attached = self.network.attach(&config, None);
+        drop(timer);
+        let network = match attached {
             Ok(n) => n,
             Err(e) => {
                 volumes.remove();
@@ -274,7 +280,10 @@ impl Runtime {
             }
             pods.insert(id.clone(), pod.clone());
         }
-        if let Err(e) = self.persist_pod(&pod) {
+        let timer = Timer::start("run_pod.state_write");
+        let persisted = self.persist_pod(&pod);
+        drop(timer);
+        if let Err(e) = persisted {
             write(&self.pods).remove(&id);
             unwind(&pod);
             return Err(e);
@@ -390,16 +399,20 @@ impl Runtime {
         self.check_unique_name(&pod, &config)?;
         let ctx = format!("container {}", config.name);
         config.cpu.check().map_err(|e| e.context(&ctx))?;
+        let timer = Timer::start("create.image_resolve");
         let image = match &bundle {
             None => self.images.resolve(&config.image).await,
             Some(b) => bundle_image(b, &config).await,
         }
         .map_err(|e| e.context(&ctx))?;
+        drop(timer);
+        let timer = Timer::start("create.code_load");
         let program = self
             .engine
             .load(image.wasm.clone())
             .await
             .map_err(|e| e.context(format!("{ctx}: image {}", image.reference)))?;
+        drop(timer);
         if let Some(limit) = config.memory_limit {
             crate::container::check_memory_floor(limit, &program).map_err(|e| e.context(&ctx))?;
         }
@@ -422,6 +435,7 @@ impl Runtime {
             .map(|m| pod.volumes.resolve(m))
             .collect::<Result<Vec<_>>>()
             .map_err(|e| e.context(&ctx))?;
+        let timer = Timer::start("create.guest_fs");
         let etc = pod.etc_mounts(&mounts).map_err(|e| e.context(&ctx))?;
         mounts.extend(etc);
         let fs = match &bundle {
@@ -441,6 +455,7 @@ impl Runtime {
             ),
         }
         .map_err(|e| e.context(&ctx))?;
+        drop(timer);
         let exec_root = fs.root().map(Path::to_path_buf);
         let argv = if config.command.is_empty() {
             image.entrypoint.clone()
@@ -456,7 +471,9 @@ impl Runtime {
         };
         let (log, output) = match bundle {
             None => {
+                let timer = Timer::start("create.log_directory");
                 let log = log_target(&pod.log_directory(), &config).map_err(|e| e.context(&ctx))?;
+                drop(timer);
                 // A log directory the client named is the client's to rotate; ours we rotate.
                 let limit = match pod.config.log_directory {
                     Some(_) => self.log_limits.client,
@@ -506,7 +523,9 @@ impl Runtime {
             ids.push(id.clone());
             write(&self.containers).insert(id.clone(), container.clone());
         }
+        let timer = Timer::start("create.state_write");
         self.observer.changed(&container, EventKind::Created);
+        drop(timer);
         Ok(id)
     }
 

@@ -4,7 +4,8 @@
 //!
 //! Counts of pods and containers are read from the runtime at scrape time, so they always
 //! equal what ListPodSandbox and ListContainers answer; latencies and errors are recorded by
-//! a tower layer around the CRI server ([`CriLayer`]), so no handler needs to know.
+//! a tower layer around the CRI server ([`CriLayer`]), so no handler needs to know; the
+//! runtime's phase timings (`wasmpod_runtime::phase`) by a tracing layer ([`Phases`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -58,11 +59,90 @@ struct ResultLabels {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: String,
+}
+
 type Histograms = Family<MethodLabels, Histogram, fn() -> Histogram>;
 
 /// 0.5 ms to ~16 s: a List call takes well under a millisecond, a cold compile seconds.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// 1 µs to ~8 s: a phase of a pod start takes from a microsecond (a log write) to
+/// milliseconds (a state commit), a cold compile seconds.
+fn phase_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1e-6, 2.0, 24))
+}
+
+/// Durations of the runtime's phases by name: the `wasmpod::phase` events of
+/// [`wasmpod_runtime::phase`], recorded by the tracing layer [`Phases::layer`] whatever the
+/// log level. Cheap to clone (a handle).
+#[derive(Clone)]
+pub struct Phases {
+    durations: Family<PhaseLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Phases {
+    fn default() -> Self {
+        Self {
+            durations: Family::new_with_constructor(phase_histogram),
+        }
+    }
+}
+
+impl Phases {
+    /// The layer that records phase events, with a filter of its own: it sees those events
+    /// only, and sees them at any log level.
+    pub fn layer<S>(&self) -> impl tracing_subscriber::Layer<S>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        use tracing_subscriber::Layer as _;
+        let only_phases = tracing_subscriber::filter::Targets::new()
+            .with_target(wasmpod_runtime::phase::TARGET, tracing::Level::TRACE);
+        PhaseLayer(self.clone()).with_filter(only_phases)
+    }
+}
+
+struct PhaseLayer(Phases);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PhaseLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut fields = PhaseFields::default();
+        event.record(&mut fields);
+        if let (Some(phase), Some(seconds)) = (fields.phase, fields.seconds) {
+            self.0
+                .durations
+                .get_or_create(&PhaseLabels { phase })
+                .observe(seconds);
+        }
+    }
+}
+
+/// The two fields of a phase event.
+#[derive(Default)]
+struct PhaseFields {
+    phase: Option<String>,
+    seconds: Option<f64>,
+}
+
+impl tracing::field::Visit for PhaseFields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "phase" {
+            self.phase = Some(value.to_owned());
+        }
+    }
+
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        if field.name() == "seconds" {
+            self.seconds = Some(value);
+        }
+    }
+
+    fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
 }
 
 /// The daemon's metrics. Cheap to clone (all handles).
@@ -82,7 +162,8 @@ pub struct Metrics {
 
 impl Metrics {
     /// `state_dir` is the runtime's: its `aot/` holds the precompiled artifacts counted.
-    pub fn new(state_dir: &std::path::Path) -> Self {
+    /// `phases` are filled by their layer, installed with the process's subscriber.
+    pub fn new(state_dir: &std::path::Path, phases: Phases) -> Self {
         let mut registry = Registry::with_prefix("wasmpod");
         let pods = Family::<StateLabels, Gauge>::default();
         registry.register(
@@ -134,6 +215,15 @@ impl Metrics {
             "image_pulls",
             "PullImage calls by result (success, error)",
             image_pulls.clone(),
+        );
+        registry.register_with_unit(
+            "phase_duration",
+            "Duration of the phases of the runtime's work by name: `run_pod.*`, `create.*` and \
+             `start.*` inside RunPodSandbox, CreateContainer and StartContainer; after \
+             StartContainer returns, `first_line.guest` (instantiation and the guest's run to \
+             its first log line) and `first_line.log_write`",
+            Unit::Seconds,
+            phases.durations,
         );
         Self {
             registry: Arc::new(Mutex::new(registry)),

@@ -40,12 +40,28 @@ impl Daemon {
 
     /// Starts a given `wasmpod` binary (the benchmark uses the release build).
     pub async fn start_bin(bin: PathBuf, dir: TempDir, socket: PathBuf) -> Self {
+        Self::start_bin_with(bin, dir, socket, None).await
+    }
+
+    /// [`Daemon::start_bin`] with `config` (TOML) as its config file when given: the
+    /// benchmark's daemon serves /metrics.
+    pub async fn start_bin_with(
+        bin: PathBuf,
+        dir: TempDir,
+        socket: PathBuf,
+        config: Option<&str>,
+    ) -> Self {
+        let config = config.map(|text| {
+            let path = dir.path().join("config.toml");
+            std::fs::write(&path, text).expect("writing the daemon's config");
+            path
+        });
         let mut d = Daemon {
             dir,
             socket,
             bin,
             child: None,
-            config: None,
+            config,
             netns: None,
         };
         d.restart().await;

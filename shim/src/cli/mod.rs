@@ -112,11 +112,12 @@ fn start(cli: Cli) -> anyhow::Result<ExitCode> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(log_level.as_deref().unwrap_or("warn")))
         .context("log level")?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(stderr_colours())
-        .init();
+    // The phase timings exist for /metrics only.
+    let phases = serve_config
+        .as_ref()
+        .filter(|c| c.metrics.address.is_some())
+        .map(|_| crate::metrics::Phases::default());
+    init_logging(filter, phases.as_ref());
     let _ = REGISTRIES.set(registries);
     let state_dir = state_dir.unwrap_or_else(default_state_dir);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -128,10 +129,37 @@ fn start(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Run(args) => run::run(args, state_dir).await,
             Command::Image(cmd) => image::run(cmd, state_dir).await,
             Command::Serve(args) => {
-                serve::run(args, serve_config.unwrap_or_default(), state_dir).await
+                serve::run(args, serve_config.unwrap_or_default(), state_dir, phases).await
             }
         }
     })
+}
+
+/// Log lines to stderr by `filter`; with `phases`, the runtime's phase events to their
+/// histograms, each layer with a filter of its own.
+fn init_logging(filter: tracing_subscriber::EnvFilter, phases: Option<&crate::metrics::Phases>) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    // The `log` crate's records (from dependencies) are wanted up to the log level only, not
+    // to the trace level the phase layer raises the process's maximum to.
+    let log_level = match filter.max_level_hint() {
+        Some(tracing::level_filters::LevelFilter::OFF) => log::LevelFilter::Off,
+        Some(tracing::level_filters::LevelFilter::ERROR) => log::LevelFilter::Error,
+        Some(tracing::level_filters::LevelFilter::WARN) => log::LevelFilter::Warn,
+        Some(tracing::level_filters::LevelFilter::INFO) => log::LevelFilter::Info,
+        Some(tracing::level_filters::LevelFilter::DEBUG) => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    let lines = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(stderr_colours())
+        .with_filter(filter);
+    tracing_subscriber::registry()
+        .with(lines)
+        .with(phases.map(|p| p.layer()))
+        .init();
+    log::set_max_level(log_level);
 }
 
 /// The runtime over the state directory, with the registry settings of the command line.

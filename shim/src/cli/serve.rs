@@ -180,21 +180,19 @@ impl ServeArgs {
 /// How long a stopping server waits for in-flight calls.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// `phases` is given when `[metrics]` has an address: the phase timings its layer records.
 pub async fn run(
     args: ServeArgs,
     config: ServeConfig,
     state_dir: PathBuf,
+    phases: Option<crate::metrics::Phases>,
 ) -> anyhow::Result<ExitCode> {
     let socket = args.socket.or(config.socket).unwrap_or_else(default_socket);
     let log_limits = config.logs.limits()?;
     wasmpod_runtime::tls::trust(&config.http.ca_bundles).context("[http] ca_bundles")?;
     let rt = super::open_runtime_with(&state_dir, config.network, log_limits)?;
     // Before the socket: a bad [metrics] address fails the start with nothing to undo.
-    let metrics = config
-        .metrics
-        .address
-        .as_ref()
-        .map(|_| crate::metrics::Metrics::new(&state_dir));
+    let metrics = phases.map(|phases| crate::metrics::Metrics::new(&state_dir, phases));
     let metrics_server = match &metrics {
         Some(m) => crate::metrics::start(&config.metrics, m.clone(), rt.clone()).await?,
         None => None,

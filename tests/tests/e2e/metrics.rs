@@ -1,6 +1,7 @@
 //! `wasmpod serve`'s Prometheus `/metrics`: scraped over HTTP and read with a real Prometheus
 //! text parser (prometheus-parse), the gauges equal what the CRI lists, CRI calls are timed by
-//! method and failures counted by code; off by default, and a bad address fails the start.
+//! method and failures counted by code, the runtime's phases are timed; off by default, and a
+//! bad address fails the start.
 
 use std::process::Stdio;
 
@@ -156,6 +157,22 @@ async fn metrics_match_the_cri_and_count_calls_and_errors() {
         observations(&s, "wasmpod_container_start_duration_seconds", &[]),
         1
     );
+    // The runtime's phases, recorded whatever the log level (the harness runs it at warn):
+    // one pod, two creates, one start whose guest wrote a line.
+    let phase = "wasmpod_phase_duration_seconds";
+    for (name, times) in [
+        ("run_pod.state_write", 1),
+        ("run_pod.network_attach", 1),
+        ("create.code_load", 2),
+        ("create.log_directory", 2),
+        ("create.state_write", 2),
+        ("start.log_file", 1),
+        ("start.state_write", 1),
+        ("first_line.guest", 1),
+        ("first_line.log_write", 1),
+    ] {
+        assert_eq!(observations(&s, phase, &[("phase", name)]), times, "{name}");
+    }
     let errors = "wasmpod_cri_errors_total";
     let not_found = [("method", "ContainerStatus"), ("code", "NotFound")];
     assert_eq!(value(&s, errors, &not_found), 1.0);

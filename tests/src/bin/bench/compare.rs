@@ -20,6 +20,8 @@ type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 pub enum Peer {
     Wasmpod {
         daemon: Daemon,
+        /// The loopback port of its /metrics.
+        metrics: u16,
         hello: String,
         idle: String,
         /// The toolbox as a single-binary image: what exec runs `echo` from.
@@ -58,7 +60,7 @@ impl Peer {
     }
 
     /// A container that prints one line and exits.
-    fn hello(&self) -> cri::ContainerConfig {
+    pub fn hello(&self) -> cri::ContainerConfig {
         match self {
             Peer::Wasmpod { hello, .. } => container_config("c", hello, &[]),
             Peer::Containerd(c) => container_config("c", c.hello_image(), &[]),
@@ -161,11 +163,16 @@ pub fn rss_of(pid: u32) -> u64 {
         * 1024
 }
 
-/// A started pod: its sandbox and container ids.
+/// A started pod: its sandbox and container ids, and how long the client waited for each step.
 pub struct Started {
     pub pod: String,
     pub container: String,
+    /// RunPodSandbox's call → the first line in the log: the pod start figure.
     pub first_line: Duration,
+    /// Round trips of RunPodSandbox, CreateContainer and StartContainer.
+    pub calls: [Duration; 3],
+    /// StartContainer's return → the first line seen in the log.
+    pub after_start: Duration,
 }
 
 /// RunPodSandbox (on the peer's handler) + CreateContainer + StartContainer → the first line
@@ -190,6 +197,7 @@ pub async fn start_pod(
         .await?
         .into_inner()
         .pod_sandbox_id;
+    let t1 = Instant::now();
     let container = rt
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
@@ -199,10 +207,12 @@ pub async fn start_pod(
         .await?
         .into_inner()
         .container_id;
+    let t2 = Instant::now();
     rt.start_container(cri::StartContainerRequest {
         container_id: container.clone(),
     })
     .await?;
+    let started = t0.elapsed();
     // Woken by inotify, not a timer: tokio's ticks in milliseconds, and polling from many
     // clients at once would take the cores from the runtimes being measured.
     let Some(first_line) = wait_for_line(&log, t0, Duration::from_secs(60)).await? else {
@@ -212,6 +222,8 @@ pub async fn start_pod(
         pod,
         container,
         first_line,
+        calls: [t1 - t0, t2 - t1, started - (t2 - t0)],
+        after_start: first_line.saturating_sub(started),
     })
 }
 
@@ -345,13 +357,44 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
-/// Pod start latency of each peer, `n` pods each, interleaved; sorted.
-pub async fn pod_start(peers: &[&Peer], n: usize) -> Res<Vec<Vec<Duration>>> {
+/// What a client measured of pod starts, each sorted.
+#[derive(Clone, Default)]
+pub struct StartTimes {
+    /// RunPodSandbox's call → the first log line: the pod start figure.
+    pub total: Vec<Duration>,
+    /// Round trips of RunPodSandbox, CreateContainer and StartContainer.
+    pub calls: [Vec<Duration>; 3],
+    /// StartContainer's return → the first log line.
+    pub after_start: Vec<Duration>,
+}
+
+impl StartTimes {
+    fn push(&mut self, s: &Started) {
+        self.total.push(s.first_line);
+        for (v, d) in self.calls.iter_mut().zip(s.calls) {
+            v.push(d);
+        }
+        self.after_start.push(s.after_start);
+    }
+
+    fn sort(&mut self) {
+        for v in self
+            .calls
+            .iter_mut()
+            .chain([&mut self.total, &mut self.after_start])
+        {
+            v.sort();
+        }
+    }
+}
+
+/// Pod starts of each peer, `n` pods each, interleaved.
+pub async fn pod_start(peers: &[&Peer], n: usize) -> Res<Vec<StartTimes>> {
     let mut clients = Vec::new();
     for p in peers {
         clients.push(p.client().await);
     }
-    let mut out = vec![Vec::with_capacity(n); peers.len()];
+    let mut out = vec![StartTimes::default(); peers.len()];
     let progress = bar((n * peers.len()) as u64, "pod start, interleaved");
     // One warm-up pod each (images and code caches), not counted.
     for i in 0..=n {
@@ -360,7 +403,7 @@ pub async fn pod_start(peers: &[&Peer], n: usize) -> Res<Vec<Vec<Duration>>> {
                 start_pod(peer, &mut clients[k], &format!("start-{i}"), peer.hello()).await?;
             finish_pod(&mut clients[k], &started).await?;
             if i > 0 {
-                out[k].push(started.first_line);
+                out[k].push(&started);
                 progress.inc(1);
             }
         }

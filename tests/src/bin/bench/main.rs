@@ -18,6 +18,9 @@
 //!   round trips inside a pod against the host;
 //! - image pull + AOT compile, and container start with the artifact against compiling.
 //!
+//! Where the time goes is measured in the same run: the CRI pod starts and List calls against
+//! the daemon's own histograms and its runtime's phase timings (`breakdown`).
+//!
 //! `--limits` runs only the accounting figures. `--report` also writes a markdown report with SVG plots beside it.
 //!
 //! `--kube-scale` runs only the Kubernetes scale figures (`kube`): a Deployment of N idle
@@ -33,11 +36,13 @@ use wasmpod_runtime::spec::{ContainerConfig, PodConfig};
 use wasmpod_tests::containerd::{Containerd, Options};
 use wasmpod_tests::cri::Daemon;
 
+mod breakdown;
 mod compare;
 mod kube;
 mod limits;
 mod net;
 mod report;
+mod versions;
 
 use compare::Peer;
 use report::{Plot, Report};
@@ -100,6 +105,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .into());
     }
     let mut report = Report::default();
+    report.version("wasmpod commit", versions::git_commit());
+    report.version("wasmtime", versions::wasmtime());
     println!(
         "wasmpod benchmark ({} cores, {})",
         cores(),
@@ -189,14 +196,26 @@ async fn compare_over_cri(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let socket = dir.path().join("wasmpod.sock");
+    // /metrics on: the breakdown reads the server's own timings there.
+    let metrics = wasmpod_tests::free_port();
+    let config = format!("[metrics]\naddress = \"127.0.0.1:{metrics}\"\n");
     let ours = Peer::Wasmpod {
-        daemon: Daemon::start_bin(bin.to_path_buf(), dir, socket).await,
+        daemon: Daemon::start_bin_with(bin.to_path_buf(), dir, socket, Some(&config)).await,
+        metrics,
         hello: file_image(&wasm.join("hello.p1.wasm")),
         idle: file_image(&wasm.join("forever.p1.wasm")),
         toolbox: file_image(&wasm.join("toolbox.p1.wasm")),
     };
     let theirs = match Containerd::try_start().await {
-        Ok(c) => Some(Peer::Containerd(c)),
+        Ok(c) => {
+            if let Some(exe) = c.containerd_pid().and_then(versions::exe_of) {
+                report.version("containerd", versions::of(&exe));
+            }
+            if let Some(runc) = net::which("runc") {
+                report.version("runc", versions::of(&runc));
+            }
+            Some(Peer::Containerd(c))
+        }
         Err(e) => {
             report.note(format!("containerd + runc not measured: {e:#}"));
             None
@@ -205,9 +224,28 @@ async fn compare_over_cri(
     let peers: Vec<&Peer> = std::iter::once(&ours).chain(theirs.as_ref()).collect();
 
     let n = if quick { 20 } else { 500 };
-    let starts = compare::pod_start(&peers, n)
+    // wasmpod's code cache warm before the window, so its first compile is not in the means.
+    let mut client = ours.client().await;
+    let warm = compare::start_pod(&ours, &mut client, "warm", ours.hello())
         .await
         .map_err(|e| e.to_string())?;
+    compare::finish_pod(&mut client, &warm)
+        .await
+        .map_err(|e| e.to_string())?;
+    let before = breakdown::scrape(metrics)
+        .await
+        .map_err(|e| e.to_string())?;
+    let measured = compare::pod_start(&peers, n)
+        .await
+        .map_err(|e| e.to_string())?;
+    let window = breakdown::Window {
+        before,
+        after: breakdown::scrape(metrics)
+            .await
+            .map_err(|e| e.to_string())?,
+    };
+    report.breakdown(breakdown::pod_start(&measured[0], &window));
+    let starts: Vec<Vec<Duration>> = measured.into_iter().map(|t| t.total).collect();
     let (p50, p99) = (pct(&starts[0], 50), pct(&starts[0], 99));
     report.goal(
         "pod start p50 ≤ 3 ms",
@@ -299,11 +337,18 @@ async fn compare_over_cri(
         let points = compare::density(p, counts, probe)
             .await
             .map_err(|e| e.to_string())?;
+        if let (Peer::Wasmpod { metrics, .. }, Some(last)) = (p, points.last()) {
+            // At the largest count, its pods still running.
+            let lists = breakdown::lists(&mut p.client().await, *metrics, last.pods, 10)
+                .await
+                .map_err(|e| e.to_string())?;
+            report.breakdown(lists);
+        }
         curves.push((p.name().to_owned(), points));
     }
     let per_pod = |p: &compare::DensityPoint| {
         format!(
-            "{:.1} KiB/pod ({:.0} MiB total)",
+            "{:.1} KiB added per pod · {:.0} MiB total",
             p.rss_per_pod / 1024.0,
             p.rss as f64 / 1048576.0
         )
@@ -322,7 +367,7 @@ async fn compare_over_cri(
         let cell = |f: &dyn Fn(&compare::DensityPoint) -> String,
                     p: Option<&compare::DensityPoint>| p.map(f);
         report.row(
-            &format!("idle pods: RSS of the runtime at {count} pods"),
+            &format!("idle pods: runtime RSS at {count} pods (added per pod · total)"),
             cell(&per_pod, a).unwrap_or_else(|| "—".into()),
             cell(&per_pod, b),
             a.zip(b)
@@ -365,7 +410,7 @@ async fn compare_over_cri(
     if let Some(last) = curves.first().and_then(|(_, pts)| pts.last()) {
         let kib = last.rss_per_pod / 1024.0;
         report.goal(
-            &format!("{} idle pods at ≤ 200 KiB RSS each", last.pods),
+            &format!("{} idle pods at ≤ 200 KiB RSS added per pod", last.pods),
             format!("{kib:.1} KiB"),
             kib <= 200.0,
         );
@@ -389,8 +434,8 @@ async fn compare_over_cri(
     };
     report.plots.push(Plot::Lines {
         file: "bench-density-rss.svg".into(),
-        title: "Runtime RSS per idle pod".into(),
-        y_label: "KiB per pod (log scale)".into(),
+        title: "Runtime RSS added per idle pod".into(),
+        y_label: "KiB added per pod (log scale)".into(),
         series: series(|p| p.rss_per_pod / 1024.0),
     });
     report.plots.push(Plot::Lines {
@@ -448,7 +493,7 @@ async fn compare_containerd_runtimes(
 
     let n = if quick { 20 } else { 200 };
     let starts = match compare::pod_start(&peers, n).await {
-        Ok(s) => s,
+        Ok(s) => s.into_iter().map(|t| t.total).collect(),
         Err(e) => return Err(with_logs(&peers, e).into()),
     };
     report_pod_start(
@@ -478,7 +523,7 @@ async fn compare_containerd_runtimes(
             curves.get(k).map(|pts: &Vec<compare::DensityPoint>| {
                 let p = &pts[i];
                 format!(
-                    "{:.0} KiB/pod ({:.0} MiB total)",
+                    "{:.0} KiB added per pod · {:.0} MiB total",
                     p.rss_per_pod / 1024.0,
                     p.rss as f64 / 1048576.0
                 )
@@ -486,7 +531,7 @@ async fn compare_containerd_runtimes(
         };
         report.row(
             &format!(
-                "idle pods: RSS added per pod at {count} pods (containerd + runtime processes)"
+                "idle pods: RSS of containerd + runtime processes at {count} pods (added per pod · total)"
             ),
             cell(0).unwrap_or_else(|| "—".into()),
             cell(1),
@@ -587,8 +632,11 @@ async fn in_process(
     );
     let (per_pod, threads) = density(&rt, &wasm.join("forever.p1.wasm"), idle).await?;
     report.row(
-        &format!("in process: RSS per idle pod ({idle} pods), threads"),
-        format!("{:.1} KiB, {threads} threads", per_pod / 1024.0),
+        &format!("in process: RSS added per idle pod ({idle} pods), threads"),
+        format!(
+            "{:.1} KiB added per pod, {threads} threads",
+            per_pod / 1024.0
+        ),
         None,
         None,
     );

@@ -34,7 +34,7 @@ fn wasmtime_bin(root: &Path) -> Res<PathBuf> {
         .ok_or_else(|| "wasmtime not found: run scripts/bench (it installs wasmtime-cli 48)".into())
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
         .split(':')

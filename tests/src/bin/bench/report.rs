@@ -1,5 +1,6 @@
 //! The benchmark report: a markdown table (wasmpod, containerd + runc, their ratio) with the
-//! machine it ran on, and SVG plots drawn with plotters, written beside the markdown file.
+//! machine it ran on and the versions measured, where the time goes (measured in the run), and
+//! SVG plots drawn with plotters, written beside the markdown file.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -15,6 +16,10 @@ pub struct Report {
     pub plots: Vec<Plot>,
     /// goal, measured, met?
     pub goals: Vec<[String; 3]>,
+    /// What was measured: the commit, then each peer and its version.
+    pub versions: Vec<(String, String)>,
+    /// Where the time goes: markdown measured by the run (see `breakdown`).
+    pub breakdown: Vec<String>,
 }
 
 pub enum Plot {
@@ -74,6 +79,26 @@ impl Report {
         ]);
     }
 
+    /// What was measured (printed at once; a peer named twice is listed once).
+    pub fn version(&mut self, what: &str, version: String) {
+        if self.versions.iter().any(|(w, _)| w == what) {
+            return;
+        }
+        println!("version: {what}: {version}");
+        self.versions.push((what.to_owned(), version));
+    }
+
+    /// A part of the "where the time goes" section, printed as well.
+    pub fn breakdown(&mut self, lines: Vec<String>) {
+        println!();
+        for l in &lines {
+            println!("{l}");
+        }
+        println!();
+        self.breakdown.extend(lines);
+        self.breakdown.push(String::new());
+    }
+
     pub fn note(&mut self, text: impl Into<String>) {
         let text = text.into();
         println!("note: {text}");
@@ -96,7 +121,10 @@ impl Report {
              the same run, driven by the same CRI client; pod starts were interleaved (one \
              wasmpod pod, one containerd pod, …). Ratios say how many times better wasmpod is \
              (faster, more per second, less memory); below a bold row naming other columns, \
-             how many times better its first is.",
+             how many times better its first is. Memory figures say which they are: RSS \
+             *added per pod* is the runtime's growth over its RSS before the pods, divided by \
+             the pod count (the per-pod increment); RSS *total* is the whole runtime's at that \
+             count.",
             path.display(),
             if quick {
                 " in `--quick` mode (small counts: indicative only)"
@@ -107,6 +135,19 @@ impl Report {
         writeln!(md)?;
         writeln!(md, "Machine: {}", machine())?;
         writeln!(md)?;
+        if !self.versions.is_empty() {
+            writeln!(
+                md,
+                "Measured: this checkout's commit, the wasmtime crate both binaries link (from \
+                 Cargo.lock at build time), the peers as their binaries in this run answer \
+                 `--version`:"
+            )?;
+            writeln!(md)?;
+            for (what, v) in &self.versions {
+                writeln!(md, "- {what}: {v}")?;
+            }
+            writeln!(md)?;
+        }
         writeln!(md, "| figure | wasmpod | containerd + runc | ratio |")?;
         writeln!(md, "|---|---|---|---|")?;
         for [a, b, c, d] in &self.rows {
@@ -122,8 +163,15 @@ impl Report {
                 writeln!(md, "| {g} | {m} | {ok} |")?;
             }
             writeln!(md)?;
-            writeln!(md, "{WHERE_THE_TIME_GOES}")?;
+        }
+        if !self.breakdown.is_empty() {
+            writeln!(md, "## Where the time goes")?;
             writeln!(md)?;
+            writeln!(md, "Measured in this run, not profiled separately.")?;
+            writeln!(md)?;
+            for l in &self.breakdown {
+                writeln!(md, "{l}")?;
+            }
         }
         for plot in &self.plots {
             let (file, title) = match plot {
@@ -144,28 +192,6 @@ impl Report {
         Ok(())
     }
 }
-
-/// What profiling (`perf record -g` of `wasmpod serve` during these runs) showed, for the
-/// goals a run misses.
-const WHERE_THE_TIME_GOES: &str = "\
-### Where the time goes
-
-Profiled with `perf record -g -p <wasmpod serve>` while the benchmark ran (hardware counters \
-are not available on this VM; software clock sampling is):
-
-- **Lifecycles per second.** A lifecycle is seven CRI calls, and most of the server's time is \
-in the kernel: creating the container's log directory and log file (about a third of the \
-samples, in ext4's inode allocator, `find_inode_bit` → `recently_deleted`, which scans for \
-recently freed inodes on this journal-less ext4) and the state database's commits (about \
-15%: redb syncs every commit on Linux, whatever the durability asked). Fixed on the way: pods \
-no longer create a state directory they do not use, and the state writes of concurrent calls \
-are group-committed (one sync for all of them). What remains is the file system work the CRI \
-asks for (a log file per container) and one sync per state change of a single client.
-- **ListContainers at 10,000.** Every container becomes a CRI message with its labels, \
-annotations and image; at 10,000 that is about 2.5 MB that the server encodes (a few ms) and \
-the client decodes (the larger part, in the benchmark process). Filters (kubelet lists by \
-pod and state) keep real calls far smaller; a cached encoded form per container is the next \
-step for unfiltered lists.";
 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
