@@ -274,7 +274,7 @@ pub fn pod_metadata(p: &Pod) -> cri::PodSandboxMetadata {
     }
 }
 
-fn pod_state(p: &Pod) -> i32 {
+pub fn pod_state(p: &Pod) -> i32 {
     match p.state() {
         PodState::Ready => cri::PodSandboxState::SandboxReady as i32,
         PodState::NotReady => cri::PodSandboxState::SandboxNotready as i32,

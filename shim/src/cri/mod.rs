@@ -6,6 +6,7 @@ pub(crate) mod convert;
 #[cfg(test)]
 mod fuzz;
 mod image_service;
+mod listing;
 mod runtime_service;
 mod stats;
 mod streams;
@@ -49,12 +50,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     metrics: Option<crate::metrics::Metrics>,
 ) -> Result<(), tonic::transport::Error> {
-    let runtime = RuntimeServiceServer::new(runtime_service::RuntimeApi {
+    let api = Arc::new(runtime_service::RuntimeApi {
         rt: rt.clone(),
         streaming,
-    })
-    .max_decoding_message_size(MAX_MESSAGE)
-    .max_encoding_message_size(MAX_MESSAGE);
+        lists: Default::default(),
+    });
+    let runtime = listing::ListRoutes {
+        inner: RuntimeServiceServer::from_arc(api.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+        api,
+    };
     let images = ImageServiceServer::new(image_service::ImageApi { rt: rt.clone() })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);

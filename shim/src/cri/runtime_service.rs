@@ -18,6 +18,7 @@ use wasmpod_runtime::pod::Pod;
 use wasmpod_runtime::runtime::Runtime;
 
 use super::convert::{self, nanos, status};
+use super::listing::{ListCache, Listing};
 use super::stats;
 use super::verbose_info;
 use crate::streaming::{Request as Session, StreamingServer};
@@ -25,6 +26,8 @@ use crate::streaming::{Request as Session, StreamingServer};
 pub struct RuntimeApi {
     pub rt: Arc<Runtime>,
     pub streaming: Arc<StreamingServer>,
+    /// The encoded messages ListContainers and ListPodSandbox answer with.
+    pub lists: Arc<ListCache>,
 }
 
 type Result<T> = std::result::Result<Response<T>, Status>;
@@ -49,38 +52,81 @@ impl RuntimeApi {
             .map_err(Status::invalid_argument)
     }
 
-    /// Containers whose id and pod id start with the filter's and whose labels match.
+    /// Containers whose id and pod id start with the filter's and whose labels match, and
+    /// how many containers the runtime holds.
     fn select_containers(
         &self,
         id: &str,
         pod: &str,
         selector: &HashMap<String, String>,
-    ) -> std::result::Result<Vec<Arc<Container>>, Status> {
+    ) -> std::result::Result<(Vec<Arc<Container>>, usize), Status> {
         convert::check_selector(selector)?;
-        Ok(self
-            .rt
-            .containers()
+        let all = self.rt.containers();
+        let live = all.len();
+        let selected = all
             .into_iter()
             .filter(|c| c.id.starts_with(id) && c.pod_id.starts_with(pod))
             .filter(|c| convert::matches(&c.config.labels, selector))
             .filter(|c| self.rt.pod(&c.pod_id).is_ok_and(|p| is_ours(&p)))
-            .collect())
+            .collect();
+        Ok((selected, live))
     }
 
-    /// Pods whose id starts with the filter's and whose labels match.
+    /// Pods whose id starts with the filter's and whose labels match, and how many pods the
+    /// runtime holds.
     fn select_pods(
         &self,
         id: &str,
         selector: &HashMap<String, String>,
-    ) -> std::result::Result<Vec<Arc<Pod>>, Status> {
+    ) -> std::result::Result<(Vec<Arc<Pod>>, usize), Status> {
         convert::check_selector(selector)?;
-        Ok(self
-            .rt
-            .pods()
+        let all = self.rt.pods();
+        let live = all.len();
+        let selected = all
             .into_iter()
             .filter(|p| p.id.starts_with(id) && convert::matches(&p.config.labels, selector))
             .filter(|p| is_ours(p))
-            .collect())
+            .collect();
+        Ok((selected, live))
+    }
+
+    /// ListContainers' answer: the selected containers in the state asked for, if any.
+    pub fn container_listing(
+        &self,
+        r: cri::ListContainersRequest,
+    ) -> std::result::Result<Listing, Status> {
+        let filter = r.filter.unwrap_or_default();
+        let (selected, live) =
+            self.select_containers(&filter.id, &filter.pod_sandbox_id, &filter.label_selector)?;
+        let wanted = filter.state.map(|s| s.state);
+        let containers: Vec<_> = selected
+            .into_iter()
+            .map(|c| {
+                let state = convert::container_state(&c);
+                (c, state)
+            })
+            .filter(|(_, state)| wanted.is_none_or(|w| w == *state))
+            .collect();
+        Ok(self.lists.containers(&containers, live))
+    }
+
+    /// ListPodSandbox's answer: the selected pods in the state asked for, if any.
+    pub fn pod_listing(
+        &self,
+        r: cri::ListPodSandboxRequest,
+    ) -> std::result::Result<Listing, Status> {
+        let filter = r.filter.unwrap_or_default();
+        let (selected, live) = self.select_pods(&filter.id, &filter.label_selector)?;
+        let wanted = filter.state.map(|s| s.state);
+        let pods: Vec<_> = selected
+            .into_iter()
+            .map(|p| {
+                let state = convert::pod_state(&p);
+                (p, state)
+            })
+            .filter(|(_, state)| wanted.is_none_or(|w| w == *state))
+            .collect();
+        Ok(self.lists.pods(&pods, live))
     }
 
     fn container_stats(&self, c: &Container) -> cri::ContainerStats {
@@ -192,14 +238,8 @@ impl RuntimeService for RuntimeApi {
         &self,
         r: Request<cri::ListPodSandboxRequest>,
     ) -> Result<cri::ListPodSandboxResponse> {
-        let filter = r.into_inner().filter.unwrap_or_default();
-        let items = self
-            .select_pods(&filter.id, &filter.label_selector)?
-            .iter()
-            .map(|p| convert::pod_sandbox(p))
-            .filter(|p| filter.state.as_ref().is_none_or(|s| s.state == p.state))
-            .collect();
-        Ok(Response::new(cri::ListPodSandboxResponse { items }))
+        // Served by `listing::ListRoutes` without decoding; answered the same here.
+        Ok(Response::new(self.pod_listing(r.into_inner())?.decode()?))
     }
 
     async fn create_container(
@@ -255,14 +295,10 @@ impl RuntimeService for RuntimeApi {
         &self,
         r: Request<cri::ListContainersRequest>,
     ) -> Result<cri::ListContainersResponse> {
-        let filter = r.into_inner().filter.unwrap_or_default();
-        let containers = self
-            .select_containers(&filter.id, &filter.pod_sandbox_id, &filter.label_selector)?
-            .iter()
-            .map(|c| convert::container(c))
-            .filter(|c| filter.state.as_ref().is_none_or(|s| s.state == c.state))
-            .collect();
-        Ok(Response::new(cri::ListContainersResponse { containers }))
+        // Served by `listing::ListRoutes` without decoding; answered the same here.
+        Ok(Response::new(
+            self.container_listing(r.into_inner())?.decode()?,
+        ))
     }
 
     async fn container_status(
@@ -387,6 +423,7 @@ impl RuntimeService for RuntimeApi {
         let filter = r.into_inner().filter.unwrap_or_default();
         let stats = self
             .select_containers(&filter.id, &filter.pod_sandbox_id, &filter.label_selector)?
+            .0
             .iter()
             .map(|c| self.container_stats(c))
             .collect();
@@ -413,6 +450,7 @@ impl RuntimeService for RuntimeApi {
         let filter = r.into_inner().filter.unwrap_or_default();
         let stats = self
             .select_pods(&filter.id, &filter.label_selector)?
+            .0
             .iter()
             .map(|p| self.pod_stats(p))
             .collect();
@@ -491,6 +529,7 @@ impl RuntimeService for RuntimeApi {
         let api = RuntimeApi {
             rt: self.rt.clone(),
             streaming: self.streaming.clone(),
+            lists: self.lists.clone(),
         };
         let events =
             BroadcastStream::new(self.rt.subscribe_events()).filter_map(move |e| match e {
@@ -515,6 +554,7 @@ impl RuntimeService for RuntimeApi {
     ) -> Result<cri::ListPodSandboxMetricsResponse> {
         let pod_metrics = self
             .select_pods("", &HashMap::new())?
+            .0
             .iter()
             .map(|p| stats::pod_metrics(p, &self.rt.pod_stats(p)))
             .collect();

@@ -22,6 +22,7 @@ mod image_attacks;
 mod images;
 mod kube_stream;
 mod kubelet;
+mod lists;
 mod logs;
 mod manifests;
 mod memory;
