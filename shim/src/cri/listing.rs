@@ -438,7 +438,7 @@ mod tests {
         assert_eq!(encodes.get(), 2);
         assert_eq!(listed.len(), 2);
         list(&cache, &[a.clone(), b.clone()], 2, &encodes);
-        list(&cache, &[b.clone()], 2, &encodes);
+        list(&cache, std::slice::from_ref(&b), 2, &encodes);
         assert_eq!(encodes.get(), 2, "kept encodings are reused");
 
         // Another object under a known id is encoded as itself, not served the old bytes.
@@ -453,7 +453,7 @@ mod tests {
 
         // b removed from the runtime and dropped: its entry goes at the next listing.
         drop(b);
-        list(&cache, &[a2.clone()], 1, &encodes);
+        list(&cache, std::slice::from_ref(&a2), 1, &encodes);
         assert_eq!(cache.len(), 1);
         drop((a, a2));
         list(&cache, &[], 0, &encodes);

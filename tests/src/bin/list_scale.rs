@@ -241,10 +241,7 @@ async fn main() -> Res<()> {
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
-    let image = format!(
-        "file://{}",
-        wasm("forever.p1").canonicalize()?.display().to_string()
-    );
+    let image = format!("file://{}", wasm("forever.p1").canonicalize()?.display());
     let dir = tempfile::tempdir()?;
     let socket = dir.path().join("wasmpod.sock");
     // The `wasmpod` built beside this binary: asking cargo would wait on other builds' lock.
