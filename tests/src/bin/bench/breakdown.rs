@@ -329,11 +329,13 @@ pub async fn lists(rt: &mut Rt, port: u16, pods: usize, rounds: usize) -> Res<Ve
         format!(
             "**List calls at {pods} idle pods** (wasmpod, {rounds} calls each, no filter): the \
              server's time is its histogram's mean, which ends when the handler answers \
-             (request decode, the listing and its conversion to CRI messages); tonic encodes \
-             the answer afterwards, as the body is sent. Encode and decode are prost's, timed \
-             in the benchmark process on the same answer (median of {runs}); transport is what \
-             remains of the round trip (HTTP/2 framing and flow control, the socket, buffer \
-             copies)."
+             (request decode, the listing and its conversion to CRI messages); the answer is \
+             encoded afterwards, as the body is sent. Encode and decode are prost's on the \
+             same answer, timed in the benchmark process (median of {runs}); transport is what \
+             remains of the round trip without the three (HTTP/2 framing and flow control, \
+             the socket, buffer copies). Encode is what encoding the whole message costs: a \
+             server that reuses cached encodings spends less there, and its transport is that \
+             much more than the column says."
         ),
         String::new(),
         "| call | answer | client round trip p50 | server handler (mean) | encode | transport and the rest | client decode |".into(),
