@@ -322,6 +322,9 @@ pub struct MemoryUsage {
     pub failcnt: u64,
 }
 
+/// The phase (see [`crate::phase`]) of a guest's instantiation, within its first line's.
+const INSTANTIATE_PHASE: &str = "first_line.instantiate";
+
 /// The process-wide engine.
 pub struct Engine {
     wasmtime: wasmtime::Engine,
@@ -607,7 +610,9 @@ impl Engine {
                     },
                 );
                 let result = async {
+                    let timer = crate::phase::Timer::start(INSTANTIATE_PHASE);
                     let instance = pre.instantiate_async(&mut store).await?;
+                    drop(timer);
                     let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
                     start.call_async(&mut store, ()).await
                 }
@@ -625,7 +630,9 @@ impl Engine {
                 };
                 let mut store = new_store(&self.wasmtime, host);
                 let result = async {
+                    let timer = crate::phase::Timer::start(INSTANTIATE_PHASE);
                     let command = pre.instantiate_async(&mut store).await?;
+                    drop(timer);
                     command.wasi_cli_run().call_run(&mut store).await
                 }
                 .await;
