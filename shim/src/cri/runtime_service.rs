@@ -98,15 +98,11 @@ impl RuntimeApi {
         let filter = r.filter.unwrap_or_default();
         let (selected, live) =
             self.select_containers(&filter.id, &filter.pod_sandbox_id, &filter.label_selector)?;
-        let wanted = filter.state.map(|s| s.state);
-        let containers: Vec<_> = selected
-            .into_iter()
-            .map(|c| {
-                let state = convert::container_state(&c);
-                (c, state)
-            })
-            .filter(|(_, state)| wanted.is_none_or(|w| w == *state))
-            .collect();
+        let containers = in_state(
+            selected,
+            convert::container_state,
+            filter.state.map(|s| s.state),
+        );
         Ok(self.lists.containers(&containers, live))
     }
 
@@ -117,15 +113,7 @@ impl RuntimeApi {
     ) -> std::result::Result<Listing, Status> {
         let filter = r.filter.unwrap_or_default();
         let (selected, live) = self.select_pods(&filter.id, &filter.label_selector)?;
-        let wanted = filter.state.map(|s| s.state);
-        let pods: Vec<_> = selected
-            .into_iter()
-            .map(|p| {
-                let state = convert::pod_state(&p);
-                (p, state)
-            })
-            .filter(|(_, state)| wanted.is_none_or(|w| w == *state))
-            .collect();
+        let pods = in_state(selected, convert::pod_state, filter.state.map(|s| s.state));
         Ok(self.lists.pods(&pods, live))
     }
 
@@ -576,4 +564,20 @@ impl RuntimeService for RuntimeApi {
 /// Whether a pod is this CRI server's to list: containerd's pods are containerd's to show.
 fn is_ours(pod: &Pod) -> bool {
     pod.config.owner == wasmpod_runtime::spec::PodOwner::Wasmpod
+}
+
+/// Each object with its CRI state now, keeping those in the state asked for (all without one).
+fn in_state<T>(
+    objects: Vec<Arc<T>>,
+    state: impl Fn(&T) -> i32,
+    wanted: Option<i32>,
+) -> Vec<(Arc<T>, i32)> {
+    objects
+        .into_iter()
+        .map(|o| {
+            let now = state(&o);
+            (o, now)
+        })
+        .filter(|(_, now)| wanted.is_none_or(|w| w == *now))
+        .collect()
 }

@@ -7,11 +7,8 @@ use std::collections::HashMap;
 
 use k8s_cri::v1 as cri;
 use wasmpod_tests::cri::{self as harness, container_config, Daemon, Rt};
-use wasmpod_tests::{require_guests, wasm};
-
-fn file_image(name: &str) -> String {
-    format!("file://{}", wasm(name).display())
-}
+use wasmpod_tests::crictl::file_image;
+use wasmpod_tests::require_guests;
 
 async fn containers(rt: &mut Rt, filter: cri::ContainerFilter) -> Vec<cri::Container> {
     rt.list_containers(cri::ListContainersRequest {
@@ -231,31 +228,18 @@ async fn lists_follow_state_changes_filters_and_removals() {
     })
     .await
     .unwrap();
-    let listed = pods(
-        &mut rt,
-        cri::PodSandboxFilter {
-            state: pod_state(not_ready),
-            ..Default::default()
-        },
-    )
-    .await;
-    assert_eq!(
-        listed.iter().map(|p| &p.id).collect::<Vec<_>>(),
-        vec![&a.id]
-    );
-    assert_eq!(listed[0].state, not_ready as i32);
-    let listed = pods(
-        &mut rt,
-        cri::PodSandboxFilter {
-            state: pod_state(ready),
-            ..Default::default()
-        },
-    )
-    .await;
-    assert_eq!(
-        listed.iter().map(|p| &p.id).collect::<Vec<_>>(),
-        vec![&b.id]
-    );
+    for (state, id) in [(not_ready, &a.id), (ready, &b.id)] {
+        let listed = pods(
+            &mut rt,
+            cri::PodSandboxFilter {
+                state: pod_state(state),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(listed.iter().map(|p| &p.id).collect::<Vec<_>>(), vec![id]);
+        assert_eq!(listed[0].state, state as i32);
+    }
     let by_label = pods(
         &mut rt,
         cri::PodSandboxFilter {
