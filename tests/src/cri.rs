@@ -201,6 +201,28 @@ pub async fn image_client(d: &Daemon) -> ImageServiceClient<Channel> {
     ImageServiceClient::new(d.channel().await.expect("connecting to the CRI socket"))
 }
 
+/// ListContainers with `filter`, which must succeed.
+pub async fn list_containers(rt: &mut Rt, filter: cri::ContainerFilter) -> Vec<cri::Container> {
+    rt.list_containers(cri::ListContainersRequest {
+        filter: Some(filter),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .containers
+}
+
+/// ListPodSandbox with `filter`, which must succeed.
+pub async fn list_pods(rt: &mut Rt, filter: cri::PodSandboxFilter) -> Vec<cri::PodSandbox> {
+    rt.list_pod_sandbox(cri::ListPodSandboxRequest {
+        filter: Some(filter),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .items
+}
+
 pub async fn run_pod(rt: &mut Rt, config: &cri::PodSandboxConfig) -> String {
     rt.run_pod_sandbox(cri::RunPodSandboxRequest {
         config: Some(config.clone()),

@@ -6,29 +6,11 @@
 use std::collections::HashMap;
 
 use k8s_cri::v1 as cri;
-use wasmpod_tests::cri::{self as harness, container_config, Daemon, Rt};
+use wasmpod_tests::cri::{
+    self as harness, container_config, list_containers as containers, list_pods as pods, Daemon, Rt,
+};
 use wasmpod_tests::crictl::file_image;
 use wasmpod_tests::require_guests;
-
-async fn containers(rt: &mut Rt, filter: cri::ContainerFilter) -> Vec<cri::Container> {
-    rt.list_containers(cri::ListContainersRequest {
-        filter: Some(filter),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .containers
-}
-
-async fn pods(rt: &mut Rt, filter: cri::PodSandboxFilter) -> Vec<cri::PodSandbox> {
-    rt.list_pod_sandbox(cri::ListPodSandboxRequest {
-        filter: Some(filter),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .items
-}
 
 fn container_state(state: cri::ContainerState) -> Option<cri::ContainerStateValue> {
     Some(cri::ContainerStateValue {

@@ -101,15 +101,7 @@ async fn crictl_sequence_runs_a_pod_to_completion() {
     // crictl ps -a with the filters it uses.
     let list = |filter: cri::ContainerFilter| {
         let mut rt = rt.clone();
-        async move {
-            rt.list_containers(cri::ListContainersRequest {
-                filter: Some(filter),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .containers
-        }
+        async move { harness::list_containers(&mut rt, filter).await }
     };
     assert_eq!(list(cri::ContainerFilter::default()).await.len(), 1);
     assert_eq!(
