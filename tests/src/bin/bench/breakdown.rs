@@ -289,8 +289,14 @@ fn list_figures<M: Message + Default>(
 }
 
 /// ListContainers and ListPodSandbox with `pods` idle pods running, `rounds` of each, with
-/// /metrics on `port` scraped around them; the breakdown as markdown.
-pub async fn lists(rt: &mut Rt, port: u16, pods: usize, rounds: usize) -> Res<Vec<String>> {
+/// /metrics on `port` scraped around them; the breakdown as markdown, and each call's mean
+/// server time.
+pub async fn lists(
+    rt: &mut Rt,
+    port: u16,
+    pods: usize,
+    rounds: usize,
+) -> Res<(Vec<String>, Vec<(&'static str, Duration)>)> {
     let before = scrape(port).await?;
     let mut containers = (Vec::new(), None);
     let mut sandboxes = (Vec::new(), None);
@@ -354,5 +360,9 @@ pub async fn lists(rt: &mut Rt, port: u16, pods: usize, rounds: usize) -> Res<Ve
             fmt(f.decode),
         ));
     }
-    Ok(md)
+    let server = rows
+        .iter()
+        .map(|(call, f)| (*call, f.server.mean()))
+        .collect();
+    Ok((md, server))
 }
