@@ -50,11 +50,12 @@ pub fn container(c: &Container) -> Value {
     info
 }
 
-/// A pod sandbox: its config, network (mode, IP, hostPorts) and open-file account.
+/// A pod sandbox: its config (with the memory figures in force after an update), network
+/// (mode, IP, hostPorts) and open-file account.
 pub fn pod(rt: &Runtime, pod: &Pod) -> Value {
     json!({
         "runtimeHandler": RUNTIME_HANDLER,
-        "config": pod.config,
+        "config": pod.current_config(),
         "network": {
             "mode": format!("{:?}", rt.network().mode()).to_lowercase(),
             "ip": pod.ip(),

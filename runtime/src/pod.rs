@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use crate::engine::{FileBudget, PodMemory};
 use crate::error::{Error, Result};
 use crate::network::PodNetwork;
-use crate::spec::PodConfig;
+use crate::spec::{PodConfig, PodMemoryConfig};
 use crate::volume::{PodVolumes, ResolvedMount};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -19,6 +19,8 @@ pub enum PodState {
 
 pub struct Pod {
     pub id: String,
+    /// The pod's config as it was made; the memory figures in force are [`Pod::memory_config`]
+    /// (kubelet may change them, see [`Pod::current_config`]).
     pub config: PodConfig,
     pub created_at: SystemTime,
     pub(crate) dir: PathBuf,
@@ -39,6 +41,22 @@ pub struct Pod {
 impl Pod {
     pub fn state(&self) -> PodState {
         *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pod's own memory limit and overhead in force (updates may have changed them).
+    pub fn memory_config(&self) -> PodMemoryConfig {
+        PodMemoryConfig {
+            limit: self.memory.pod_limit(),
+            overhead: self.memory.overhead(),
+        }
+    }
+
+    /// The pod's config with the figures in force: what its record keeps.
+    pub fn current_config(&self) -> PodConfig {
+        PodConfig {
+            memory: self.memory_config(),
+            ..self.config.clone()
+        }
     }
 
     pub fn container_ids(&self) -> Vec<String> {

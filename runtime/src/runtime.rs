@@ -23,7 +23,7 @@ use crate::mounts::GuestFs;
 use crate::network::{Network, NetworkConfig};
 use crate::phase::Timer;
 use crate::pod::{Pod, PodState};
-use crate::spec::{ContainerConfig, CriResources, PodConfig, PodOwner, Resources};
+use crate::spec::{ContainerConfig, CriResources, PodConfig, PodMemoryConfig, PodOwner, Resources};
 use crate::state::{PodRecord, StateStore, Sync};
 use crate::stdio::Output;
 use crate::volume::PodVolumes;
@@ -182,7 +182,7 @@ impl Runtime {
         self.observer.state.put_pod(
             &PodRecord {
                 id: pod.id.clone(),
-                config: pod.config.clone(),
+                config: pod.current_config(),
                 created_at: pod.created_at,
                 state: pod.state(),
                 ip: pod.ip().map(|ip| ip.to_string()),
@@ -535,8 +535,71 @@ impl Runtime {
     /// (InvalidArgument); then nothing changes. Returns the limits now in force.
     pub fn update_container_resources(&self, id: &str, update: CriResources) -> Result<Resources> {
         let c = self.container(id)?;
-        c.update_resources(|current| current.updated(update))
-            .map_err(|e| e.context(format!("updating the resources of container {id}")))
+        let pod = self.pod(&c.pod_id).ok();
+        let pod_limit = pod.as_ref().and_then(|p| p.memory.pod_limit());
+        let new = c
+            .update_resources(|current| current.updated(update))
+            .map_err(|e| e.context(format!("updating the resources of container {id}")))?;
+        // kubelet's pod limit moved with the container's: its record keeps the new figure.
+        if let Some(pod) = pod.filter(|p| p.memory.pod_limit() != pod_limit) {
+            if let Err(e) = self.persist_pod(&pod) {
+                tracing::warn!(pod = %pod.id, "recording the pod's memory limit: {e}");
+            }
+        }
+        Ok(new)
+    }
+
+    /// Changes a pod's own limits (CRI UpdatePodSandboxResources, which kubelet calls after
+    /// resizing the pod's containers): `resources` (kubelet's pod-level figures, without the
+    /// overhead) and `overhead`, each figure read as in a container update (0 keeps, -1
+    /// removes). The memory limit takes effect at once for the pod's guests and is kept in the
+    /// pod's record. Refused, with nothing changed: a bad figure (InvalidArgument, CPU figures
+    /// by a container's bounds too, though the engine has no pod-level CPU limit and keeps
+    /// none), a limit below what a container of the pod declares it starts with
+    /// (InvalidArgument), and a limit below what the pod holds now (FailedPrecondition, as
+    /// runc refuses it). Returns the memory figures now in force.
+    pub fn update_pod_resources(
+        &self,
+        id: &str,
+        resources: CriResources,
+        overhead: CriResources,
+    ) -> Result<PodMemoryConfig> {
+        let ctx = || format!("updating the resources of pod sandbox {id}");
+        let pod = self.pod(id)?;
+        let old = pod.memory_config();
+        let new = old
+            .updated(resources.memory_limit, overhead.memory_limit)
+            .map_err(|e| e.context(ctx()))?;
+        for (what, figures) in [("resources", resources), ("overhead", overhead)] {
+            let cpu = CriResources {
+                memory_limit: 0,
+                ..figures
+            };
+            Resources::default()
+                .updated(cpu)
+                .map_err(|e| e.context(format!("{}: {what}", ctx())))?;
+        }
+        if let Some(limit) = new.limit {
+            // Containers that may still run; an exited one never runs again.
+            for c in self.pod_containers(&pod) {
+                let exited = matches!(c.state(), ContainerState::Exited { .. });
+                let Some(program) = c.program().filter(|_| !exited) else {
+                    continue;
+                };
+                crate::container::check_memory_floor(limit, program)
+                    .map_err(|e| e.context(format!("{}: container {}", ctx(), c.config.name)))?;
+            }
+        }
+        pod.memory
+            .set_pod_limit(new.limit, new.overhead)
+            .map_err(|e| e.context(ctx()))?;
+        if let Err(e) = self.persist_pod(&pod) {
+            // Refused only if the guests grew past the old limit meanwhile: then the new one
+            // stays, as killing them is not ours to do.
+            let _ = pod.memory.set_pod_limit(old.limit, old.overhead);
+            return Err(e.context(ctx()));
+        }
+        Ok(new)
     }
 
     /// What the pod's containers use together.
@@ -722,4 +785,97 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn open(dir: &Path) -> Arc<Runtime> {
+        Runtime::new(RuntimeOptions {
+            state_dir: dir.to_path_buf(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn memory(limit: i64) -> CriResources {
+        CriResources {
+            memory_limit: limit,
+            ..CriResources::default()
+        }
+    }
+
+    fn pod_config(limit: Option<u64>, overhead: u64) -> PodConfig {
+        PodConfig {
+            name: "resized".into(),
+            namespace: "default".into(),
+            uid: "uid-resized".into(),
+            hostname: "resized".into(),
+            memory: PodMemoryConfig { limit, overhead },
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pod_update_raises_and_lowers_its_limit_and_a_restart_keeps_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = open(tmp.path());
+        let id = rt.run_pod(pod_config(Some(64 << 20), 0)).unwrap();
+        let pod = rt.pod(&id).unwrap();
+
+        let raised = rt
+            .update_pod_resources(&id, memory(128 << 20), memory(1 << 20))
+            .unwrap();
+        let expected = PodMemoryConfig {
+            limit: Some(128 << 20),
+            overhead: 1 << 20,
+        };
+        assert_eq!(raised, expected);
+        assert_eq!(pod.memory.limit(), Some(128 << 20));
+        assert_eq!(pod.current_config().memory, expected);
+        // 0 keeps a figure: only the limit is lowered.
+        let lowered = rt
+            .update_pod_resources(&id, memory(32 << 20), memory(0))
+            .unwrap();
+        assert_eq!(lowered.limit, Some(32 << 20));
+        assert_eq!(lowered.overhead, 1 << 20);
+
+        drop((pod, rt));
+        let rt = open(tmp.path());
+        assert_eq!(rt.pod(&id).unwrap().memory_config(), lowered);
+        assert_eq!(rt.pod(&id).unwrap().memory.limit(), Some(32 << 20));
+    }
+
+    #[tokio::test]
+    async fn bad_figures_and_unknown_pods_are_refused_and_nothing_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = open(tmp.path());
+        let id = rt.run_pod(pod_config(Some(64 << 20), 0)).unwrap();
+        let pod = rt.pod(&id).unwrap();
+        let before = pod.memory_config();
+        let bad_cpu = CriResources {
+            cpu_quota: -7,
+            ..memory(128 << 20)
+        };
+        for (resources, overhead, says) in [
+            (memory(-2), memory(0), "pod memory limit -2"),
+            (memory(128 << 20), memory(-5), "pod overhead memory -5"),
+            (bad_cpu, memory(0), "resources: cpu quota -7"),
+            (memory(0), bad_cpu, "overhead: cpu quota -7"),
+        ] {
+            let e = rt
+                .update_pod_resources(&id, resources, overhead)
+                .unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e}");
+            assert!(e.message.contains(says), "{e}");
+            assert!(e.message.contains(&id), "{e}");
+            assert_eq!(pod.memory_config(), before);
+        }
+        let e = rt
+            .update_pod_resources("no-such-pod", memory(1 << 20), memory(0))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+    }
 }

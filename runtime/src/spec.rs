@@ -67,6 +67,17 @@ impl PodMemoryConfig {
             overhead: overhead.unwrap_or(0),
         })
     }
+
+    /// These figures changed by an update (CRI UpdatePodSandboxResources), read as an update
+    /// of a container's: 0 keeps the current figure, -1 removes the limit (or the overhead),
+    /// other negatives are refused.
+    pub fn updated(self, limit: i64, overhead: i64) -> Result<Self> {
+        let overhead = memory_figure("pod overhead memory", overhead, Some(self.overhead))?;
+        Ok(Self {
+            limit: memory_figure("pod memory limit", limit, self.limit)?,
+            overhead: overhead.unwrap_or(0),
+        })
+    }
 }
 
 /// A CRI memory figure: 0 keeps `unset`, -1 means no limit, other negatives are refused.
@@ -397,6 +408,39 @@ mod tests {
         ] {
             let e = Resources::from_cri(bad).unwrap_err();
             assert_eq!(e.kind, crate::error::ErrorKind::InvalidArgument, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_pod_update_changes_what_it_sets() {
+        let pod = PodMemoryConfig {
+            limit: Some(100),
+            overhead: 10,
+        };
+        let same = |limit, overhead| pod.updated(limit, overhead).unwrap();
+        assert_eq!(same(0, 0), pod);
+        assert_eq!(
+            same(200, 20),
+            PodMemoryConfig {
+                limit: Some(200),
+                overhead: 20
+            }
+        );
+        assert_eq!(
+            same(-1, -1),
+            PodMemoryConfig {
+                limit: None,
+                overhead: 0
+            }
+        );
+        for (limit, overhead, what) in [
+            (-2, 0, "pod memory limit -2"),
+            (0, -3, "pod overhead memory -3"),
+            (i64::MIN, 5, "pod memory limit"),
+        ] {
+            let e = pod.updated(limit, overhead).unwrap_err();
+            assert_eq!(e.kind, crate::error::ErrorKind::InvalidArgument, "{e}");
+            assert!(e.message.contains(what), "{e}");
         }
     }
 

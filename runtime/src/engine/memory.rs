@@ -42,11 +42,12 @@ pub struct PodMemory {
     inner: Mutex<PodInner>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 struct PodInner {
     used: u64,
-    /// The limit kubelet set for the pod (`LinuxPodSandboxConfig.resources`), moved since by
-    /// as much as its containers' limits were moved by updates (as kubelet resizes a pod).
+    /// The limit kubelet set for the pod (`LinuxPodSandboxConfig.resources`, or since by
+    /// UpdatePodSandboxResources), moved by as much as its containers' limits were moved by
+    /// updates (as kubelet resizes a pod).
     set: Option<u64>,
     /// Added to the sum of the containers' limits when kubelet set no pod limit.
     overhead: u64,
@@ -78,6 +79,24 @@ impl PodInner {
             true => self.members += 1,
             false => self.members = self.members.saturating_sub(1),
         }
+    }
+
+    /// Takes the figures of `after` (what the pod holds stays), unless the limit they give
+    /// would be below what the pod holds now: then that is refused, as runc refuses a limit
+    /// below use, and nothing changes.
+    fn adopt(&mut self, after: PodInner) -> Result<()> {
+        if let Some(limit) = after.limit().filter(|l| *l < self.used) {
+            return Err(Error::precondition(format!(
+                "the pod's memory limit would become {limit} bytes, below the {} bytes its \
+                 containers use now",
+                self.used
+            )));
+        }
+        *self = PodInner {
+            used: self.used,
+            ..after
+        };
+        Ok(())
     }
 }
 
@@ -112,6 +131,23 @@ impl PodMemory {
         self.lock().set
     }
 
+    /// Added to the sum of the containers' limits when the pod has no limit of its own.
+    pub fn overhead(&self) -> u64 {
+        self.lock().overhead
+    }
+
+    /// Sets the pod's own limit and its overhead (CRI UpdatePodSandboxResources). A limit in
+    /// force below what the pod holds now is refused (FailedPrecondition) and nothing changes.
+    pub fn set_pod_limit(&self, limit: Option<u64>, overhead: u64) -> Result<()> {
+        let mut pod = self.lock();
+        let after = PodInner {
+            set: limit,
+            overhead,
+            ..*pod
+        };
+        pod.adopt(after)
+    }
+
     pub(super) fn join(&self, limit: Option<u64>) {
         self.lock().count(limit, true);
     }
@@ -140,29 +176,13 @@ impl PodMemory {
     /// pod limit that would fall below what the pod holds is refused and nothing changes.
     pub(super) fn change(&self, old: Option<u64>, new: Option<u64>) -> Result<()> {
         let mut pod = self.lock();
-        let set = match (pod.set, old, new) {
-            (Some(set), Some(old), Some(new)) => Some((set + new).saturating_sub(old)),
-            (set, ..) => set,
-        };
-        let mut after = PodInner {
-            set,
-            overhead: pod.overhead,
-            sum: pod.sum,
-            members: pod.members,
-            unlimited: pod.unlimited,
-            used: pod.used,
-        };
+        let mut after = *pod;
+        if let (Some(set), Some(old), Some(new)) = (pod.set, old, new) {
+            after.set = Some(set.saturating_add(new).saturating_sub(old));
+        }
         after.count(old, false);
         after.count(new, true);
-        if let Some(limit) = after.limit().filter(|l| *l < pod.used) {
-            return Err(Error::precondition(format!(
-                "the pod's memory limit would become {limit} bytes, below the {} bytes its \
-                 containers use now",
-                pod.used
-            )));
-        }
-        *pod = after;
-        Ok(())
+        pod.adopt(after)
     }
 }
 
@@ -304,5 +324,41 @@ mod tests {
         assert_eq!(pod.limit(), Some(90));
         pod.leave(Some(50));
         assert_eq!(pod.limit(), Some(40));
+    }
+
+    #[test]
+    fn the_pod_limit_is_raised_and_lowered_but_not_below_use() {
+        let pod = PodMemory::new(Some(100), 10);
+        pod.join(Some(60));
+        pod.charge(70).unwrap();
+        // Raised: more may be charged.
+        pod.set_pod_limit(Some(200), 20).unwrap();
+        assert_eq!(
+            (pod.limit(), pod.pod_limit(), pod.overhead()),
+            (Some(200), Some(200), 20)
+        );
+        pod.charge(100).unwrap();
+        // Lowered to what the pod holds: taken; the next byte is refused.
+        pod.set_pod_limit(Some(170), 20).unwrap();
+        assert_eq!(pod.charge(1), Err(Refusal::Pod(170)));
+        // Below what it holds: refused with the same error as a container update's, and
+        // nothing changes (neither the limit nor the overhead).
+        let e = pod.set_pod_limit(Some(169), 5).unwrap_err();
+        assert_eq!(e.kind, crate::error::ErrorKind::FailedPrecondition, "{e}");
+        assert!(e.message.contains("below the 170 bytes"), "{e}");
+        assert_eq!(
+            (pod.pod_limit(), pod.overhead(), pod.used()),
+            (Some(170), 20, 170)
+        );
+        // Removed: the sum of the containers' limits and the overhead is in force, and it too
+        // may not be below use.
+        assert!(pod.set_pod_limit(None, 20).is_err());
+        pod.release(100);
+        pod.set_pod_limit(None, 20).unwrap();
+        assert_eq!((pod.limit(), pod.pod_limit()), (Some(80), None));
+        // A container update still moves a pod limit set again.
+        pod.set_pod_limit(Some(90), 20).unwrap();
+        pod.change(Some(60), Some(70)).unwrap();
+        assert_eq!(pod.limit(), Some(100));
     }
 }

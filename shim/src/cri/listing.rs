@@ -6,29 +6,23 @@
 //! its state is fixed when the object is created, so [`ListCache`] keeps each object's message
 //! encoded without its state field, and an answer is those bytes with the current state
 //! appended to each: protobuf lets a message's fields come in any order, and a repeated
-//! message field is on the wire the same as repeated bytes. [`ListRoutes`] sends such answers
-//! through tonic with [`ListingCodec`] and hands every other call to the generated server.
+//! message field is on the wire the same as repeated bytes. [`super::routes::Routes`] sends
+//! such answers through tonic with [`ListingCodec`].
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes};
-use futures::future::BoxFuture;
 use k8s_cri::v1 as cri;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use prost::Message;
-use tonic::body::Body;
 use tonic::codec::{Codec, EncodeBuf, Encoder};
-use tonic::server::{Grpc, NamedService};
 use tonic::Status;
 use wasmpod_runtime::container::Container;
 use wasmpod_runtime::pod::Pod;
 
 use super::convert;
-use super::runtime_service::RuntimeApi;
 
 /// `containers` of ListContainersResponse and `items` of ListPodSandboxResponse.
 const ITEMS_FIELD: u32 = 1;
@@ -229,63 +223,6 @@ impl Encoder for ListingEncoder {
         buf.reserve(item.encoded_len());
         item.encode(buf);
         Ok(())
-    }
-}
-
-const LIST_CONTAINERS: &str = "/runtime.v1.RuntimeService/ListContainers";
-const LIST_POD_SANDBOX: &str = "/runtime.v1.RuntimeService/ListPodSandbox";
-
-/// The RuntimeService: ListContainers and ListPodSandbox sent as [`Listing`]s, every other
-/// method by the generated server `inner`.
-#[derive(Clone)]
-pub struct ListRoutes<S> {
-    pub inner: S,
-    pub api: Arc<RuntimeApi>,
-}
-
-impl<S: NamedService> NamedService for ListRoutes<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-/// A gRPC server for one List method, with the message limits of the generated one.
-fn grpc<Req: Message + Default + Send + 'static>() -> Grpc<ListingCodec<Req>> {
-    Grpc::new(ListingCodec::default())
-        .max_decoding_message_size(super::MAX_MESSAGE)
-        .max_encoding_message_size(super::MAX_MESSAGE)
-}
-
-impl<S> tower::Service<http::Request<Body>> for ListRoutes<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let api = self.api.clone();
-        match req.uri().path() {
-            LIST_CONTAINERS => Box::pin(async move {
-                let list = tower::service_fn(|r: tonic::Request<cri::ListContainersRequest>| {
-                    let listing = api.container_listing(r.into_inner());
-                    async move { listing.map(tonic::Response::new) }
-                });
-                Ok(grpc().unary(list, req).await)
-            }),
-            LIST_POD_SANDBOX => Box::pin(async move {
-                let list = tower::service_fn(|r: tonic::Request<cri::ListPodSandboxRequest>| {
-                    let listing = api.pod_listing(r.into_inner());
-                    async move { listing.map(tonic::Response::new) }
-                });
-                Ok(grpc().unary(list, req).await)
-            }),
-            _ => Box::pin(self.inner.call(req)),
-        }
     }
 }
 

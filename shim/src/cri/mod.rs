@@ -7,6 +7,8 @@ pub(crate) mod convert;
 mod fuzz;
 mod image_service;
 mod listing;
+mod newer;
+mod routes;
 mod runtime_service;
 mod stats;
 mod streams;
@@ -55,7 +57,7 @@ pub async fn serve(
         streaming,
         lists: Default::default(),
     });
-    let runtime = listing::ListRoutes {
+    let runtime = routes::Routes {
         inner: RuntimeServiceServer::from_arc(api.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE),

@@ -19,6 +19,7 @@ use wasmpod_runtime::runtime::Runtime;
 
 use super::convert::{self, nanos, status};
 use super::listing::{ListCache, Listing};
+use super::newer::{UpdatePodSandboxResourcesRequest, UpdatePodSandboxResourcesResponse};
 use super::stats;
 use super::verbose_info;
 use crate::streaming::{Request as Session, StreamingServer};
@@ -115,6 +116,21 @@ impl RuntimeApi {
         let (selected, live) = self.select_pods(&filter.id, &filter.label_selector)?;
         let pods = in_state(selected, convert::pod_state, filter.state.map(|s| s.state));
         Ok(self.lists.pods(&pods, live))
+    }
+
+    /// UpdatePodSandboxResources (served by [`super::routes::Routes`]): the pod's new memory
+    /// limit and overhead; CPU figures are checked, not kept (no pod-level CPU limit).
+    pub fn update_pod_sandbox_resources(
+        &self,
+        r: UpdatePodSandboxResourcesRequest,
+    ) -> std::result::Result<UpdatePodSandboxResourcesResponse, Status> {
+        let figures = |r: Option<cri::LinuxContainerResources>| {
+            convert::cri_resources(&r.unwrap_or_default())
+        };
+        self.rt
+            .update_pod_resources(&r.pod_sandbox_id, figures(r.resources), figures(r.overhead))
+            .map_err(status)?;
+        Ok(UpdatePodSandboxResourcesResponse {})
     }
 
     fn container_stats(&self, c: &Container) -> cri::ContainerStats {

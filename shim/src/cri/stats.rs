@@ -253,7 +253,8 @@ const METRICS: &[(&str, &str, cri::MetricType, Extra)] = &[
     ),
     (
         "container_spec_memory_limit_bytes",
-        "Memory limit for the container (0: none).",
+        "Memory limit for the container; in a pod's own series, its containers' together \
+         (0: none).",
         Gauge,
         Extra::None,
     ),
@@ -584,8 +585,9 @@ fn container_metrics(pod: &Pod, c: &Container, s: &ContainerStats) -> cri::Conta
     }
 }
 
-/// A pod's metrics: its own (network, files, sockets, ephemeral storage; `container` is
-/// empty, as cAdvisor labels a pod's cgroup) and each container's.
+/// A pod's metrics: its own (network, files, sockets, ephemeral storage, the memory limit
+/// of its containers together; `container` is empty, as cAdvisor labels a pod's cgroup) and
+/// each container's.
 pub fn pod_metrics(pod: &Pod, s: &PodStats) -> cri::PodSandboxMetrics {
     let who = Subject {
         container: "",
@@ -606,6 +608,10 @@ pub fn pod_metrics(pod: &Pod, s: &PodStats) -> cri::PodSandboxMetrics {
         net("container_network_transmit_packets_dropped_total", DROPPED),
         who.metric("container_file_descriptors", s.open_files),
         who.metric("container_sockets", s.open_sockets),
+        who.metric(
+            "container_spec_memory_limit_bytes",
+            pod.memory.limit().unwrap_or(0),
+        ),
     ];
     metrics.extend(fs_metrics(&who, &s.ephemeral));
     cri::PodSandboxMetrics {

@@ -5,13 +5,15 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use k8s_cri::v1 as cri;
 use serde_json::json;
+use tonic::Code;
 use wasmpod_runtime::container::ContainerState;
 use wasmpod_runtime::error::ErrorKind;
 use wasmpod_runtime::exit::{ExitReason, KILLED_CODE};
 use wasmpod_runtime::runtime::Runtime;
 use wasmpod_runtime::spec::{CriResources, PodMemoryConfig};
-use wasmpod_tests::cri::Daemon;
+use wasmpod_tests::cri::{self as cri_harness, Daemon, Rt, UpdatePodSandboxResourcesRequest};
 use wasmpod_tests::crictl::{container_json, id_of, pod_json, wait_state, Crictl, Events};
 use wasmpod_tests::*;
 
@@ -401,4 +403,161 @@ async fn crictl_events_show_the_oom_kill_at_the_pod_limit() {
         "{err}"
     );
     c.ok(&["rmp", "-f", &pod_id]);
+}
+
+/// The pod's memory limit in force as the daemon reports it: its own series of
+/// `container_spec_memory_limit_bytes` (ListPodSandboxMetrics), and the memory figures of its
+/// config in its verbose status (`crictl inspectp`).
+async fn reported_pod_limit(rt: &mut Rt, pod_id: &str) -> (u64, serde_json::Value) {
+    let metrics = rt
+        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let pod = metrics
+        .pod_metrics
+        .iter()
+        .find(|p| p.pod_sandbox_id == pod_id)
+        .unwrap_or_else(|| panic!("no metrics of pod {pod_id}"));
+    let limit = pod
+        .metrics
+        .iter()
+        .find(|m| m.name == "container_spec_memory_limit_bytes")
+        .and_then(|m| m.value.as_ref())
+        .expect("the pod's memory limit metric")
+        .value;
+    let status = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    (limit, info["config"]["memory"].clone())
+}
+
+fn memory_figures(limit: i64) -> Option<cri::LinuxContainerResources> {
+    Some(cri::LinuxContainerResources {
+        memory_limit_in_bytes: limit,
+        ..Default::default()
+    })
+}
+
+/// UpdatePodSandboxResources through the real server, called as kubelet calls it after an
+/// in-place resize (k8s-cri's client lacks the method: the harness sends it on its path): a
+/// raise takes effect and survives a restart of the daemon; a limit below what the pod holds,
+/// a bad figure and an unknown pod are refused with their status codes and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_pod_sandbox_resources_over_the_cri() {
+    let mut d = Daemon::start().await;
+    let mut rt = d.runtime().await;
+    let logs = d.dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut sandbox = cri_harness::pod_config("resized", &logs);
+    sandbox.linux = Some(cri::LinuxPodSandboxConfig {
+        resources: memory_figures(8 * MIB as i64),
+        ..Default::default()
+    });
+    let pod_id = cri_harness::run_pod(&mut rt, &sandbox).await;
+    // A guest holding 3 MiB, without a limit of its own: the pod's is the one in force.
+    let image = wat_file(d.dir.path(), "hold.wasm", &grow_and_hold(48));
+    let image = format!("file://{}", image.display());
+    let ctr = cri_harness::create(
+        &mut rt,
+        &pod_id,
+        cri_harness::container_config("holder", &image, &[]),
+        &sandbox,
+    )
+    .await
+    .unwrap();
+    cri_harness::start(&mut rt, &ctr).await;
+    within(60, "the guest to hold 3 MiB", async {
+        loop {
+            let stats = rt
+                .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+                    pod_sandbox_id: pod_id.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let memory = stats.stats.unwrap().linux.unwrap().memory.unwrap();
+            if memory.working_set_bytes.unwrap().value >= 3 * MIB {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        reported_pod_limit(&mut rt, &pod_id).await,
+        (8 * MIB, json!({"limit": 8 * MIB, "overhead": 0}))
+    );
+
+    let channel = || cri_harness::unix_channel(&d.socket);
+    let update = |limit: i64, overhead: i64| UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: pod_id.clone(),
+        overhead: memory_figures(overhead),
+        resources: memory_figures(limit),
+    };
+    // Raised, with an overhead.
+    cri_harness::update_pod_sandbox_resources(channel().await.unwrap(), update(16 << 20, 1 << 20))
+        .await
+        .unwrap();
+    let raised = (16 * MIB, json!({"limit": 16 * MIB, "overhead": MIB}));
+    assert_eq!(reported_pod_limit(&mut rt, &pod_id).await, raised);
+
+    // Refused, each with its code, and nothing changes.
+    let below_use = update(2 << 20, 0);
+    let mut bad_cpu = update(0, 0);
+    bad_cpu.resources.as_mut().unwrap().cpu_shares = -3;
+    let unknown = UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: "no-such-pod".into(),
+        ..update(32 << 20, 0)
+    };
+    for (request, code, says) in [
+        (
+            below_use,
+            Code::FailedPrecondition,
+            "its containers use now",
+        ),
+        (update(-7, 0), Code::InvalidArgument, "pod memory limit -7"),
+        (
+            update(0, -2),
+            Code::InvalidArgument,
+            "pod overhead memory -2",
+        ),
+        (bad_cpu, Code::InvalidArgument, "cpu shares -3"),
+        (unknown, Code::NotFound, "no-such-pod"),
+    ] {
+        let e = cri_harness::update_pod_sandbox_resources(channel().await.unwrap(), request)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), code, "{e:?}");
+        assert!(e.message().contains(says), "{e:?}");
+        assert_eq!(reported_pod_limit(&mut rt, &pod_id).await, raised);
+    }
+    // An update without figures changes nothing.
+    cri_harness::update_pod_sandbox_resources(
+        channel().await.unwrap(),
+        UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: pod_id.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(reported_pod_limit(&mut rt, &pod_id).await, raised);
+
+    // The pod's record keeps the new figures across a restart of the daemon.
+    d.terminate();
+    d.restart().await;
+    let mut rt = d.runtime().await;
+    assert_eq!(reported_pod_limit(&mut rt, &pod_id).await, raised);
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .unwrap();
 }
