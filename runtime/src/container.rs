@@ -365,6 +365,17 @@ impl Container {
         self.state.borrow().clone()
     }
 
+    /// `f` of its state now, without a copy (Lists read thousands of states a second).
+    pub fn with_state<R>(&self, f: impl FnOnce(&ContainerState) -> R) -> R {
+        f(&self.state.borrow())
+    }
+
+    /// Whether its pod is a CRI pod of wasmpod's own (which the state database keeps), not
+    /// one of containerd's task API.
+    pub fn in_wasmpod_pod(&self) -> bool {
+        self.persist
+    }
+
     /// The compiled program (absent for containers restored after a restart).
     pub fn program(&self) -> Option<&Program> {
         self.prepared.as_ref().map(|p| &p.program)

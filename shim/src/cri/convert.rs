@@ -311,7 +311,7 @@ pub fn pod_status(p: &Pod) -> cri::PodSandboxStatus {
 }
 
 pub fn container_state(c: &Container) -> i32 {
-    state_code(&c.state())
+    c.with_state(state_code)
 }
 
 fn state_code(state: &ContainerState) -> i32 {

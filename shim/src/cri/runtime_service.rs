@@ -67,8 +67,7 @@ impl RuntimeApi {
         let selected = all
             .into_iter()
             .filter(|c| c.id.starts_with(id) && c.pod_id.starts_with(pod))
-            .filter(|c| convert::matches(&c.config.labels, selector))
-            .filter(|c| self.rt.pod(&c.pod_id).is_ok_and(|p| is_ours(&p)))
+            .filter(|c| c.in_wasmpod_pod() && convert::matches(&c.config.labels, selector))
             .collect();
         Ok((selected, live))
     }
