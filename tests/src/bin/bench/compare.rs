@@ -129,6 +129,14 @@ impl Peer {
     /// Resident memory of the runtime: wasmpod's one process; containerd and its runc shims;
     /// containerd, the wasmpod daemon its shim started and any shim process still running
     /// (they name the instance's socket).
+    /// The wasmpod daemon's thread count (the other peers are many processes).
+    pub fn threads(&self) -> Option<u64> {
+        match self {
+            Peer::Wasmpod { daemon, .. } => status_figure(daemon.pid()?, "Threads:"),
+            _ => None,
+        }
+    }
+
     pub fn rss(&self) -> u64 {
         let mut pids: Vec<u32> = match self {
             Peer::Wasmpod { daemon, .. } => daemon.pid().into_iter().collect(),
@@ -152,15 +160,16 @@ impl Peer {
 
 /// A process's resident memory in bytes (0 once it is gone).
 pub fn rss_of(pid: u32) -> u64 {
+    status_figure(pid, "VmRSS:").unwrap_or(0) * 1024
+}
+
+/// A number of `/proc/<pid>/status` (kB figures in kB).
+fn status_figure(pid: u32, field: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// A started pod: its sandbox and container ids, and how long the client waited for each step.
@@ -530,6 +539,8 @@ pub struct DensityPoint {
     pub pods: usize,
     pub rss: u64,
     pub rss_per_pod: f64,
+    /// The daemon's threads at this count, where one process is the runtime.
+    pub threads: Option<u64>,
     /// Start latency of pods started at this count.
     pub start: Vec<Duration>,
     pub list_containers: Vec<Duration>,
@@ -587,6 +598,7 @@ pub async fn density(peer: &Peer, counts: &[usize], probe: usize) -> Res<Vec<Den
             pods: count,
             rss,
             rss_per_pod: rss.saturating_sub(baseline) as f64 / count as f64,
+            threads: peer.threads(),
             start,
             list_containers,
             list_pods,

@@ -419,6 +419,31 @@ async fn compare_over_cri(
                 .map(|(a, b)| times(pct(&b.list_containers, 50), pct(&a.list_containers, 50))),
         );
     }
+    let threads: Vec<(usize, u64)> = curves
+        .first()
+        .map(|(_, pts)| {
+            pts.iter()
+                .filter_map(|p| Some((p.pods, p.threads?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let (Some(first), Some(last)) = (threads.first(), threads.last()) {
+        let counts: Vec<String> = threads.iter().map(|(n, t)| format!("{t} at {n}")).collect();
+        report.row(
+            "wasmpod serve's threads as idle pods grow",
+            counts.join(" · "),
+            None,
+            None,
+        );
+        report.goal(
+            "the daemon's threads stay constant as pods grow",
+            format!(
+                "{} at {} pods, {} at {} pods",
+                first.1, first.0, last.1, last.0
+            ),
+            last.1 <= first.1,
+        );
+    }
     if let Some(last) = curves.first().and_then(|(_, pts)| pts.last()) {
         let kib = last.rss_per_pod / 1024.0;
         report.goal(
