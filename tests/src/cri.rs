@@ -225,68 +225,11 @@ pub async fn update_pod_sandbox_resources(
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(
         "/runtime.v1.RuntimeService/UpdatePodSandboxResources",
     );
-    let codec = ProstCodec::<UpdatePodSandboxResourcesRequest, _>::default();
+    let codec = tonic_prost::ProstCodec::<UpdatePodSandboxResourcesRequest, _>::default();
     Ok(grpc
         .unary(tonic::Request::new(request), path, codec)
         .await?
         .into_inner())
-}
-
-/// A tonic codec of prost messages `E` (sent) and `D` (received), for methods `k8s-cri`'s
-/// client lacks (tonic's own prost codec is in a crate this one does not link).
-pub struct ProstCodec<E, D>(std::marker::PhantomData<fn(E) -> D>);
-
-impl<E, D> Default for ProstCodec<E, D> {
-    fn default() -> Self {
-        Self(std::marker::PhantomData)
-    }
-}
-
-impl<E, D> tonic::codec::Codec for ProstCodec<E, D>
-where
-    E: prost::Message + Send + 'static,
-    D: prost::Message + Default + Send + 'static,
-{
-    type Encode = E;
-    type Decode = D;
-    type Encoder = ProstCodec<E, D>;
-    type Decoder = ProstCodec<E, D>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        Self::default()
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        Self::default()
-    }
-}
-
-impl<E: prost::Message, D> tonic::codec::Encoder for ProstCodec<E, D> {
-    type Item = E;
-    type Error = tonic::Status;
-
-    fn encode(
-        &mut self,
-        item: E,
-        buf: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        item.encode(buf)
-            .map_err(|e| tonic::Status::internal(e.to_string()))
-    }
-}
-
-impl<E, D: prost::Message + Default> tonic::codec::Decoder for ProstCodec<E, D> {
-    type Item = D;
-    type Error = tonic::Status;
-
-    fn decode(
-        &mut self,
-        buf: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<D>, tonic::Status> {
-        D::decode(buf)
-            .map(Some)
-            .map_err(|e| tonic::Status::internal(e.to_string()))
-    }
 }
 
 pub async fn image_client(d: &Daemon) -> ImageServiceClient<Channel> {
